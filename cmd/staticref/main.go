@@ -1,0 +1,120 @@
+// Command staticref precomputes ML predictions in batch and serves them by key.
+//
+// This package only wires: flags, config loading and construction. What a command does
+// lives in the packages it calls.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/staticref/staticref/jobs"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1 // a failed run or gate, a key not found
+	exitUsage  = 2 // bad usage or config
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks bad usage: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// silentError is an exit status whose message was already printed.
+type silentError struct{ code int }
+
+func (e silentError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// Main runs the command line and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var se silentError
+	if errors.As(err, &se) {
+		return se.code
+	}
+	fmt.Fprintf(stderr, "staticref: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) || errors.Is(err, jobs.ErrInvalid) {
+		return exitUsage
+	}
+	return exitFailed
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "staticref",
+		Short: "Precompute ML predictions in batch and serve them by key",
+		Long: `staticref reads Parquet feature shards, runs an ONNX model over every row, and writes
+key -> prediction into a store under a new version of a namespace. When the version is
+complete and passes its gates, the namespace's live pointer flips to it atomically; old
+versions stay for instant rollback.`,
+		Example: `  staticref testdata generate --out demo --rows 100000 --shards 4
+  staticref run --job jobs/demo.yaml
+  staticref get --store pebble:.staticref/store --namespace demo u000000042`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
+	})
+	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		lvl, _ := c.Flags().GetString("log-level")
+		var level slog.Level
+		if err := level.UnmarshalText([]byte(lvl)); err != nil {
+			return usagef("--log-level %q: use debug, info, warn or error", lvl)
+		}
+		slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+		return nil
+	}
+	root.AddCommand(newRunCmd(), newGetCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd())
+	return root
+}
+
+// args checks positional arguments, as a usage error.
+func args(min, max int) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if len(a) < min || (max >= 0 && len(a) > max) {
+			return usagef("%s: wrong number of arguments (see --help)", c.CommandPath())
+		}
+		return nil
+	}
+}
+
+// requireFlags fails with a usage error when a flag was not given.
+func requireFlags(c *cobra.Command, names ...string) error {
+	for _, n := range names {
+		if v, _ := c.Flags().GetString(n); v == "" {
+			return usagef("%s: --%s is required (see --help)", c.CommandPath(), n)
+		}
+	}
+	return nil
+}

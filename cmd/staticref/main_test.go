@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/staticref/staticref/inference"
+	"github.com/staticref/staticref/lookup"
+)
+
+// staticref runs Main as the binary would and returns its exit code and output.
+func staticref(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := Main(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// workspace generates data and writes a job file into a temporary directory.
+func workspace(t *testing.T, rows int, extra string) (dir, job, store string) {
+	t.Helper()
+	dir = t.TempDir()
+	if code, _, stderr := staticref(t, "testdata", "generate", "--out", dir, "--rows", strconv.Itoa(rows), "--shards", "2", "--row-group-rows", "500"); code != 0 {
+		t.Fatalf("testdata generate: exit %d: %s", code, stderr)
+	}
+	job = filepath.Join(dir, "job.yaml")
+	yaml := `name: churn
+source:
+  uri: features/*.parquet
+  key: user_id
+  features: [f0, f1, f2, f3]
+model:
+  path: models/logistic.onnx
+  device: cpu
+sink:
+  store: pebble:store
+defaults:
+  segment_by: country
+release:
+  keep: 1
+` + extra
+	if err := os.WriteFile(job, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, job, "pebble:" + filepath.Join(dir, "store")
+}
+
+func TestRunGetAndTheVersionLifecycleThroughTheCommandLine(t *testing.T) {
+	_, job, store := workspace(t, 2000, "")
+
+	// Run from another directory: paths in the job resolve against the job file.
+	t.Chdir(t.TempDir())
+	code, out, stderr := staticref(t, "run", "--job", job)
+	if code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, out, stderr)
+	}
+	if !strings.Contains(out, "rows read 2000, written 2000, skipped 0") {
+		t.Errorf("run summary lacks the counts:\n%s", out)
+	}
+
+	t.Run("get prints one JSON answer a line and exits 1 when a key is missing", func(t *testing.T) {
+		code, out, _ := staticref(t, "get", "--store", store, "--namespace", "churn", "u000000007", "nope", "--", "-42")
+		if code != 1 {
+			t.Errorf("exit: got %d, want 1", code)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("got %d lines, want 3:\n%s", len(lines), out)
+		}
+		var a lookup.Answer
+		if err := json.Unmarshal([]byte(lines[0]), &a); err != nil {
+			t.Fatal(err)
+		}
+		if a.Key != "u000000007" || a.Source != "precomputed" || a.Version == "" || a.Error != nil {
+			t.Errorf("found key: got %s", lines[0])
+		}
+		var v map[string]float64
+		if err := json.Unmarshal(a.Value, &v); err != nil || len(v) != 2 {
+			t.Errorf("value: got %s, want score and logit", a.Value)
+		}
+		for i, key := range []string{"nope", "-42"} {
+			var miss lookup.Answer
+			json.Unmarshal([]byte(lines[i+1]), &miss)
+			if miss.Key != key || miss.Error == nil || miss.Error.Code != "not_found" {
+				t.Errorf("missing key %s: got %s", key, lines[i+1])
+			}
+		}
+	})
+
+	code, _, stderr = staticref(t, "run", "--job", job)
+	if code != 0 {
+		t.Fatalf("second run: exit %d: %s", code, stderr)
+	}
+
+	list := func() []map[string]any {
+		t.Helper()
+		code, out, stderr := staticref(t, "versions", "list", "--store", store, "--namespace", "churn", "-o", "json")
+		if code != 0 {
+			t.Fatalf("versions list: exit %d: %s", code, stderr)
+		}
+		var vs []map[string]any
+		if err := json.Unmarshal([]byte(out), &vs); err != nil {
+			t.Fatalf("versions list -o json: %v\n%s", err, out)
+		}
+		return vs
+	}
+	vs := list()
+	if len(vs) != 2 || vs[0]["state"] != "previous" || vs[1]["state"] != "live" || vs[1]["rows_written"] != 2000.0 {
+		t.Fatalf("versions after two runs: got %v", vs)
+	}
+	first, second := vs[0]["version"].(string), vs[1]["version"].(string)
+
+	t.Run("rollback makes the first version live again", func(t *testing.T) {
+		if code, _, stderr := staticref(t, "versions", "rollback", "--store", store, "--namespace", "churn"); code != 0 {
+			t.Fatalf("rollback: exit %d: %s", code, stderr)
+		}
+		vs := list()
+		if vs[0]["state"] != "live" || vs[1]["state"] != "previous" {
+			t.Errorf("after rollback: got %v", vs)
+		}
+		if code, _, stderr := staticref(t, "versions", "flip", "--store", store, "--namespace", "churn", second); code != 0 {
+			t.Fatalf("flip: exit %d: %s", code, stderr)
+		}
+	})
+
+	t.Run("show prints the manifest of the live version", func(t *testing.T) {
+		code, out, _ := staticref(t, "versions", "show", "--store", store, "--namespace", "churn")
+		var m map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &m) != nil || m["version"] != second || m["state"] != "live" {
+			t.Errorf("show: exit %d, got %s", code, out)
+		}
+	})
+
+	t.Run("gc keeps --keep previous versions", func(t *testing.T) {
+		if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
+			t.Fatalf("third run: %s", stderr)
+		}
+		// release.keep is 1: the run's own gc already retired the first version.
+		vs := list()
+		if len(vs) != 3 || vs[0]["version"] != first || vs[0]["state"] != "retired" || vs[1]["state"] != "previous" || vs[2]["state"] != "live" {
+			t.Fatalf("after third run: got %v", vs)
+		}
+		code, out, _ := staticref(t, "versions", "gc", "--store", store, "--namespace", "churn", "--keep", "0")
+		if code != 0 || !strings.Contains(out, "removed "+second) {
+			t.Errorf("gc --keep 0: exit %d, output %q, want %s removed", code, out, second)
+		}
+		if vs := list(); vs[2]["state"] != "live" {
+			t.Errorf("gc touched the live version: %v", vs)
+		}
+	})
+}
+
+func TestExitCodes(t *testing.T) {
+	dir, job, store := workspace(t, 1000, "")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("name: x\nsource: {uri: a, key: k, features: [f]}\nmodel: {path: m.onnx, batchsize: 3}\n"), 0o644)
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no arguments to get is bad usage", []string{"get", "--store", store, "--namespace", "churn"}, 2, "wrong number of arguments"},
+		{"an unknown flag is bad usage", []string{"run", "--jb", job}, 2, "unknown flag: --jb"},
+		{"a missing --job is bad usage", []string{"run"}, 2, "--job is required"},
+		{"an unknown job field is bad config", []string{"run", "--job", bad}, 2, "model.batchsize: unknown field"},
+		{"an invalid --set is bad config", []string{"run", "--job", job, "--set", "model.device=tpu"}, 2, `model.device: "tpu"`},
+		{"an unknown store scheme is bad config", []string{"run", "--job", job, "--store", "mysql://x"}, 2, "sink.store"},
+		{"a missing shard glob fails the run", []string{"run", "--job", job, "--set", "source.uri=" + filepath.Join(dir, "none/*.parquet")}, 1, "source.uri"},
+		{"a namespace the store cannot hold is bad usage", []string{"get", "--store", store, "--namespace", "Bad/NS", "k"}, 2, "namespace"},
+		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := staticref(t, tt.args...)
+			if code != tt.code || !strings.Contains(stderr, tt.stderr) {
+				t.Errorf("got exit %d, stderr %q; want exit %d, stderr containing %q", code, stderr, tt.code, tt.stderr)
+			}
+		})
+	}
+}
+
+// TestMissingRuntimeLibrary re-runs this test binary with STATICREF_ORT_LIB pointing
+// nowhere: the runtime is loaded once per process.
+func TestMissingRuntimeLibrary(t *testing.T) {
+	if os.Getenv("STATICREF_TEST_MISSING_ORT") == "1" {
+		_, job, _ := workspace(t, 100, "")
+		code, _, stderr := staticref(t, "run", "--job", job)
+		os.Stderr.WriteString(stderr)
+		os.Exit(code)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMissingRuntimeLibrary$")
+	cmd.Env = append(os.Environ(), "STATICREF_TEST_MISSING_ORT=1", "STATICREF_ORT_LIB=/nonexistent/libonnxruntime.so")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	exit, ok := err.(*exec.ExitError)
+	if !ok || exit.ExitCode() != 1 {
+		t.Fatalf("got %v, want exit status 1", err)
+	}
+	want := `staticref: ONNX Runtime library not found at /nonexistent/libonnxruntime.so: run "make ort" or set STATICREF_ORT_LIB`
+	if got := strings.TrimSpace(stderr.String()); !strings.Contains(got, want) {
+		t.Errorf("stderr: got %q, want %q", got, want)
+	}
+}
+
+// TestMain loads the runtime before any test changes directory: the library is found
+// relative to the module root, and loaded once per process.
+func TestMain(m *testing.M) {
+	inference.Init()
+	os.Exit(m.Run())
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/writers"
+)
+
+func newRunCmd() *cobra.Command {
+	var (
+		jobFile, store, version, output string
+		sets                            []string
+		noFlip                          bool
+	)
+	c := &cobra.Command{
+		Use:   "run --job FILE",
+		Short: "Run a batch job: score every row and publish a new version",
+		Long: `run reads the job's Parquet shards, scores every row with its ONNX model and writes
+key -> prediction under a new version of the namespace. When the version is complete and
+its gates pass, the live pointer flips to it (unless release.flip is manual or --no-flip).
+A failing run or gate never touches the live version.
+
+Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file.`,
+		Example: `  staticref run --job jobs/demo.yaml
+  # an ad-hoc backfill of one day into a new version, flipped by hand later
+  staticref run --job jobs/churn.yaml --set source.uri='data/dt=2026-11-01/*.parquet' --no-flip
+  staticref run --job jobs/churn.yaml --store redis://localhost:6379/0`,
+		Args: args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "job"); err != nil {
+				return err
+			}
+			if store != "" {
+				sets = append(sets, "sink.store="+store)
+			}
+			job, err := jobs.Load(jobFile, sets)
+			if err != nil {
+				return err
+			}
+			s, err := writers.Open(c.Context(), job.Sink.Store)
+			if err != nil {
+				return usageError{fmt.Errorf("sink.store: %w", err)}
+			}
+			defer s.Close()
+			res, err := pipeline.Run(c.Context(), pipeline.Config{
+				Job: job, Store: s, Version: version, NoFlip: noFlip, Log: slog.Default(),
+			})
+			if res != nil && res.Manifest != nil {
+				printSummary(c, res, output, job.Sink.Store)
+			}
+			return err
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&jobFile, "job", "", "job file (YAML)")
+	f.StringArrayVar(&sets, "set", nil, "override a job field for this run: FIELD=VALUE (dotted path, repeatable)")
+	f.StringVar(&store, "store", "", "store URL, overriding sink.store")
+	f.StringVar(&version, "version", "", "version id to write (default: the start time, 20261127T020000Z)")
+	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for `versions flip`")
+	f.StringVarP(&output, "output", "o", "text", "summary format: text or json (the manifest)")
+	return c
+}
+
+func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) {
+	m := res.Manifest
+	if output == "json" {
+		enc := json.NewEncoder(c.OutOrStdout())
+		enc.SetIndent("", "  ")
+		enc.Encode(m)
+		return
+	}
+	w := c.OutOrStdout()
+	fmt.Fprintf(w, "namespace %s version %s: %s\n", m.Namespace, m.Version, m.State)
+	fmt.Fprintf(w, "  rows read %d, written %d, skipped %d\n", m.RowsRead, m.RowsWritten, m.RowsSkipped)
+	for reason, n := range m.SkipReasons {
+		fmt.Fprintf(w, "    skipped %d: %s\n", n, reason)
+	}
+	for _, g := range m.Gates {
+		status := "pass"
+		if !g.Passed {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "  gate %s: %s (%s)\n", g.Name, status, g.Detail)
+	}
+	if !m.CompletedAt.IsZero() && !m.StartedAt.IsZero() {
+		fmt.Fprintf(w, "  took %s\n", m.CompletedAt.Sub(m.StartedAt).Round(1e6))
+	}
+	switch {
+	case res.Flipped:
+		prev := res.Previous
+		if prev == "" {
+			prev = "none"
+		}
+		fmt.Fprintf(w, "  live: %s (was %s)\n", m.Version, prev)
+	case m.State == writers.StateComplete:
+		fmt.Fprintf(w, "  not live; flip with: staticref versions flip --store %s --namespace %s %s\n", store, m.Namespace, m.Version)
+	}
+	if len(res.Removed) > 0 {
+		fmt.Fprintf(w, "  removed: %s\n", strings.Join(res.Removed, ", "))
+	}
+}

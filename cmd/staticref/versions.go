@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/staticref/staticref/writers"
+)
+
+func newVersionsCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "versions",
+		Short: "List, show, flip, roll back and garbage-collect a namespace's versions",
+		Example: `  staticref versions list --store pebble:.staticref/store --namespace demo -o json
+  staticref versions flip --store pebble:.staticref/store --namespace demo 20261127T020000Z
+  staticref versions rollback --store pebble:.staticref/store --namespace demo
+  staticref versions gc --store pebble:.staticref/store --namespace demo --keep 2`,
+		Args: args(0, 0),
+	}
+	var store, ns string
+	pf := c.PersistentFlags()
+	pf.StringVar(&store, "store", "", "store URL")
+	pf.StringVar(&ns, "namespace", "", "namespace")
+	open := func(c *cobra.Command) (writers.Store, error) {
+		if err := requireFlags(c, "store", "namespace"); err != nil {
+			return nil, err
+		}
+		if err := writers.ValidateNamespace(ns); err != nil {
+			return nil, usageError{err}
+		}
+		s, err := writers.Open(c.Context(), store)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		return s, nil
+	}
+
+	var output string
+	list := &cobra.Command{
+		Use:   "list --store URL --namespace NS [-o json]",
+		Short: "List versions, oldest first, with their state and row counts",
+		Args:  args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			s, err := open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			_, vs, err := writers.List(c.Context(), s, ns)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				rows := make([]versionRow, len(vs))
+				for i, v := range vs {
+					rows[i] = newVersionRow(v)
+				}
+				return writeJSON(c, rows)
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "VERSION\tSTATE\tROWS\tSKIPPED\tCOMPLETED")
+			for _, v := range vs {
+				done := "-"
+				if !v.CompletedAt.IsZero() {
+					done = v.CompletedAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", v.Version, v.Effective, v.RowsWritten, v.RowsSkipped, done)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+
+	show := &cobra.Command{
+		Use:   "show --store URL --namespace NS [VERSION]",
+		Short: "Print a version's manifest as JSON (default: the live version)",
+		Args:  args(0, 1),
+		RunE: func(c *cobra.Command, a []string) error {
+			s, err := open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			live, err := s.Live(c.Context(), ns)
+			if err != nil {
+				return err
+			}
+			v := live
+			if len(a) == 1 {
+				v = a[0]
+			}
+			if v == "" {
+				return fmt.Errorf("namespace %s has no live version; name one (see versions list)", ns)
+			}
+			m, err := s.Manifest(c.Context(), ns, v)
+			if err != nil {
+				return fmt.Errorf("version %s of %s: %w", v, ns, err)
+			}
+			return writeJSON(c, struct {
+				*writers.Manifest
+				State writers.State `json:"state"`
+			}{m, writers.EffectiveState(m, live)})
+		},
+	}
+
+	flip := &cobra.Command{
+		Use:   "flip --store URL --namespace NS VERSION",
+		Short: "Make a complete version live (compare-and-swap)",
+		Args:  args(1, 1),
+		RunE: func(c *cobra.Command, a []string) error {
+			s, err := open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			prev, err := writers.Flip(c.Context(), s, ns, a[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: live %s (was %s)\n", ns, a[0], orNone(prev))
+			return nil
+		},
+	}
+
+	rollback := &cobra.Command{
+		Use:   "rollback --store URL --namespace NS",
+		Short: "Flip back to the newest previous version",
+		Args:  args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			s, err := open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			from, to, err := writers.Rollback(c.Context(), s, ns)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: live %s (was %s)\n", ns, to, from)
+			return nil
+		},
+	}
+
+	var keep int
+	var grace time.Duration
+	gc := &cobra.Command{
+		Use:   "gc --store URL --namespace NS [--keep N]",
+		Short: "Remove versions beyond --keep previous ones, failed and abandoned ones; never the live one",
+		Args:  args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if keep < 0 {
+				return usagef("--keep %d: use 0 or more", keep)
+			}
+			s, err := open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			removed, err := writers.GC(c.Context(), s, ns, keep, grace, time.Now())
+			if err != nil {
+				return err
+			}
+			for _, v := range removed {
+				fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
+			}
+			return nil
+		},
+	}
+	gc.Flags().IntVar(&keep, "keep", 2, "previous versions to keep besides the live one")
+	gc.Flags().DurationVar(&grace, "grace", 24*time.Hour, "age after which a version still writing counts as abandoned")
+
+	c.AddCommand(list, show, flip, rollback, gc)
+	return c
+}
+
+// versionRow is one element of `versions list -o json`.
+type versionRow struct {
+	Version     string        `json:"version"`
+	State       writers.State `json:"state"`
+	Job         string        `json:"job"`
+	RowsRead    int64         `json:"rows_read"`
+	RowsWritten int64         `json:"rows_written"`
+	RowsSkipped int64         `json:"rows_skipped"`
+	StartedAt   time.Time     `json:"started_at"`
+	CompletedAt time.Time     `json:"completed_at,omitzero"`
+	LiveAt      time.Time     `json:"live_at,omitzero"`
+	ModelSHA256 string        `json:"model_sha256"`
+}
+
+func newVersionRow(v writers.Version) versionRow {
+	return versionRow{
+		Version: v.Version, State: v.Effective, Job: v.Job,
+		RowsRead: v.RowsRead, RowsWritten: v.RowsWritten, RowsSkipped: v.RowsSkipped,
+		StartedAt: v.StartedAt, CompletedAt: v.CompletedAt, LiveAt: v.LiveAt, ModelSHA256: v.Model.SHA256,
+	}
+}
+
+func writeJSON(c *cobra.Command, v any) error {
+	enc := json.NewEncoder(c.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,448 @@
+// Package jobs reads and validates staticref job files (YAML, see jobs/demo.yaml).
+//
+// Decoding is strict: an unknown field is an error, and Load reports every problem in a
+// file at once, each with its file, line and dotted path. Relative paths in a job file
+// (source.uri, model.path, a pebble: store) are resolved against the file's own directory,
+// so a cron or a pod can run it from anywhere; values given with --set are resolved
+// against the working directory, where the person who typed them stands.
+//
+// This package never runs anything: it only turns a file into a checked Job.
+package jobs
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/robfig/cron/v3"
+	"gopkg.in/yaml.v3"
+
+	"github.com/staticref/staticref/writers"
+)
+
+// Job is one batch job: where features come from, which model scores them, where the
+// predictions go, and how the new version is released.
+type Job struct {
+	Name     string   `yaml:"name"`
+	Schedule string   `yaml:"schedule"`
+	Source   Source   `yaml:"source"`
+	Model    Model    `yaml:"model"`
+	Sink     Sink     `yaml:"sink"`
+	Defaults Defaults `yaml:"defaults"`
+	Release  Release  `yaml:"release"`
+
+	// File is the path the job was loaded from ("" when built in code).
+	File string `yaml:"-"`
+}
+
+// Source is the feature shards.
+type Source struct {
+	URI      string   `yaml:"uri"`
+	Key      string   `yaml:"key"`
+	Features []string `yaml:"features"`
+	Nulls    string   `yaml:"nulls"` // fail | skip | fill:<number>
+}
+
+// Model is the ONNX model and how it is run.
+type Model struct {
+	Path           string   `yaml:"path"`
+	Input          string   `yaml:"input"`
+	Outputs        []string `yaml:"outputs"`
+	BatchSize      int      `yaml:"batch_size"`
+	Workers        int      `yaml:"workers"`
+	IntraOpThreads int      `yaml:"intra_op_threads"`
+	Device         string   `yaml:"device"` // auto | cpu | cuda
+}
+
+// Sink is where predictions are written.
+type Sink struct {
+	Store     string `yaml:"store"`
+	Namespace string `yaml:"namespace"`
+	Encoding  string `yaml:"encoding"` // json | binary
+}
+
+// Defaults are the cold-start answers computed by the run.
+type Defaults struct {
+	Global    string `yaml:"global"` // mean | median | none
+	SegmentBy string `yaml:"segment_by"`
+}
+
+// Release says when and how a complete version becomes live.
+type Release struct {
+	Flip  string `yaml:"flip"` // auto | manual
+	Keep  *int   `yaml:"keep"`
+	Gates Gates  `yaml:"gates"`
+}
+
+// Gates must all pass before a flip.
+type Gates struct {
+	MinRowsRatio    *float64 `yaml:"min_rows_ratio"`
+	MaxNullFraction *float64 `yaml:"max_null_fraction"`
+}
+
+// Defaults applied to fields a job file leaves out.
+const (
+	DefaultBatchSize       = 8192
+	DefaultStore           = "pebble:.staticref/store"
+	DefaultKeep            = 2
+	DefaultMinRowsRatio    = 0.9
+	DefaultMaxNullFraction = 0.0
+)
+
+// KeepVersions is Release.Keep with its default.
+func (r Release) KeepVersions() int {
+	if r.Keep == nil {
+		return DefaultKeep
+	}
+	return *r.Keep
+}
+
+// MinRowsRatio is the gate with its default.
+func (g Gates) MinRows() float64 {
+	if g.MinRowsRatio == nil {
+		return DefaultMinRowsRatio
+	}
+	return *g.MinRowsRatio
+}
+
+// MaxNulls is the gate with its default.
+func (g Gates) MaxNulls() float64 {
+	if g.MaxNullFraction == nil {
+		return DefaultMaxNullFraction
+	}
+	return *g.MaxNullFraction
+}
+
+// NullFill reports whether nulls are filled, and with what.
+func (s Source) NullFill() (float32, bool) {
+	v, ok := strings.CutPrefix(s.Nulls, "fill:")
+	if !ok {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(v, 32)
+	return float32(f), err == nil
+}
+
+// Error is every problem found in one job file.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	name := e.File
+	if name == "" {
+		name = "job"
+	}
+	if len(e.Problems) == 1 {
+		return fmt.Sprintf("%s: %s", name, e.Problems[0])
+	}
+	return fmt.Sprintf("%s: %d problems:\n  %s", name, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// ErrInvalid is wrapped by every *Error.
+var ErrInvalid = errors.New("jobs: invalid job")
+
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Load reads a job file, applies --set overrides ("a.b=value", Helm-style dotted paths,
+// the value parsed as YAML), fills defaults, resolves relative paths and validates.
+func Load(path string, sets []string) (*Job, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read job: %w", err)
+	}
+	return Parse(data, path, sets)
+}
+
+// Parse is Load on bytes; path names the file in errors and anchors relative paths.
+func Parse(data []byte, path string, sets []string) (*Job, error) {
+	e := &Error{File: path}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		e.Problems = append(e.Problems, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, e
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind == 0 { // empty file
+		root = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	}
+	if root.Kind != yaml.MappingNode {
+		e.Problems = append(e.Problems, fmt.Sprintf("line %d: a job file is a mapping of fields", root.Line))
+		return nil, e
+	}
+	setPaths := map[string]bool{}
+	for _, s := range sets {
+		p, err := applySet(root, s)
+		if err != nil {
+			e.Problems = append(e.Problems, err.Error())
+			continue
+		}
+		setPaths[p] = true
+	}
+	checkFields(root, reflect.TypeOf(Job{}), "", &e.Problems)
+	var j Job
+	if err := root.Decode(&j); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			e.Problems = append(e.Problems, te.Errors...)
+		} else {
+			e.Problems = append(e.Problems, err.Error())
+		}
+	}
+	if len(e.Problems) > 0 {
+		return nil, e
+	}
+	j.File = path
+	j.setDefaults()
+	j.resolvePaths(filepath.Dir(path), setPaths)
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	return &j, nil
+}
+
+func (j *Job) setDefaults() {
+	if j.Source.Nulls == "" {
+		j.Source.Nulls = "fail"
+	}
+	if j.Model.BatchSize == 0 {
+		j.Model.BatchSize = DefaultBatchSize
+	}
+	if j.Model.Workers == 0 {
+		j.Model.Workers = runtime.NumCPU()
+	}
+	if j.Model.IntraOpThreads == 0 {
+		j.Model.IntraOpThreads = 1
+	}
+	if j.Model.Device == "" {
+		j.Model.Device = "auto"
+	}
+	if j.Sink.Store == "" {
+		j.Sink.Store = DefaultStore
+	}
+	if j.Sink.Namespace == "" {
+		j.Sink.Namespace = j.Name
+	}
+	if j.Sink.Encoding == "" {
+		j.Sink.Encoding = "json"
+	}
+	if j.Defaults.Global == "" {
+		j.Defaults.Global = "mean"
+	}
+	if j.Release.Flip == "" {
+		j.Release.Flip = "auto"
+	}
+}
+
+// resolvePaths anchors relative paths: those from the file at its directory, those given
+// with --set at the working directory (left as they are).
+func (j *Job) resolvePaths(dir string, fromSet map[string]bool) {
+	abs := func(field, p string) string {
+		if p == "" || filepath.IsAbs(p) || fromSet[field] {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	j.Source.URI = abs("source.uri", j.Source.URI)
+	j.Model.Path = abs("model.path", j.Model.Path)
+	if !fromSet["sink.store"] {
+		j.Sink.Store = writers.ResolveURL(j.Sink.Store, dir)
+	}
+}
+
+// Validate returns every problem with the job at once, or nil.
+func (j *Job) Validate() error {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if j.Name == "" {
+		add("name: required")
+	} else if err := writers.ValidateNamespace(j.Name); err != nil {
+		add("name: %q: use 1-63 characters of a-z, 0-9, '_', '.', '-'", j.Name)
+	}
+	if j.Schedule != "" {
+		if _, err := ParseSchedule(j.Schedule); err != nil {
+			add("schedule: %v", err)
+		}
+	}
+	if j.Source.URI == "" {
+		add("source.uri: required (a glob of Parquet shards)")
+	}
+	if j.Source.Key == "" {
+		add("source.key: required (the key column)")
+	}
+	if len(j.Source.Features) == 0 {
+		add("source.features: required (numeric columns in model-input order, or one list column)")
+	}
+	seen := map[string]bool{}
+	for i, f := range j.Source.Features {
+		switch {
+		case f == "":
+			add("source.features[%d]: empty column name", i)
+		case seen[f]:
+			add("source.features[%d]: column %q listed twice", i, f)
+		case f == j.Source.Key:
+			add("source.features[%d]: %q is the key column", i, f)
+		}
+		seen[f] = true
+	}
+	switch n := j.Source.Nulls; {
+	case n == "fail", n == "skip":
+	case strings.HasPrefix(n, "fill:"):
+		if v, err := strconv.ParseFloat(strings.TrimPrefix(n, "fill:"), 32); err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+			add("source.nulls: %q: fill needs a finite number, as in fill:0", n)
+		}
+	default:
+		add("source.nulls: %q: use fail, skip or fill:<number>", n)
+	}
+	if j.Model.Path == "" {
+		add("model.path: required (an .onnx file)")
+	}
+	if b := j.Model.BatchSize; b < 1 || b > 1<<20 {
+		add("model.batch_size: %d: use 1 to %d", b, 1<<20)
+	}
+	if w := j.Model.Workers; w < 1 || w > 256 {
+		add("model.workers: %d: use 1 to 256", w)
+	}
+	if t := j.Model.IntraOpThreads; t < 1 || t > 256 {
+		add("model.intra_op_threads: %d: use 1 to 256", t)
+	}
+	switch j.Model.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		add("model.device: %q: use auto, cpu or cuda", j.Model.Device)
+	}
+	if err := writers.CheckURL(j.Sink.Store); err != nil {
+		add("sink.store: %v", err)
+	}
+	if err := writers.ValidateNamespace(j.Sink.Namespace); err != nil && j.Sink.Namespace != j.Name {
+		add("sink.namespace: %q: use 1-63 characters of a-z, 0-9, '_', '.', '-'", j.Sink.Namespace)
+	}
+	switch j.Sink.Encoding {
+	case "json", "binary":
+	default:
+		add("sink.encoding: %q: use json or binary", j.Sink.Encoding)
+	}
+	switch j.Defaults.Global {
+	case "mean", "median", "none":
+	default:
+		add("defaults.global: %q: use mean, median or none", j.Defaults.Global)
+	}
+	if j.Defaults.SegmentBy != "" && j.Defaults.Global == "none" {
+		add("defaults.segment_by: needs defaults.global mean or median")
+	}
+	if j.Defaults.SegmentBy != "" && seen[j.Defaults.SegmentBy] {
+		add("defaults.segment_by: %q is a feature column; segment by a categorical column", j.Defaults.SegmentBy)
+	}
+	switch j.Release.Flip {
+	case "auto", "manual":
+	default:
+		add("release.flip: %q: use auto or manual", j.Release.Flip)
+	}
+	if k := j.Release.KeepVersions(); k < 0 || k > 1000 {
+		add("release.keep: %d: use 0 to 1000", k)
+	}
+	if r := j.Release.Gates.MinRows(); r < 0 || r > 10 || math.IsNaN(r) {
+		add("release.gates.min_rows_ratio: %v: use a ratio from 0 to 10", r)
+	}
+	if r := j.Release.Gates.MaxNulls(); r < 0 || r > 1 || math.IsNaN(r) {
+		add("release.gates.max_null_fraction: %v: use a fraction from 0 to 1", r)
+	}
+	if len(p) > 0 {
+		return &Error{File: j.File, Problems: p}
+	}
+	return nil
+}
+
+// scheduleParser accepts standard 5-field specs, an optional leading seconds field,
+// descriptors (@daily, @every 1h) and a CRON_TZ=Zone prefix.
+var scheduleParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ParseSchedule parses a job's schedule.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	return scheduleParser.Parse(spec)
+}
+
+// checkFields reports mapping keys that name no field of t, with their line and path.
+func checkFields(n *yaml.Node, t reflect.Type, path string, problems *[]string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
+		return
+	}
+	fields := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name != "" && name != "-" {
+			fields[name] = f.Type
+		}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p := k.Value
+		if path != "" {
+			p = path + "." + k.Value
+		}
+		ft, ok := fields[k.Value]
+		if !ok {
+			*problems = append(*problems, fmt.Sprintf("line %d: %s: unknown field", k.Line, p))
+			continue
+		}
+		checkFields(v, ft, p, problems)
+	}
+}
+
+// applySet sets the field at a dotted path ("model.batch_size=4096") in the document,
+// creating mappings on the way. The value is parsed as YAML, so lists work: a=[x,y].
+func applySet(root *yaml.Node, set string) (string, error) {
+	path, value, ok := strings.Cut(set, "=")
+	if !ok || path == "" {
+		return "", fmt.Errorf("--set %q: use FIELD=VALUE, as in source.uri=data/*.parquet", set)
+	}
+	var v yaml.Node
+	if err := yaml.Unmarshal([]byte(value), &v); err != nil {
+		return "", fmt.Errorf("--set %s: %v", path, err)
+	}
+	val := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
+	if len(v.Content) == 1 {
+		val = v.Content[0]
+	}
+	parts := strings.Split(path, ".")
+	n := root
+	for i, part := range parts {
+		if n.Kind != yaml.MappingNode {
+			return "", fmt.Errorf("--set %s: %s is not a mapping", path, strings.Join(parts[:i], "."))
+		}
+		var next *yaml.Node
+		for k := 0; k+1 < len(n.Content); k += 2 {
+			if n.Content[k].Value == part {
+				next = n.Content[k+1]
+				if i == len(parts)-1 {
+					n.Content[k+1] = val
+				}
+				break
+			}
+		}
+		if next == nil {
+			key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: part}
+			next = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+			if i == len(parts)-1 {
+				next = val
+			}
+			n.Content = append(n.Content, key, next)
+		}
+		n = next
+	}
+	return path, nil
+}

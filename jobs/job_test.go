@@ -1,0 +1,220 @@
+package jobs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
+	dir, _ := filepath.Abs("testdata")
+
+	t.Run("every field set is kept as written and relative paths anchor at the file", func(t *testing.T) {
+		j, err := Load(filepath.Join(dir, "full.good.yaml"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checks := []struct {
+			name      string
+			got, want any
+		}{
+			{"source.uri", j.Source.URI, filepath.Join(dir, "data/features/*.parquet")},
+			{"model.path", j.Model.Path, filepath.Join(dir, "models/churn.onnx")},
+			{"sink.store", j.Sink.Store, "pebble:" + filepath.Join(dir, "store")},
+			{"sink.namespace", j.Sink.Namespace, "churn-scores"},
+			{"sink.encoding", j.Sink.Encoding, "binary"},
+			{"model.batch_size", j.Model.BatchSize, 4096},
+			{"model.device", j.Model.Device, "cpu"},
+			{"defaults.global", j.Defaults.Global, "median"},
+			{"defaults.segment_by", j.Defaults.SegmentBy, "country"},
+			{"release.flip", j.Release.Flip, "manual"},
+			{"release.keep", j.Release.KeepVersions(), 3},
+			{"min_rows_ratio", j.Release.Gates.MinRows(), 0.5},
+			{"max_null_fraction", j.Release.Gates.MaxNulls(), 0.01},
+		}
+		for _, c := range checks {
+			if c.got != c.want {
+				t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+			}
+		}
+		if f, ok := j.Source.NullFill(); !ok || f != 0 {
+			t.Errorf("nulls fill: got %v %v, want 0 true", f, ok)
+		}
+	})
+
+	t.Run("a minimal file gets the documented defaults", func(t *testing.T) {
+		j, err := Load(filepath.Join(dir, "minimal.good.yaml"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checks := []struct {
+			name      string
+			got, want any
+		}{
+			{"source.uri stays absolute", j.Source.URI, "/abs/data/*.parquet"},
+			{"source.nulls", j.Source.Nulls, "fail"},
+			{"model.batch_size", j.Model.BatchSize, DefaultBatchSize},
+			{"model.workers", j.Model.Workers, runtime.NumCPU()},
+			{"model.device", j.Model.Device, "auto"},
+			{"sink.store", j.Sink.Store, "pebble:" + filepath.Join(dir, ".staticref/store")},
+			{"sink.namespace defaults to name", j.Sink.Namespace, "churn"},
+			{"sink.encoding", j.Sink.Encoding, "json"},
+			{"defaults.global", j.Defaults.Global, "mean"},
+			{"release.flip", j.Release.Flip, "auto"},
+			{"release.keep", j.Release.KeepVersions(), DefaultKeep},
+			{"min_rows_ratio", j.Release.Gates.MinRows(), DefaultMinRowsRatio},
+			{"max_null_fraction", j.Release.Gates.MaxNulls(), DefaultMaxNullFraction},
+		}
+		for _, c := range checks {
+			if c.got != c.want {
+				t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+			}
+		}
+	})
+}
+
+func TestBadFilesReportEveryProblemWithItsPath(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string // each must appear in the error
+	}{
+		{"unknown-field.bad.yaml", []string{
+			"line 6: source.feature: unknown field",
+			"line 9: model.batchsize: unknown field",
+			"line 10: sinks: unknown field",
+		}},
+		{"many-problems.bad.yaml", []string{
+			`name: "Churn!"`,
+			"schedule: ",
+			"source.uri: required",
+			`source.features[1]: column "f0" listed twice`,
+			`source.features[2]: "user_id" is the key column`,
+			`source.nulls: "zero"`,
+			"model.path: required",
+			"model.batch_size: -5",
+			"model.workers: -1",
+			`model.device: "tpu"`,
+			`sink.store: `,
+			`sink.encoding: "xml"`,
+			`defaults.global: "mode"`,
+			`release.flip: "sometimes"`,
+			"release.keep: -1",
+			"release.gates.min_rows_ratio: -0.1",
+			"release.gates.max_null_fraction: 2",
+		}},
+		{"wrong-type.bad.yaml", []string{
+			"line 5: cannot unmarshal !!str `f0` into []string",
+			"line 8: cannot unmarshal !!str `lots` into int",
+		}},
+		{"not-a-mapping.bad.yaml", []string{"a job file is a mapping of fields"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			path := filepath.Join("testdata", tt.file)
+			_, err := Load(path, nil)
+			if err == nil {
+				t.Fatal("got no error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("got %T, want an error wrapping ErrInvalid", err)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, path+": ") {
+				t.Errorf("error does not start with the file name: %s", msg)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error lacks %q:\n%s", w, msg)
+				}
+			}
+			var je *Error
+			if errors.As(err, &je) && len(je.Problems) < len(tt.want) {
+				t.Errorf("got %d problems, want at least %d:\n%s", len(je.Problems), len(tt.want), msg)
+			}
+		})
+	}
+}
+
+func TestSetOverridesAnyFieldAndIsValidatedLikeTheFile(t *testing.T) {
+	path := filepath.Join("testdata", "full.good.yaml")
+	t.Run("scalars, lists and new fields are set; set paths stay relative to the working directory", func(t *testing.T) {
+		j, err := Load(path, []string{
+			"source.uri=data/dt=2026-11-01/*.parquet",
+			"model.batch_size=128",
+			"source.features=[a, b]",
+			"sink.store=pebble:other",
+			"defaults.segment_by=region",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Source.URI != "data/dt=2026-11-01/*.parquet" {
+			t.Errorf("source.uri: got %q", j.Source.URI)
+		}
+		if j.Sink.Store != "pebble:other" {
+			t.Errorf("sink.store: got %q", j.Sink.Store)
+		}
+		if j.Model.BatchSize != 128 {
+			t.Errorf("batch_size: got %d, want 128", j.Model.BatchSize)
+		}
+		if !slices.Equal(j.Source.Features, []string{"a", "b"}) {
+			t.Errorf("features: got %v", j.Source.Features)
+		}
+		if j.Defaults.SegmentBy != "region" {
+			t.Errorf("segment_by: got %q", j.Defaults.SegmentBy)
+		}
+	})
+	tests := []struct {
+		name string
+		set  string
+		want string
+	}{
+		{"an unknown field", "model.threads=4", "model.threads: unknown field"},
+		{"a bad value", "model.device=tpu", `model.device: "tpu"`},
+		{"a value of the wrong type", "model.workers=many", "cannot unmarshal"},
+		{"no equals sign", "model.workers", "use FIELD=VALUE"},
+		{"a path through a scalar", "name.first=x", "name is not a mapping"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" is an error", func(t *testing.T) {
+			_, err := Load(path, []string{tt.set})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDemoJobIsValid(t *testing.T) {
+	j, err := Load("demo.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(j.Model.Path); err != nil {
+		t.Errorf("demo model: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, name := range []string{"testdata/full.good.yaml", "testdata/many-problems.bad.yaml", "demo.yaml"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, "model.workers=3")
+	}
+	f.Fuzz(func(t *testing.T, data []byte, set string) {
+		j, err := Parse(data, "fuzz.yaml", []string{set})
+		if err == nil {
+			if verr := j.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a job that Validate rejects: %v", verr)
+			}
+		} else if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error does not wrap ErrInvalid: %v", err)
+		}
+	})
+}

@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/staticref/staticref/inference"
+	"github.com/staticref/staticref/readers"
+	"github.com/staticref/staticref/writers"
+)
+
+// Shard is what the pipeline needs from one input file (satisfied by *readers.File).
+type Shard interface {
+	Info() readers.FileInfo
+	Width() int
+	ReadRowGroup(ctx context.Context, rg int, fn func(*readers.Batch) error) error
+	Close() error
+}
+
+// Predictor is one worker's inference session (satisfied by *inference.Session).
+type Predictor interface {
+	// Input returns the buffer for n rows of packed features, row-major.
+	Input(n int) []float32
+	// Run scores the first n rows and returns one slice per output (n*Width values).
+	Run(n int) ([][]float32, error)
+	Close() error
+}
+
+// Model is a loaded model, checked against the job's features.
+type Model struct {
+	Info         writers.ModelInfo
+	Input        string
+	Width        int // features per row
+	Outputs      []writers.Output
+	Device       string
+	NewPredictor func() (Predictor, error)
+	Close        func() error
+}
+
+// Deps are the parts a run is built from. Tests of this package substitute fakes; real
+// runs use Default.
+type Deps struct {
+	// OpenShard opens one input file and checks its schema.
+	OpenShard func(path string, opts readers.Options) (Shard, error)
+	// LoadModel loads the job's model for rows of width features.
+	LoadModel func(path string, opts inference.Options) (*Model, error)
+}
+
+// Default wires the real Parquet reader and ONNX Runtime.
+func Default() Deps {
+	return Deps{
+		OpenShard: func(path string, opts readers.Options) (Shard, error) {
+			return readers.Open(path, opts)
+		},
+		LoadModel: loadModel,
+	}
+}
+
+func loadModel(path string, opts inference.Options) (*Model, error) {
+	if err := inference.Init(); err != nil {
+		return nil, err
+	}
+	if opts.Features == 0 {
+		// A variable-length list column: the model's declared input width decides, and
+		// every row's list must have that many values.
+		w, err := inputWidth(path, opts.Input)
+		if err != nil {
+			return nil, err
+		}
+		opts.Features = w
+	}
+	m, err := inference.Load(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	info := writers.ModelInfo{Path: path, SHA256: m.Info.SHA256}
+	for _, t := range m.Info.Inputs {
+		info.Inputs = append(info.Inputs, writers.Tensor{Name: t.Name, Type: t.ElemType, Shape: t.Shape})
+	}
+	for _, t := range m.Info.Outputs {
+		info.Outputs = append(info.Outputs, writers.Tensor{Name: t.Name, Type: t.ElemType, Shape: t.Shape})
+	}
+	outs := make([]writers.Output, len(m.Outputs))
+	for i, o := range m.Outputs {
+		outs[i] = writers.Output{Name: o.Name, Width: o.Width}
+	}
+	return &Model{
+		Info:    info,
+		Input:   m.Input,
+		Width:   opts.Features,
+		Outputs: outs,
+		Device:  m.Device,
+		NewPredictor: func() (Predictor, error) {
+			return m.NewSession()
+		},
+		Close: m.Close,
+	}, nil
+}
+
+// inputWidth is the fixed second dimension of the model's input.
+func inputWidth(path, input string) (int, error) {
+	info, err := inference.Inspect(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range info.Inputs {
+		if (input == "" && len(info.Inputs) == 1) || t.Name == input {
+			if len(t.Shape) == 2 && t.Shape[1] > 0 {
+				return int(t.Shape[1]), nil
+			}
+			return 0, fmt.Errorf("model %s: input %q has no fixed width (%v); a variable-length list column (source.features) needs one", path, t.Name, t.Shape)
+		}
+	}
+	return 0, fmt.Errorf("model %s: input %q not found (model.input)", path, input)
+}

@@ -1,0 +1,461 @@
+// Package pipeline runs a staticref batch job: Parquet shards -> Arrow batches -> ONNX
+// Runtime workers -> a new version in a store, then manifest, gates, flip and retention.
+//
+// The stages are a fixed pool joined by bounded channels:
+//
+//	readers (R goroutines, one row group at a time)
+//	   -> packed chunks -> inference workers (W goroutines, one session each)
+//	   -> encoded chunks -> writer (one goroutine: store writes, counts, defaults)
+//	   -> free chunks back to the readers.
+//
+// A chunk owns every buffer one batch needs (keys, packed features, outputs, encoded
+// values) and is reused for the whole run, so memory is set by batch_size, the worker
+// count and the pool size, never by the number of rows. The first error cancels every
+// stage and is returned with the shard, row group and row it concerns; the version is then
+// marked failed and the live pointer is never touched.
+//
+// The pipeline never imports lookup, scheduler or cmd; it needs from readers, inference
+// and writers only what deps.go names.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/staticref/staticref/inference"
+	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/readers"
+	"github.com/staticref/staticref/writers"
+)
+
+// ErrGateFailed is wrapped by the error of a run whose version is complete but failed a
+// release gate: it is not live, and the run exits non-zero.
+var ErrGateFailed = errors.New("pipeline: release gate failed")
+
+// AbandonedAfter is how old a version still in state writing must be before gc removes it.
+const AbandonedAfter = 24 * time.Hour
+
+// Config is one run.
+type Config struct {
+	Job     *jobs.Job
+	Store   writers.Store
+	Deps    Deps
+	Version string // "" picks a new time-based id
+	NoFlip  bool   // leave the complete version for a manual flip
+	Now     func() time.Time
+	Log     *slog.Logger
+	// Readers is how many row groups are decoded at once (default: 2, at most the number
+	// of row groups).
+	Readers int
+}
+
+// Result is what a run did.
+type Result struct {
+	Manifest *writers.Manifest
+	Flipped  bool
+	Previous string   // the version live before the flip
+	Removed  []string // versions gc removed after the flip
+}
+
+// Run executes cfg.Job. On success the new version is complete and, unless release.flip is
+// manual or NoFlip is set, live. A failed gate returns an error wrapping ErrGateFailed with
+// the complete (not live) version in the result.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	r, err := newRun(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	if err := r.prepare(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.execute(ctx); err != nil {
+		r.fail(err)
+		return &Result{Manifest: r.m}, err
+	}
+	return r.release(ctx)
+}
+
+type run struct {
+	cfg     Config
+	job     *jobs.Job
+	store   writers.Store
+	ns      string
+	log     *slog.Logger
+	now     func() time.Time
+	ropts   readers.Options
+	files   []readers.FileInfo
+	model   *Model
+	m       *writers.Manifest
+	created bool // this run created the manifest
+
+	rowsRead atomic.Int64
+}
+
+func newRun(cfg Config) (*run, error) {
+	if cfg.Job == nil || cfg.Store == nil {
+		return nil, errors.New("pipeline: Config needs a Job and a Store")
+	}
+	if cfg.Deps.OpenShard == nil {
+		cfg.Deps = Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	j := cfg.Job
+	r := &run{cfg: cfg, job: j, store: cfg.Store, ns: j.Sink.Namespace, log: cfg.Log, now: cfg.Now}
+	r.ropts = readers.Options{Key: j.Source.Key, Features: j.Source.Features, BatchSize: j.Model.BatchSize}
+	if j.Defaults.SegmentBy != "" {
+		r.ropts.Extra = []string{j.Defaults.SegmentBy}
+	}
+	if err := writers.ValidateNamespace(r.ns); err != nil {
+		return nil, fmt.Errorf("sink.namespace: %w", err)
+	}
+	return r, nil
+}
+
+func (r *run) close() {
+	if r.model != nil && r.model.Close != nil {
+		r.model.Close()
+	}
+}
+
+// prepare checks everything that can be checked before any data is read: every shard's
+// schema, the model against the features, and the target version.
+func (r *run) prepare(ctx context.Context) error {
+	paths, err := readers.Glob(r.job.Source.URI)
+	if err != nil {
+		return fmt.Errorf("source.uri: %w", err)
+	}
+	width := -1
+	for _, p := range paths {
+		f, err := r.cfg.Deps.OpenShard(p, r.ropts)
+		if err != nil {
+			return err
+		}
+		info, w := f.Info(), f.Width()
+		f.Close()
+		if width >= 0 && w != width {
+			return fmt.Errorf("shard %s: %d feature values per row, shard %s has %d (source.features)", p, w, paths[0], width)
+		}
+		width = w
+		r.files = append(r.files, info)
+	}
+	r.model, err = r.cfg.Deps.LoadModel(r.job.Model.Path, inference.Options{
+		Input:          r.job.Model.Input,
+		Outputs:        r.job.Model.Outputs,
+		Features:       width, // 0 for a variable list column: the model's width decides
+		BatchSize:      r.job.Model.BatchSize,
+		IntraOpThreads: r.job.Model.IntraOpThreads,
+		Device:         r.job.Model.Device,
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := writers.NewValueEncoder(r.job.Sink.Encoding, r.model.Outputs); err != nil {
+		return fmt.Errorf("sink.encoding: %w", err)
+	}
+	return r.createVersion(ctx)
+}
+
+func (r *run) createVersion(ctx context.Context) error {
+	start := r.now().UTC()
+	id := r.cfg.Version
+	if id == "" {
+		var err error
+		if id, err = writers.NewVersionID(ctx, r.store, r.ns, start); err != nil {
+			return fmt.Errorf("new version: %w", err)
+		}
+	} else {
+		if err := writers.ValidateVersion(id); err != nil {
+			return fmt.Errorf("--version: %w", err)
+		}
+		if old, err := r.store.Manifest(ctx, r.ns, id); err == nil {
+			return fmt.Errorf("version %s of %s already exists (state %s): choose another --version", id, r.ns, old.State)
+		} else if !errors.Is(err, writers.ErrNotFound) {
+			return fmt.Errorf("read manifest %s: %w", id, err)
+		}
+	}
+	r.m = &writers.Manifest{
+		Namespace: r.ns,
+		Version:   id,
+		Job:       r.job.Name,
+		State:     writers.StateWriting,
+		Model:     r.model.Info,
+		Encoding:  r.job.Sink.Encoding,
+		Outputs:   r.model.Outputs,
+		StartedAt: start,
+	}
+	for _, f := range r.files {
+		r.m.Sources = append(r.m.Sources, writers.Source{Path: f.Path, Bytes: f.Bytes, Rows: f.Rows})
+	}
+	if err := r.store.PutManifest(ctx, r.m); err != nil {
+		return fmt.Errorf("create version %s: %w", id, err)
+	}
+	r.created = true
+	r.log.Info("version started", "namespace", r.ns, "version", id, "shards", len(r.files), "device", r.model.Device)
+	return nil
+}
+
+// fail records why the version failed. It uses a fresh context: the run's own is often
+// the one that was cancelled.
+func (r *run) fail(cause error) {
+	if !r.created {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r.m.State = writers.StateFailed
+	r.m.Error = cause.Error()
+	r.m.CompletedAt = r.now().UTC()
+	if err := r.store.PutManifest(ctx, r.m); err != nil {
+		r.log.Error("could not mark version failed", "version", r.m.Version, "err", err)
+	}
+}
+
+// task is one row group of one shard.
+type task struct {
+	file string
+	rg   int
+}
+
+func (r *run) execute(ctx context.Context) error {
+	var tasks []task
+	for _, f := range r.files {
+		for _, rg := range f.RowGroups {
+			tasks = append(tasks, task{f.Path, rg.Index})
+		}
+	}
+	workers := r.job.Model.Workers
+	nReaders := r.cfg.Readers
+	if nReaders <= 0 {
+		nReaders = 2
+	}
+	nReaders = max(1, min(nReaders, len(tasks)))
+
+	g, ctx := errgroup.WithContext(ctx)
+	taskc := make(chan task)
+	free := make(chan *chunk, workers+nReaders+2)
+	packed := make(chan *chunk, workers)
+	encoded := make(chan *chunk, workers)
+	for range cap(free) {
+		free <- newChunk(r.job.Model.BatchSize, r.model.Width)
+	}
+
+	g.Go(func() error {
+		defer close(taskc)
+		for _, t := range tasks {
+			select {
+			case taskc <- t:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	readersDone := make(chan struct{}, nReaders)
+	for range nReaders {
+		g.Go(func() error {
+			defer func() { readersDone <- struct{}{} }()
+			return r.read(ctx, taskc, free, packed)
+		})
+	}
+	g.Go(func() error {
+		for range nReaders {
+			select {
+			case <-readersDone:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		close(packed)
+		return nil
+	})
+	workersDone := make(chan struct{}, workers)
+	for range workers {
+		g.Go(func() error {
+			defer func() { workersDone <- struct{}{} }()
+			return r.infer(ctx, packed, encoded)
+		})
+	}
+	g.Go(func() error {
+		for range workers {
+			select {
+			case <-workersDone:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		close(encoded)
+		return nil
+	})
+	w := newWriterStage(r)
+	g.Go(func() error { return w.run(ctx, encoded, free) })
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return w.finish(r.m)
+}
+
+// read decodes row groups into chunks taken from free and sends them on.
+func (r *run) read(ctx context.Context, tasks <-chan task, free chan *chunk, out chan<- *chunk) error {
+	var f Shard
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	open := ""
+	fill, filling := r.job.Source.NullFill()
+	for t := range tasks {
+		if t.file != open {
+			if f != nil {
+				f.Close()
+				f = nil
+			}
+			var err error
+			if f, err = r.cfg.Deps.OpenShard(t.file, r.ropts); err != nil {
+				return err
+			}
+			open = t.file
+		}
+		err := f.ReadRowGroup(ctx, t.rg, func(b *readers.Batch) error {
+			var c *chunk
+			select {
+			case c = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if err := c.load(b, r.model.Width, len(r.ropts.Extra) > 0, fill, filling); err != nil {
+				free <- c
+				return err
+			}
+			r.rowsRead.Add(int64(b.Len))
+			select {
+			case out <- c:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// infer runs one session over packed chunks, dropping or failing rows with nulls as the
+// job says, and encodes keys and values.
+func (r *run) infer(ctx context.Context, in <-chan *chunk, out chan<- *chunk) error {
+	p, err := r.model.NewPredictor()
+	if err != nil {
+		return fmt.Errorf("start inference worker: %w", err)
+	}
+	defer p.Close()
+	enc, err := writers.NewValueEncoder(r.job.Sink.Encoding, r.model.Outputs)
+	if err != nil {
+		return err
+	}
+	skip := r.job.Source.Nulls == "skip"
+	for {
+		var c *chunk
+		select {
+		case c = <-in:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if c == nil {
+			return nil
+		}
+		if err := c.infer(p, enc, skip); err != nil {
+			return err
+		}
+		select {
+		case out <- c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// release writes the complete manifest, runs the gates, flips and collects garbage.
+func (r *run) release(ctx context.Context) (*Result, error) {
+	res := &Result{Manifest: r.m}
+	live, err := r.store.Live(ctx, r.ns)
+	if err != nil {
+		return res, fmt.Errorf("read live pointer: %w", err)
+	}
+	var liveRows int64 = -1
+	if live != "" {
+		lm, err := r.store.Manifest(ctx, r.ns, live)
+		if err != nil {
+			return res, fmt.Errorf("read live manifest %s: %w", live, err)
+		}
+		liveRows = lm.RowsWritten
+	}
+	r.m.Gates = r.gates(liveRows, live)
+	r.m.State = writers.StateComplete
+	r.m.CompletedAt = r.now().UTC()
+	if err := r.store.PutManifest(ctx, r.m); err != nil {
+		return res, fmt.Errorf("complete version %s: %w", r.m.Version, err)
+	}
+	r.log.Info("version complete", "namespace", r.ns, "version", r.m.Version,
+		"rows_read", r.m.RowsRead, "rows_written", r.m.RowsWritten, "rows_skipped", r.m.RowsSkipped)
+	var failed []string
+	for _, g := range r.m.Gates {
+		if !g.Passed {
+			failed = append(failed, g.Name+": "+g.Detail)
+		}
+	}
+	if len(failed) > 0 {
+		return res, fmt.Errorf("%w: version %s is complete but not live: %s", ErrGateFailed, r.m.Version, strings.Join(failed, "; "))
+	}
+	if r.cfg.NoFlip || r.job.Release.Flip == "manual" {
+		r.log.Info("version left for a manual flip", "version", r.m.Version)
+		return res, nil
+	}
+	if err := writers.FlipFrom(ctx, r.store, r.ns, live, r.m.Version); err != nil {
+		return res, fmt.Errorf("flip %s to %s: %w", r.ns, r.m.Version, err)
+	}
+	res.Flipped, res.Previous = true, live
+	r.log.Info("flipped", "namespace", r.ns, "live", r.m.Version, "previous", live)
+	res.Removed, err = writers.GC(ctx, r.store, r.ns, r.job.Release.KeepVersions(), AbandonedAfter, r.now())
+	if err != nil {
+		return res, fmt.Errorf("gc %s: %w", r.ns, err)
+	}
+	return res, nil
+}
+
+func (r *run) gates(liveRows int64, live string) []writers.GateResult {
+	g := r.job.Release.Gates
+	minRows := writers.GateResult{Name: "min_rows_ratio", Limit: g.MinRows(), Passed: true, Value: 1}
+	if liveRows > 0 {
+		minRows.Value = float64(r.m.RowsWritten) / float64(liveRows)
+		minRows.Passed = minRows.Value >= minRows.Limit
+		minRows.Detail = fmt.Sprintf("%d rows written, live version %s has %d (ratio %.4f, at least %.4f)",
+			r.m.RowsWritten, live, liveRows, minRows.Value, minRows.Limit)
+	} else {
+		minRows.Detail = "no live version to compare with"
+	}
+	nulls := writers.GateResult{Name: "max_null_fraction", Limit: g.MaxNulls()}
+	if r.m.RowsWritten > 0 {
+		nulls.Value = float64(r.m.NullOutputs) / float64(r.m.RowsWritten)
+	}
+	nulls.Passed = nulls.Value <= nulls.Limit
+	nulls.Detail = fmt.Sprintf("%d of %d rows have a NaN or infinite output (fraction %.6f, at most %.6f)",
+		r.m.NullOutputs, r.m.RowsWritten, nulls.Value, nulls.Limit)
+	empty := writers.GateResult{Name: "not_empty", Limit: 1, Value: float64(r.m.RowsWritten), Passed: r.m.RowsWritten > 0,
+		Detail: fmt.Sprintf("%d rows written", r.m.RowsWritten)}
+	return []writers.GateResult{empty, minRows, nulls}
+}

@@ -1,0 +1,368 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/staticref/staticref/inference/onnxgen"
+	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/readers/shardgen"
+	"github.com/staticref/staticref/writers"
+)
+
+const modelSeed = 7
+
+// dataset is a generated set of shards and the models that score them.
+type dataset struct {
+	spec   shardgen.Spec
+	dir    string
+	files  []string
+	models map[string]*onnxgen.Model
+}
+
+func (d *dataset) glob() string { return filepath.Join(d.dir, "features", "*.parquet") }
+func (d *dataset) model(name string) string {
+	return filepath.Join(d.dir, "models", name+".onnx")
+}
+
+var (
+	bigOnce sync.Once
+	big     *dataset
+)
+
+// bigDataset is shared by the tests that need >= 100k rows in several shards.
+func bigDataset(t *testing.T) *dataset {
+	bigOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "staticref-pipeline-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		big = generate(t, dir, shardgen.Spec{Rows: 120_000, Shards: 4, RowGroupRows: 10_000, Seed: 1})
+	})
+	if big == nil {
+		t.Fatal("generating the shared data set failed")
+	}
+	return big
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if big != nil {
+		os.RemoveAll(big.dir)
+	}
+	os.Exit(code)
+}
+
+func generate(t *testing.T, dir string, spec shardgen.Spec) *dataset {
+	t.Helper()
+	files, err := shardgen.Generate(filepath.Join(dir, "features"), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dataset{spec: spec, dir: dir, files: files, models: map[string]*onnxgen.Model{}}
+	if err := os.MkdirAll(filepath.Join(dir, "models"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*onnxgen.Model{
+		onnxgen.Logistic(4, modelSeed),
+		onnxgen.MLP(4, 16, modelSeed),
+		onnxgen.Embedding(shardgen.EmbeddingDim, modelSeed),
+	} {
+		if err := m.Write(d.model(m.Name)); err != nil {
+			t.Fatal(err)
+		}
+		d.models[m.Name] = m
+	}
+	return d
+}
+
+// newJob builds a job the way a job file would, through jobs.Parse, so defaults and
+// validation are the real ones.
+func newJob(t *testing.T, d *dataset, store string, sets ...string) *jobs.Job {
+	t.Helper()
+	yaml := `
+name: scores
+source:
+  uri: ` + d.glob() + `
+  key: user_id
+  features: [f0, f1, f2, f3]
+model:
+  path: ` + d.model("logistic") + `
+  batch_size: 4096
+  workers: 2
+  device: cpu
+sink:
+  store: ` + store + `
+defaults:
+  global: mean
+  segment_by: country
+release:
+  keep: 1
+`
+	j, err := jobs.Parse([]byte(yaml), filepath.Join(t.TempDir(), "job.yaml"), sets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func openStore(t *testing.T) (writers.Store, string) {
+	t.Helper()
+	url := "pebble:" + filepath.Join(t.TempDir(), "store")
+	s, err := writers.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, url
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func run(t *testing.T, s writers.Store, j *jobs.Job) (*pipeline.Result, error) {
+	t.Helper()
+	return pipeline.Run(context.Background(), pipeline.Config{Job: j, Store: s, Log: quiet})
+}
+
+// checkEveryKey compares every stored value with the model's float64 reference computed
+// from the generated row, and the number of stored keys with the rows read.
+func checkEveryKey(t *testing.T, s writers.Store, d *dataset, m *writers.Manifest, model string, features func(shardgen.Row) []float64) {
+	t.Helper()
+	ctx := context.Background()
+	ref := d.models[model]
+	if m.RowsRead != int64(d.spec.Rows) || m.RowsWritten != int64(d.spec.Rows) {
+		t.Fatalf("rows read %d, written %d, want %d each", m.RowsRead, m.RowsWritten, d.spec.Rows)
+	}
+	n, err := s.CountKeys(ctx, m.Namespace, m.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != m.RowsRead {
+		t.Fatalf("keys stored: got %d, want %d (rows read)", n, m.RowsRead)
+	}
+	worst := 0.0
+	for r := range int64(d.spec.Rows) {
+		row := shardgen.RowAt(d.spec, r)
+		raw, err := s.Get(ctx, m.Namespace, m.Version, []byte(row.Key))
+		if err != nil {
+			t.Fatalf("key %s: %v", row.Key, err)
+		}
+		v, err := writers.ValueJSON(m, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal(v, &got); err != nil {
+			t.Fatal(err)
+		}
+		want := ref.Predict(features(row))
+		if len(got) != len(m.Outputs) {
+			t.Fatalf("key %s: got outputs %v, want %v", row.Key, got, m.Outputs)
+		}
+		for _, o := range m.Outputs {
+			vals := toFloats(got[o.Name])
+			if len(vals) != len(want[o.Name]) {
+				t.Fatalf("key %s output %s: got %v, want %v", row.Key, o.Name, vals, want[o.Name])
+			}
+			for i := range vals {
+				diff := math.Abs(vals[i] - want[o.Name][i])
+				worst = max(worst, diff)
+				if diff > 1e-5 {
+					t.Fatalf("key %s output %s[%d]: got %v, want %v", row.Key, o.Name, i, vals[i], want[o.Name][i])
+				}
+			}
+		}
+	}
+	t.Logf("%d keys checked, largest difference from the float64 reference %.2g", d.spec.Rows, worst)
+}
+
+func toFloats(v any) []float64 {
+	switch v := v.(type) {
+	case float64:
+		return []float64{v}
+	case []any:
+		out := make([]float64, len(v))
+		for i, x := range v {
+			out[i], _ = x.(float64)
+		}
+		return out
+	}
+	return nil
+}
+
+func scalarFeatures(r shardgen.Row) []float64 { return r.F[:] }
+func embedding(r shardgen.Row) []float64      { return r.Embedding[:] }
+
+func TestEveryKeyMatchesAnIndependentComputation(t *testing.T) {
+	d := bigDataset(t)
+	tests := []struct {
+		name     string
+		model    string
+		sets     []string
+		features func(shardgen.Row) []float64
+	}{
+		{"logistic regression over four numeric columns of four types, json values", "logistic", nil, scalarFeatures},
+		{"an MLP with binary values", "mlp", []string{"sink.encoding=binary"}, scalarFeatures},
+		{"a model reading a variable list<float32> column", "embedding", []string{"source.features=[embedding]"}, embedding},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, url := openStore(t)
+			j := newJob(t, d, url, append(tt.sets, "model.path="+d.model(tt.model))...)
+			res, err := run(t, s, j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Flipped {
+				t.Fatal("first complete version was not flipped live")
+			}
+			live, _ := s.Live(context.Background(), "scores")
+			if live != res.Manifest.Version {
+				t.Fatalf("live: got %q, want %q", live, res.Manifest.Version)
+			}
+			checkEveryKey(t, s, d, res.Manifest, tt.model, tt.features)
+		})
+	}
+}
+
+func TestDefaultsAreTheMeanOfTheStoredPredictions(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 5000, Shards: 2, RowGroupRows: 1000, Seed: 3})
+	s, url := openStore(t)
+	res, err := run(t, s, newJob(t, d, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := d.models["logistic"]
+	sums := map[string]float64{}
+	counts := map[string]int{}
+	var total float64
+	for r := range int64(d.spec.Rows) {
+		row := shardgen.RowAt(d.spec, r)
+		score := ref.Predict(row.F[:])["score"][0]
+		total += score
+		sums[row.Country] += score
+		counts[row.Country]++
+	}
+	def := res.Manifest.Defaults
+	if def == nil || def.Method != "mean" {
+		t.Fatalf("defaults: got %+v, want a mean", def)
+	}
+	if got, want := def.Global["score"][0], total/float64(d.spec.Rows); math.Abs(got-want) > 1e-5 {
+		t.Errorf("global mean score: got %v, want %v", got, want)
+	}
+	if len(def.Segments) != len(counts) {
+		t.Errorf("segments: got %d, want %d", len(def.Segments), len(counts))
+	}
+	for c, n := range counts {
+		if got, want := def.Segments[c]["score"][0], sums[c]/float64(n); math.Abs(got-want) > 1e-5 {
+			t.Errorf("segment %s mean score: got %v, want %v", c, got, want)
+		}
+	}
+}
+
+func TestReleaseLifecycle(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 3000, Shards: 3, RowGroupRows: 1000, Seed: 5})
+	ctx := context.Background()
+	s, url := openStore(t)
+	clock := time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
+	runAt := func(j *jobs.Job) (*pipeline.Result, error) {
+		clock = clock.Add(time.Hour)
+		at := clock
+		return pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Now: func() time.Time { return at }})
+	}
+
+	first, err := runAt(newJob(t, d, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := runAt(newJob(t, d, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Manifest.Version == second.Manifest.Version {
+		t.Fatalf("two runs made one version %s", first.Manifest.Version)
+	}
+	if first.Manifest.Version != "20261127T030000Z" {
+		t.Errorf("version id: got %s, want the UTC start time 20261127T030000Z", first.Manifest.Version)
+	}
+	if second.Previous != first.Manifest.Version {
+		t.Errorf("second run replaced %q, want %q", second.Previous, first.Manifest.Version)
+	}
+
+	t.Run("rollback brings the first version back", func(t *testing.T) {
+		from, to, err := writers.Rollback(ctx, s, "scores")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from != second.Manifest.Version || to != first.Manifest.Version {
+			t.Fatalf("rollback: got %s -> %s, want %s -> %s", from, to, second.Manifest.Version, first.Manifest.Version)
+		}
+		if _, err := writers.Flip(ctx, s, "scores", second.Manifest.Version); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a failing gate leaves the version complete but not live", func(t *testing.T) {
+		// One shard of three: a third of the live rows, under min_rows_ratio 0.9.
+		res, err := runAt(newJob(t, d, url, "source.uri="+d.files[0]))
+		if !errors.Is(err, pipeline.ErrGateFailed) {
+			t.Fatalf("got %v, want ErrGateFailed", err)
+		}
+		if !strings.Contains(err.Error(), "min_rows_ratio") {
+			t.Errorf("error does not name the gate: %v", err)
+		}
+		live, _ := s.Live(ctx, "scores")
+		if live != second.Manifest.Version {
+			t.Errorf("live: got %s, want %s untouched", live, second.Manifest.Version)
+		}
+		m, err := s.Manifest(ctx, "scores", res.Manifest.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := writers.EffectiveState(m, live); got != writers.StateComplete {
+			t.Errorf("state: got %s, want complete", got)
+		}
+	})
+
+	t.Run("gc after a flip keeps release.keep previous versions", func(t *testing.T) {
+		third, err := runAt(newJob(t, d, url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, vs, err := writers.List(ctx, s, "scores")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if live != third.Manifest.Version {
+			t.Fatalf("live: got %s, want %s", live, third.Manifest.Version)
+		}
+		states := map[string]writers.State{}
+		for _, v := range vs {
+			states[v.Version] = v.Effective
+		}
+		want := map[string]writers.State{
+			first.Manifest.Version:  writers.StateRetired,
+			second.Manifest.Version: writers.StatePrevious,
+			third.Manifest.Version:  writers.StateLive,
+		}
+		for v, st := range want {
+			if states[v] != st {
+				t.Errorf("version %s: got %s, want %s (all: %v)", v, states[v], st, states)
+			}
+		}
+		if n, _ := s.CountKeys(ctx, "scores", first.Manifest.Version); n != 0 {
+			t.Errorf("retired version still holds %d keys", n)
+		}
+	})
+}

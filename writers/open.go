@@ -1,0 +1,142 @@
+package writers
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// schemes are the store URL schemes Open recognises, in the order the docs list them.
+var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable", "parquet"}
+
+// Open opens the store a URL names (see "Store URLs" in the design):
+//
+//	pebble:DIR, pebble:///abs/dir                 embedded Pebble
+//	redis://[user:pass@]host:port/db, rediss://…  Redis
+//	redis+cluster://host:port[,host:port…]        Redis Cluster
+//	bigtable://PROJECT/INSTANCE/TABLE             Bigtable
+//	parquet:DIR                                   Parquet export
+//
+// A relative pebble:DIR is relative to the working directory; job files resolve it
+// against their own directory first with ResolveURL.
+func Open(ctx context.Context, url string) (Store, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", url, err)
+	}
+	u, err := parseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	switch u.scheme {
+	case "pebble":
+		return OpenPebble(u.dir)
+	case "redis", "rediss", "redis+cluster":
+		return OpenRedis(ctx, url)
+	case "bigtable":
+		s, err := OpenBigtable(ctx, url)
+		if err != nil {
+			return nil, err // not a non-nil Store holding a nil *Bigtable
+		}
+		return s, nil
+	default:
+		return nil, fmt.Errorf("open store %s: store scheme %s is not built yet", url, u.scheme)
+	}
+}
+
+// CheckURL reports whether url is a well-formed store URL of a known scheme, without
+// opening anything (for config validation).
+func CheckURL(url string) error {
+	_, err := parseURL(url)
+	return err
+}
+
+// storeURL is a parsed store URL.
+type storeURL struct {
+	scheme string // lowercase
+	dir    string // pebble, parquet
+	hosts  []string
+	path   string // redis: db; bigtable: PROJECT/INSTANCE/TABLE
+}
+
+// parseURL checks the syntax of every scheme in the table above; Open then decides which
+// ones it can open. A new store adds its case here and in Open.
+func parseURL(raw string) (storeURL, error) {
+	scheme, rest, ok := strings.Cut(raw, ":")
+	if !ok || scheme == "" {
+		return storeURL{}, fmt.Errorf("store URL %q: missing scheme: use one of %s, e.g. pebble:.staticref/store", raw, schemeList())
+	}
+	u := storeURL{scheme: strings.ToLower(scheme)}
+	switch u.scheme {
+	case "pebble", "parquet":
+		dir, err := localDir(raw, u.scheme, rest)
+		if err != nil {
+			return storeURL{}, err
+		}
+		u.dir = dir
+	case "redis", "rediss", "redis+cluster", "bigtable":
+		if !strings.HasPrefix(rest, "//") {
+			return storeURL{}, fmt.Errorf("store URL %q: want %s://…", raw, u.scheme)
+		}
+		authority, path, _ := strings.Cut(rest[2:], "/")
+		if i := strings.LastIndexByte(authority, '@'); i >= 0 {
+			authority = authority[i+1:] // user:pass@
+		}
+		if authority == "" {
+			return storeURL{}, fmt.Errorf("store URL %q: missing host", raw)
+		}
+		u.hosts = strings.Split(authority, ",")
+		u.path = path
+		switch u.scheme {
+		case "redis", "rediss":
+			if len(u.hosts) > 1 {
+				return storeURL{}, fmt.Errorf("store URL %q: several hosts: use redis+cluster://host:port,host:port", raw)
+			}
+		case "bigtable":
+			parts := strings.Split(path, "/")
+			if len(u.hosts) > 1 || len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+				return storeURL{}, fmt.Errorf("store URL %q: want bigtable://PROJECT/INSTANCE/TABLE", raw)
+			}
+		}
+	default:
+		return storeURL{}, fmt.Errorf("store URL %q: unknown store scheme %q: use one of %s", raw, scheme, schemeList())
+	}
+	return u, nil
+}
+
+// ResolveURL makes the directory of a relative pebble:DIR URL relative to baseDir (a job
+// file's directory) and returns every other URL, and absolute ones, unchanged.
+func ResolveURL(url, baseDir string) string {
+	scheme, rest, ok := strings.Cut(url, ":")
+	if !ok || !strings.EqualFold(scheme, "pebble") || baseDir == "" ||
+		rest == "" || strings.HasPrefix(rest, "//") || filepath.IsAbs(rest) {
+		return url
+	}
+	return scheme + ":" + filepath.Join(baseDir, rest)
+}
+
+// localDir extracts the directory from SCHEME:DIR or SCHEME:///abs/dir.
+func localDir(raw, scheme, rest string) (string, error) {
+	if strings.HasPrefix(rest, "//") {
+		host, path, _ := strings.Cut(rest[2:], "/")
+		if host != "" && host != "localhost" {
+			return "", fmt.Errorf("store URL %q names host %q: use %s:DIR or %s:///abs/dir", raw, host, scheme, scheme)
+		}
+		if path == "" {
+			return "", fmt.Errorf("store URL %q has no directory: use %s:DIR or %s:///abs/dir", raw, scheme, scheme)
+		}
+		rest = "/" + path
+	}
+	if rest == "" {
+		return "", fmt.Errorf("store URL %q has no directory: use %s:DIR or %s:///abs/dir", raw, scheme, scheme)
+	}
+	return filepath.Clean(rest), nil
+}
+
+func schemeList() string {
+	s := make([]string, len(schemes))
+	for i, sc := range schemes {
+		s[i] = sc + ":"
+	}
+	return strings.Join(s, ", ")
+}

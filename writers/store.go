@@ -1,0 +1,302 @@
+// Package writers holds the one store contract that every staticref store implements,
+// the stores themselves, and the conformance suite (writers/storetest) they all pass.
+//
+// A store keeps, per namespace, a catalog of versions (each with a Manifest), the rows of
+// each version (key -> encoded prediction), and a live pointer that names the version
+// lookups answer from. Rows are written only into a version that is being written; the
+// live pointer changes only by compare-and-swap. Nothing here imports pipeline, lookup,
+// scheduler or cmd: both pipeline and lookup consume this contract.
+package writers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Sentinel errors that drive control flow.
+var (
+	// ErrNotFound: the key, version or namespace does not exist.
+	ErrNotFound = errors.New("writers: not found")
+	// ErrConflict: a compare-and-swap found a live pointer other than the expected one.
+	ErrConflict = errors.New("writers: live pointer changed concurrently")
+	// ErrInvalid: a namespace, version id or key that no store can hold.
+	ErrInvalid = errors.New("writers: invalid name")
+	// ErrLeaseHeld: another writer holds the namespace's lease (see *LeaseHeldError).
+	ErrLeaseHeld = errors.New("writers: lease held")
+	// ErrLeaseLost: the lease expired and was taken by another writer, or was released.
+	ErrLeaseLost = errors.New("writers: lease lost")
+)
+
+// Store is the contract. Implementations must be safe for concurrent use.
+type Store interface {
+	// WriteRows stores rows.Keys[i] -> rows.Values[i] under version of ns. A key written
+	// twice keeps the last value. It must only be called for a version whose manifest
+	// exists with State writing.
+	WriteRows(ctx context.Context, ns, version string, rows Rows) error
+	// Get returns the value of key in version of ns, or ErrNotFound.
+	Get(ctx context.Context, ns, version string, key []byte) ([]byte, error)
+	// CountKeys counts the keys stored under version of ns (a full scan; for checks).
+	CountKeys(ctx context.Context, ns, version string) (int64, error)
+
+	// PutManifest creates or replaces the manifest of m.Namespace/m.Version.
+	PutManifest(ctx context.Context, m *Manifest) error
+	// Manifest returns the stored manifest, or ErrNotFound.
+	Manifest(ctx context.Context, ns, version string) (*Manifest, error)
+	// Manifests returns every manifest of ns, oldest version first.
+	Manifests(ctx context.Context, ns string) ([]*Manifest, error)
+	// DeleteVersion removes the rows of a version and marks its manifest retired. It
+	// returns an error wrapping ErrConflict when version is live.
+	DeleteVersion(ctx context.Context, ns, version string) error
+
+	// Live returns the live version of ns, or "" when there is none.
+	Live(ctx context.Context, ns string) (string, error)
+	// SwapLive sets the live pointer of ns to next if it currently is old ("" = none), and
+	// returns an error wrapping ErrConflict otherwise. next must name a complete version.
+	SwapLive(ctx context.Context, ns, old, next string) error
+
+	// AcquireLease takes the namespace's writer lease for ttl if it is free or its holder
+	// let it expire. While another holder's lease is unexpired it returns a
+	// *LeaseHeldError (wrapping ErrLeaseHeld) naming that holder and the expiry.
+	AcquireLease(ctx context.Context, ns, holder string, ttl time.Duration) (Lease, error)
+	// RenewLease extends a held lease to now+ttl. It returns an error wrapping ErrLeaseLost
+	// when the lease is no longer l's (expired and taken over, or released).
+	RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
+	// ReleaseLease gives the lease up; releasing a lease no longer held is not an error.
+	ReleaseLease(ctx context.Context, l Lease) error
+
+	// CommitShard records that every row of one unit of work (a file's row group) has been
+	// written to version. Committing the same ID again replaces the record. Concurrent
+	// commits of different IDs by different processes must all survive.
+	CommitShard(ctx context.Context, ns, version string, s Shard) error
+	// Shards returns the committed shards of version, in ID order.
+	Shards(ctx context.Context, ns, version string) ([]Shard, error)
+
+	Close() error
+}
+
+// Lease is a held writer lease on a namespace. Token is unique per acquisition, so a
+// holder that lost its lease can never renew or release its successor's.
+type Lease struct {
+	Namespace string    `json:"namespace"`
+	Holder    string    `json:"holder"`
+	Token     string    `json:"token"`
+	Expires   time.Time `json:"expires"`
+}
+
+// LeaseHeldError says who holds a lease.
+type LeaseHeldError struct {
+	Namespace string
+	Holder    string
+	Expires   time.Time
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("namespace %s is being written by %s (lease expires %s); wait for it, or run with --wait",
+		e.Namespace, e.Holder, e.Expires.UTC().Format(time.RFC3339))
+}
+
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// Rows is one write batch: Keys[i] -> Values[i].
+type Rows struct {
+	Keys   [][]byte
+	Values [][]byte
+}
+
+// Len is the number of rows.
+func (r Rows) Len() int { return len(r.Keys) }
+
+// State is a version's place in its lifecycle:
+// writing -> complete -> live -> previous -> retired, and writing -> failed.
+type State string
+
+const (
+	StateWriting  State = "writing"
+	StateComplete State = "complete"
+	StateLive     State = "live"
+	StatePrevious State = "previous"
+	StateRetired  State = "retired"
+	StateFailed   State = "failed"
+)
+
+// Manifest describes one version. Stores persist it as JSON and never interpret it beyond
+// Namespace, Version, State and LiveAt.
+type Manifest struct {
+	Namespace string `json:"namespace"`
+	Version   string `json:"version"`
+	Job       string `json:"job"`
+	// State as stored: writing, complete, failed or retired. Live and previous are derived
+	// from the live pointer by Catalog.
+	State State `json:"state"`
+	// LiveAt is when the version was first made live; zero if never.
+	LiveAt time.Time `json:"live_at,omitzero"`
+
+	Model    ModelInfo `json:"model"`
+	Encoding string    `json:"encoding"` // json | binary
+	Outputs  []Output  `json:"outputs"`  // value layout, in order
+	Sources  []Source  `json:"sources"`
+
+	RowsRead    int64            `json:"rows_read"`
+	RowsWritten int64            `json:"rows_written"`
+	RowsSkipped int64            `json:"rows_skipped"`
+	SkipReasons map[string]int64 `json:"skip_reasons,omitempty"`
+	NullOutputs int64            `json:"null_outputs"` // rows with a NaN output
+
+	StartedAt   time.Time `json:"started_at"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
+	Error       string    `json:"error,omitempty"` // why a failed version failed
+
+	Shards   []Shard      `json:"shards,omitempty"`
+	Gates    []GateResult `json:"gates,omitempty"`
+	Defaults *Defaults    `json:"defaults,omitempty"`
+}
+
+// ModelInfo identifies the model a version was computed with.
+type ModelInfo struct {
+	Path    string   `json:"path"`
+	SHA256  string   `json:"sha256"`
+	Inputs  []Tensor `json:"inputs"`
+	Outputs []Tensor `json:"outputs"`
+}
+
+// Tensor is a model input or output as declared by the model.
+type Tensor struct {
+	Name  string  `json:"name"`
+	Type  string  `json:"type"`
+	Shape []int64 `json:"shape"`
+}
+
+// Output is one named output of the stored value: Width float values per row.
+type Output struct {
+	Name  string `json:"name"`
+	Width int    `json:"width"`
+}
+
+// Source is one input file.
+type Source struct {
+	Path  string `json:"path"`
+	Bytes int64  `json:"bytes"`
+	Rows  int64  `json:"rows"`
+}
+
+// Shard is one committed unit of work of a (possibly sharded, resumable) run.
+type Shard struct {
+	ID          string    `json:"id"`
+	Rows        int64     `json:"rows"`
+	CommittedAt time.Time `json:"committed_at"`
+}
+
+// GateResult is the outcome of one release gate.
+type GateResult struct {
+	Name   string  `json:"name"`
+	Passed bool    `json:"passed"`
+	Value  float64 `json:"value"`
+	Limit  float64 `json:"limit"`
+	Detail string  `json:"detail,omitempty"`
+}
+
+// Defaults are the cold-start answers a run computed: per output, Width values.
+type Defaults struct {
+	Method    string                          `json:"method"` // mean | median
+	Global    map[string][]float64            `json:"global,omitempty"`
+	SegmentBy string                          `json:"segment_by,omitempty"`
+	Segments  map[string]map[string][]float64 `json:"segments,omitempty"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// MaxKeyLen is the longest key any store accepts, in bytes.
+const MaxKeyLen = 1024
+
+// ValidateNamespace reports whether ns can name a namespace in every store: 1 to 63
+// characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit.
+func ValidateNamespace(ns string) error {
+	if !nameRE.MatchString(ns) {
+		return fmt.Errorf("%w: namespace %q: use 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit", ErrInvalid, ns)
+	}
+	return nil
+}
+
+// ValidateVersion reports whether v can name a version (same alphabet as namespaces, and
+// uppercase letters, as in 20261127T020000Z-2).
+func ValidateVersion(v string) error {
+	if !versionRE.MatchString(v) {
+		return fmt.Errorf("%w: version %q: use 1-63 characters of A-Z, a-z, 0-9, '_', '.', '-'", ErrInvalid, v)
+	}
+	return nil
+}
+
+var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// ValidateKey reports whether key can be stored: non-empty, valid UTF-8, at most MaxKeyLen bytes.
+func ValidateKey(key []byte) error {
+	switch {
+	case len(key) == 0:
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("%w: key of %d bytes (at most %d)", ErrInvalid, len(key), MaxKeyLen)
+	case !utf8.Valid(key):
+		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalid, key)
+	}
+	return nil
+}
+
+// EffectiveState is the state a user sees: live for the live version, previous for a
+// complete version that was live before, else the stored state.
+func EffectiveState(m *Manifest, live string) State {
+	switch {
+	case m.Version == live:
+		return StateLive
+	case m.State == StateComplete && !m.LiveAt.IsZero():
+		return StatePrevious
+	default:
+		return m.State
+	}
+}
+
+// SortManifests orders manifests oldest version first (version ids sort by time; see
+// VersionLess for the -N suffixes).
+func SortManifests(ms []*Manifest) {
+	sort.Slice(ms, func(i, j int) bool { return VersionLess(ms[i].Version, ms[j].Version) })
+}
+
+// VersionLess reports whether version id a is older than b. Ids sort as strings, except
+// that a numeric -N suffix (added by NewVersionID when an id is taken) sorts by number
+// after the bare id: 20261127T020000Z < 20261127T020000Z-2 < 20261127T020000Z-10.
+func VersionLess(a, b string) bool {
+	ab, an := splitVersionSuffix(a)
+	bb, bn := splitVersionSuffix(b)
+	if ab != bb {
+		return ab < bb
+	}
+	if an != bn {
+		return an < bn
+	}
+	return a < b
+}
+
+// splitVersionSuffix splits "base-N" into base and N (N >= 2, no leading zero); an id
+// without such a suffix is itself with N = 1.
+func splitVersionSuffix(v string) (string, int) {
+	i := strings.LastIndexByte(v, '-')
+	if i <= 0 || i == len(v)-1 || v[i+1] == '0' || len(v)-i-1 > 9 {
+		return v, 1
+	}
+	n := 0
+	for _, c := range v[i+1:] {
+		if c < '0' || c > '9' {
+			return v, 1
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n < 2 {
+		return v, 1
+	}
+	return v[:i], n
+}

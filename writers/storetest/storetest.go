@@ -1,0 +1,1030 @@
+// Package storetest is the conformance suite that every staticref store must pass: rows,
+// manifests, the live pointer's compare-and-swap, and the version lifecycle (flip,
+// rollback, gc) run through writers' catalog functions. A store's own test calls Run with
+// a function that opens a fresh, empty store. It must never depend on a particular store.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/staticref/staticref/writers"
+)
+
+// Run runs the conformance suite. open must return a fresh, empty store for each call;
+// Run closes it when the subtest ends. The lease subtests use leases of 200ms and wait
+// for them to expire, so a store must honour expiry within a few hundred milliseconds.
+func Run(t *testing.T, open func(t *testing.T) writers.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s writers.Store)
+	}{
+		{"rows written are read back unchanged", testRoundTrip},
+		{"a key written twice keeps the last value", testLastWriteWins},
+		{"a missing key, version or namespace is not found", testNotFound},
+		{"versions and namespaces are isolated from each other", testIsolation},
+		{"invalid names are refused with no partial write", testInvalid},
+		{"rows go only into a version in state writing", testWriteState},
+		{"manifests round trip with every field", testManifestRoundTrip},
+		{"manifests are listed oldest first", testManifestOrder},
+		{"swap live is a compare-and-swap", testSwapLive},
+		{"swap live refuses a version that is not complete", testSwapLiveState},
+		{"concurrent flips from the same version have exactly one winner", testConcurrentFlips},
+		{"flip and rollback follow the lifecycle", testFlipRollback},
+		{"gc keeps what may still be needed and removes the rest", testGC},
+		{"delete version retires a version and refuses the live one", testDeleteVersion},
+		{"new version ids get -N suffixes when taken", testNewVersionID},
+		{"a held lease is refused to another holder, naming the holder", testLeaseHeld},
+		{"an expired lease can be taken over and is lost to its old holder", testLeaseExpiry},
+		{"a released lease can be acquired again", testLeaseRelease},
+		{"concurrent acquires of a lease have exactly one winner", testLeaseConcurrent},
+		{"committed shards are read back in id order", testShards},
+		{"concurrent commits of different shards all survive", testShardsConcurrent},
+		{"delete version drops the version's shards", testShardsDeleted},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			t.Cleanup(func() {
+				if err := s.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+			tc.fn(t, s)
+		})
+	}
+}
+
+var t0 = time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
+
+// put stores a minimal manifest for ns/version in state st.
+func put(t *testing.T, s writers.Store, ns, version string, st writers.State) *writers.Manifest {
+	t.Helper()
+	m := &writers.Manifest{Namespace: ns, Version: version, Job: ns, State: st, Encoding: "binary", StartedAt: t0}
+	if err := s.PutManifest(context.Background(), m); err != nil {
+		t.Fatalf("PutManifest(%s/%s): %v", ns, version, err)
+	}
+	return m
+}
+
+// setState rewrites the stored manifest's state.
+func setState(t *testing.T, s writers.Store, ns, version string, st writers.State) {
+	t.Helper()
+	m, err := s.Manifest(context.Background(), ns, version)
+	if err != nil {
+		t.Fatalf("Manifest(%s/%s): %v", ns, version, err)
+	}
+	m.State = st
+	if err := s.PutManifest(context.Background(), m); err != nil {
+		t.Fatalf("PutManifest(%s/%s): %v", ns, version, err)
+	}
+}
+
+// complete writes one row into a new version and marks it complete.
+func complete(t *testing.T, s writers.Store, ns, version string) {
+	t.Helper()
+	put(t, s, ns, version, writers.StateWriting)
+	write(t, s, ns, version, []string{"k"}, []string{version})
+	setState(t, s, ns, version, writers.StateComplete)
+}
+
+func write(t *testing.T, s writers.Store, ns, version string, keys, values []string) {
+	t.Helper()
+	var rows writers.Rows
+	for i := range keys {
+		rows.Keys = append(rows.Keys, []byte(keys[i]))
+		rows.Values = append(rows.Values, []byte(values[i]))
+	}
+	if err := s.WriteRows(context.Background(), ns, version, rows); err != nil {
+		t.Fatalf("WriteRows(%s/%s): %v", ns, version, err)
+	}
+}
+
+func wantValue(t *testing.T, s writers.Store, ns, version string, key, want []byte) {
+	t.Helper()
+	got, err := s.Get(context.Background(), ns, version, key)
+	if err != nil {
+		t.Errorf("Get(%s/%s, %q): %v, want %q", ns, version, key, err, want)
+		return
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("Get(%s/%s, %q) = %q, want %q", ns, version, key, got, want)
+	}
+}
+
+func wantNotFound(t *testing.T, s writers.Store, ns, version string, key []byte) {
+	t.Helper()
+	got, err := s.Get(context.Background(), ns, version, key)
+	if !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Get(%s/%s, %q) = %q, %v, want ErrNotFound", ns, version, key, got, err)
+	}
+}
+
+func wantCount(t *testing.T, s writers.Store, ns, version string, want int64) {
+	t.Helper()
+	got, err := s.CountKeys(context.Background(), ns, version)
+	if err != nil {
+		t.Fatalf("CountKeys(%s/%s): %v", ns, version, err)
+	}
+	if got != want {
+		t.Errorf("CountKeys(%s/%s) = %d, want %d", ns, version, got, want)
+	}
+}
+
+func wantLive(t *testing.T, s writers.Store, ns, want string) {
+	t.Helper()
+	got, err := s.Live(context.Background(), ns)
+	if err != nil {
+		t.Fatalf("Live(%s): %v", ns, err)
+	}
+	if got != want {
+		t.Errorf("Live(%s) = %q, want %q", ns, got, want)
+	}
+}
+
+func testRoundTrip(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	put(t, s, "rt", "v1", writers.StateWriting)
+
+	allBytes := make([]byte, 256)
+	for i := range allBytes {
+		allBytes[i] = byte(i)
+	}
+	prefixes := []string{"user-", "ключ/", "用户:", "🙂 ", "a\x00b", "\u00e9t\u00e9-", "x"}
+	var keys, values [][]byte
+	for i := range 3000 {
+		k := []byte(fmt.Sprintf("%s%d", prefixes[i%len(prefixes)], i))
+		v := append(bytes.Clone(allBytes[i%256:]), allBytes[:i%256]...)
+		keys, values = append(keys, k), append(values, v)
+	}
+	keys = append(keys, []byte(strings.Repeat("é", writers.MaxKeyLen/2)), []byte("empty value"))
+	values = append(values, []byte("longest key"), []byte{})
+
+	// Three batches of uneven size.
+	for _, r := range [][2]int{{0, 1}, {1, 1000}, {1000, len(keys)}} {
+		rows := writers.Rows{Keys: keys[r[0]:r[1]], Values: values[r[0]:r[1]]}
+		if err := s.WriteRows(ctx, "rt", "v1", rows); err != nil {
+			t.Fatalf("WriteRows(rows %d-%d): %v", r[0], r[1], err)
+		}
+	}
+	for i := range keys {
+		wantValue(t, s, "rt", "v1", keys[i], values[i])
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	wantCount(t, s, "rt", "v1", int64(len(keys)))
+
+	// The value returned is the caller's to keep and modify.
+	v1, _ := s.Get(ctx, "rt", "v1", keys[1])
+	for i := range v1 {
+		v1[i] = 0xff
+	}
+	wantValue(t, s, "rt", "v1", keys[1], values[1])
+}
+
+func testLastWriteWins(t *testing.T, s writers.Store) {
+	put(t, s, "lw", "v1", writers.StateWriting)
+	write(t, s, "lw", "v1", []string{"a", "b", "a"}, []string{"a1", "b1", "a2"})
+	wantValue(t, s, "lw", "v1", []byte("a"), []byte("a2"))
+	write(t, s, "lw", "v1", []string{"b"}, []string{"b2"})
+	wantValue(t, s, "lw", "v1", []byte("b"), []byte("b2"))
+	wantCount(t, s, "lw", "v1", 2)
+}
+
+func testNotFound(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	put(t, s, "nf", "v1", writers.StateWriting)
+	write(t, s, "nf", "v1", []string{"here"}, []string{"x"})
+
+	wantNotFound(t, s, "nf", "v1", []byte("missing"))
+	wantNotFound(t, s, "nf", "v2", []byte("here"))
+	wantNotFound(t, s, "other", "v1", []byte("here"))
+	wantCount(t, s, "nf", "v2", 0)
+	if _, err := s.Manifest(ctx, "nf", "v2"); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Manifest(missing version) error = %v, want ErrNotFound", err)
+	}
+	if ms, err := s.Manifests(ctx, "other"); err != nil || len(ms) != 0 {
+		t.Errorf("Manifests(missing namespace) = %d manifests, %v; want none, nil", len(ms), err)
+	}
+	wantLive(t, s, "nf", "")
+}
+
+func testIsolation(t *testing.T, s writers.Store) {
+	// Namespaces and versions that are prefixes of each other, and keys that contain
+	// what a naive encoding would use as separators.
+	type cell struct{ ns, version string }
+	cells := []cell{{"a", "v1"}, {"a", "v10"}, {"ab", "v1"}, {"ab", "v10"}, {"a.b", "v1"}, {"a", "v1.0"}}
+	keys := []string{"k", "0", "\x00v1\x00k", "/k", ":k", "v10/k", "ab"}
+	for _, c := range cells {
+		put(t, s, c.ns, c.version, writers.StateWriting)
+	}
+	for i, c := range cells {
+		if i == len(cells)-1 {
+			continue // one cell stays empty
+		}
+		vals := make([]string, len(keys))
+		for j, k := range keys {
+			vals[j] = c.ns + "|" + c.version + "|" + k
+		}
+		write(t, s, c.ns, c.version, keys, vals)
+	}
+	// Extra keys only in a/v1.
+	write(t, s, "a", "v1", []string{"only-a-v1"}, []string{"x"})
+
+	for i, c := range cells {
+		if i == len(cells)-1 {
+			wantCount(t, s, c.ns, c.version, 0)
+			wantNotFound(t, s, c.ns, c.version, []byte("k"))
+			continue
+		}
+		for _, k := range keys {
+			wantValue(t, s, c.ns, c.version, []byte(k), []byte(c.ns+"|"+c.version+"|"+k))
+		}
+		want := int64(len(keys))
+		if c == (cell{"a", "v1"}) {
+			want++
+		} else {
+			wantNotFound(t, s, c.ns, c.version, []byte("only-a-v1"))
+		}
+		wantCount(t, s, c.ns, c.version, want)
+	}
+	// Manifests of one namespace do not include another's.
+	ms, err := s.Manifests(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range ms {
+		if m.Namespace != "a" {
+			t.Errorf("Manifests(a) includes namespace %q", m.Namespace)
+		}
+		got = append(got, m.Version)
+	}
+	if want := []string{"v1", "v1.0", "v10"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Manifests(a) versions = %q, want %q", got, want)
+	}
+}
+
+func testInvalid(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	put(t, s, "ok", "v1", writers.StateWriting)
+	good := writers.Rows{Keys: [][]byte{[]byte("a"), []byte("b")}, Values: [][]byte{[]byte("1"), []byte("2")}}
+
+	names := []struct {
+		name, ns, version string
+	}{
+		{"an empty namespace", "", "v1"},
+		{"an uppercase namespace", "OK", "v1"},
+		{"a namespace with a slash", "o/k", "v1"},
+		{"a namespace with NUL", "o\x00k", "v1"},
+		{"a namespace starting with a dash", "-ok", "v1"},
+		{"a namespace of 64 characters", strings.Repeat("n", 64), "v1"},
+		{"an empty version", "ok", ""},
+		{"a version with a space", "ok", "v 1"},
+		{"a version with a slash", "ok", "v/1"},
+		{"a version with NUL", "ok", "v\x001"},
+	}
+	for _, tc := range names {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			if err := s.WriteRows(ctx, tc.ns, tc.version, good); !errors.Is(err, writers.ErrInvalid) {
+				t.Errorf("WriteRows error = %v, want ErrInvalid", err)
+			}
+			if _, err := s.Get(ctx, tc.ns, tc.version, []byte("a")); !errors.Is(err, writers.ErrInvalid) {
+				t.Errorf("Get error = %v, want ErrInvalid", err)
+			}
+			m := &writers.Manifest{Namespace: tc.ns, Version: tc.version, State: writers.StateWriting}
+			if err := s.PutManifest(ctx, m); !errors.Is(err, writers.ErrInvalid) {
+				t.Errorf("PutManifest error = %v, want ErrInvalid", err)
+			}
+		})
+	}
+
+	keys := []struct {
+		name string
+		key  []byte
+	}{
+		{"an empty key", []byte{}},
+		{"a key that is not UTF-8", []byte{'k', 0xff, 0xfe}},
+		{"a key longer than MaxKeyLen", bytes.Repeat([]byte("k"), writers.MaxKeyLen+1)},
+	}
+	for _, tc := range keys {
+		t.Run(tc.name+" is refused with no partial write", func(t *testing.T) {
+			rows := writers.Rows{
+				Keys:   append(append([][]byte{}, good.Keys...), tc.key),
+				Values: append(append([][]byte{}, good.Values...), []byte("3")),
+			}
+			err := s.WriteRows(ctx, "ok", "v1", rows)
+			if !errors.Is(err, writers.ErrInvalid) {
+				t.Fatalf("WriteRows error = %v, want ErrInvalid", err)
+			}
+			wantCount(t, s, "ok", "v1", 0)
+		})
+	}
+
+	t.Run("rows with more keys than values are refused", func(t *testing.T) {
+		rows := writers.Rows{Keys: good.Keys, Values: good.Values[:1]}
+		if err := s.WriteRows(ctx, "ok", "v1", rows); err == nil {
+			t.Fatal("WriteRows succeeded, want an error")
+		}
+		wantCount(t, s, "ok", "v1", 0)
+	})
+}
+
+func testWriteState(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	rows := writers.Rows{Keys: [][]byte{[]byte("a")}, Values: [][]byte{[]byte("1")}}
+	if err := s.WriteRows(ctx, "ws", "missing", rows); err == nil {
+		t.Error("WriteRows into a version without manifest succeeded, want an error")
+	}
+	wantCount(t, s, "ws", "missing", 0)
+	for _, st := range []writers.State{writers.StateComplete, writers.StateFailed, writers.StateRetired} {
+		v := "v-" + string(st)
+		put(t, s, "ws", v, st)
+		if err := s.WriteRows(ctx, "ws", v, rows); err == nil {
+			t.Errorf("WriteRows into a %s version succeeded, want an error", st)
+		}
+		wantCount(t, s, "ws", v, 0)
+	}
+}
+
+// jsonRoundTrip is what a store that keeps manifests as JSON gives back.
+func jsonRoundTrip(t *testing.T, m *writers.Manifest) *writers.Manifest {
+	t.Helper()
+	data, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := new(writers.Manifest)
+	if err := json.Unmarshal(data, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func testManifestRoundTrip(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	full := &writers.Manifest{
+		Namespace: "churn",
+		Version:   "20261127T020000Z-2",
+		Job:       "churn",
+		State:     writers.StateComplete,
+		LiveAt:    t0.Add(time.Hour),
+		Model: writers.ModelInfo{
+			Path:    "models/churn.onnx",
+			SHA256:  strings.Repeat("ab", 32),
+			Inputs:  []writers.Tensor{{Name: "features", Type: "float32", Shape: []int64{-1, 4}}},
+			Outputs: []writers.Tensor{{Name: "score", Type: "float32", Shape: []int64{-1, 1}}},
+		},
+		Encoding: "json",
+		Outputs:  []writers.Output{{Name: "score", Width: 1}, {Name: "probs", Width: 2}},
+		Sources: []writers.Source{
+			{Path: "data/part-0.parquet", Bytes: 1 << 20, Rows: 1000},
+			{Path: "data/part-1.parquet", Bytes: 2 << 20, Rows: 2000},
+		},
+		RowsRead:    3000,
+		RowsWritten: 2990,
+		RowsSkipped: 10,
+		SkipReasons: map[string]int64{"null key": 4, "null feature": 6},
+		NullOutputs: 1,
+		StartedAt:   t0,
+		CompletedAt: t0.Add(30 * time.Minute),
+		Error:       "",
+		Shards: []writers.Shard{
+			{ID: "0-of-2", Rows: 1000, CommittedAt: t0.Add(10 * time.Minute)},
+			{ID: "1-of-2", Rows: 1990, CommittedAt: t0.Add(20 * time.Minute)},
+		},
+		Gates: []writers.GateResult{
+			{Name: "min_rows_ratio", Passed: true, Value: 0.99, Limit: 0.9},
+			{Name: "max_null_fraction", Passed: false, Value: 0.0003, Limit: 0, Detail: "1 of 2990 rows"},
+		},
+		Defaults: &writers.Defaults{
+			Method:    "mean",
+			Global:    map[string][]float64{"score": {0.25}, "probs": {0.5, 0.5}},
+			SegmentBy: "country",
+			Segments:  map[string]map[string][]float64{"DE": {"score": {0.3}}, "FR": {"score": {0.2}}},
+		},
+	}
+	failed := &writers.Manifest{Namespace: "churn", Version: "20261127T020000Z", State: writers.StateFailed,
+		StartedAt: t0, Error: "read shard data/part-1.parquet: unexpected EOF"}
+
+	for _, m := range []*writers.Manifest{full, failed} {
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatalf("PutManifest(%s): %v", m.Version, err)
+		}
+		got, err := s.Manifest(ctx, m.Namespace, m.Version)
+		if err != nil {
+			t.Fatalf("Manifest(%s): %v", m.Version, err)
+		}
+		if want := jsonRoundTrip(t, m); !reflect.DeepEqual(got, want) {
+			g, _ := json.Marshal(got)
+			w, _ := json.Marshal(want)
+			t.Errorf("Manifest(%s) = %s, want %s", m.Version, g, w)
+		}
+	}
+
+	// Replacing a manifest replaces every field.
+	repl := &writers.Manifest{Namespace: full.Namespace, Version: full.Version, State: writers.StateRetired}
+	if err := s.PutManifest(ctx, repl); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Manifest(ctx, repl.Namespace, repl.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := jsonRoundTrip(t, repl); !reflect.DeepEqual(got, want) {
+		t.Errorf("replaced manifest = %+v, want %+v", got, want)
+	}
+}
+
+func testManifestOrder(t *testing.T, s writers.Store) {
+	want := []string{
+		"20261126T230000Z",
+		"20261127T020000Z",
+		"20261127T020000Z-2",
+		"20261127T020000Z-3",
+		"20261127T020000Z-10",
+		"20261127T020001Z",
+	}
+	for _, i := range []int{3, 0, 5, 2, 4, 1} {
+		put(t, s, "order", want[i], writers.StateWriting)
+	}
+	ms, err := s.Manifests(context.Background(), "order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.Version)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Manifests order = %q, want %q", got, want)
+	}
+}
+
+func testSwapLive(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	complete(t, s, "sw", "v1")
+	complete(t, s, "sw", "v2")
+	wantLive(t, s, "sw", "")
+
+	if err := s.SwapLive(ctx, "sw", "", "v1"); err != nil {
+		t.Fatalf("SwapLive(none -> v1): %v", err)
+	}
+	wantLive(t, s, "sw", "v1")
+
+	steps := []struct {
+		name, old, next string
+	}{
+		{"expecting no live version when there is one", "", "v2"},
+		{"expecting the wrong live version", "v2", "v2"},
+		{"expecting a version that does not exist", "v9", "v2"},
+	}
+	for _, tc := range steps {
+		t.Run(tc.name+" conflicts and leaves live unchanged", func(t *testing.T) {
+			err := s.SwapLive(ctx, "sw", tc.old, tc.next)
+			if !errors.Is(err, writers.ErrConflict) {
+				t.Errorf("SwapLive(%q -> %q) error = %v, want ErrConflict", tc.old, tc.next, err)
+			}
+			wantLive(t, s, "sw", "v1")
+		})
+	}
+
+	if err := s.SwapLive(ctx, "sw", "v1", "v2"); err != nil {
+		t.Fatalf("SwapLive(v1 -> v2): %v", err)
+	}
+	wantLive(t, s, "sw", "v2")
+	wantLive(t, s, "other", "")
+}
+
+func testSwapLiveState(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	complete(t, s, "sl", "v1")
+	if err := s.SwapLive(ctx, "sl", "", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "sl", "writing", writers.StateWriting)
+	put(t, s, "sl", "failed", writers.StateFailed)
+	complete(t, s, "sl", "retired")
+	if err := s.DeleteVersion(ctx, "sl", "retired"); err != nil {
+		t.Fatal(err)
+	}
+	for _, next := range []string{"writing", "failed", "retired", "missing"} {
+		if err := s.SwapLive(ctx, "sl", "v1", next); err == nil {
+			t.Errorf("SwapLive(v1 -> %s) succeeded, want an error", next)
+		}
+		wantLive(t, s, "sl", "v1")
+	}
+	if err := s.SwapLive(ctx, "sl", "v1", ""); err == nil {
+		t.Error("SwapLive(v1 -> none) succeeded, want an error")
+	}
+	wantLive(t, s, "sl", "v1")
+}
+
+func testConcurrentFlips(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	const n = 16
+	complete(t, s, "race", "v00")
+	if _, err := writers.Flip(ctx, s, "race", "v00"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		complete(t, s, "race", fmt.Sprintf("v%02d", i))
+	}
+
+	errs := make([]error, n+1)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = writers.FlipFrom(ctx, s, "race", "v00", fmt.Sprintf("v%02d", i))
+		}()
+	}
+	close(start)
+	wg.Wait()
+
+	var winners []string
+	for i := 1; i <= n; i++ {
+		switch {
+		case errs[i] == nil:
+			winners = append(winners, fmt.Sprintf("v%02d", i))
+		case !errors.Is(errs[i], writers.ErrConflict):
+			t.Errorf("FlipFrom(v00 -> v%02d) error = %v, want nil or ErrConflict", i, errs[i])
+		}
+	}
+	if len(winners) != 1 {
+		t.Fatalf("winners = %q, want exactly one", winners)
+	}
+	wantLive(t, s, "race", winners[0])
+}
+
+func wantStates(t *testing.T, s writers.Store, ns string, want map[string]writers.State) {
+	t.Helper()
+	_, versions, err := writers.List(context.Background(), s, ns)
+	if err != nil {
+		t.Fatalf("List(%s): %v", ns, err)
+	}
+	got := make(map[string]writers.State)
+	for _, v := range versions {
+		got[v.Version] = v.Effective
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("effective states = %v, want %v", got, want)
+	}
+}
+
+func testFlipRollback(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	const ns = "life"
+	complete(t, s, ns, "v1")
+	complete(t, s, ns, "v2")
+	put(t, s, ns, "v3", writers.StateWriting)
+	put(t, s, ns, "v4", writers.StateFailed)
+	wantStates(t, s, ns, map[string]writers.State{"v1": "complete", "v2": "complete", "v3": "writing", "v4": "failed"})
+
+	if _, _, err := writers.Rollback(ctx, s, ns); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Rollback with nothing live: error = %v, want ErrNotFound", err)
+	}
+
+	prev, err := writers.Flip(ctx, s, ns, "v1")
+	if err != nil || prev != "" {
+		t.Fatalf("Flip(v1) = %q, %v; want \"\", nil", prev, err)
+	}
+	prev, err = writers.Flip(ctx, s, ns, "v2")
+	if err != nil || prev != "v1" {
+		t.Fatalf("Flip(v2) = %q, %v; want v1, nil", prev, err)
+	}
+	wantLive(t, s, ns, "v2")
+	wantStates(t, s, ns, map[string]writers.State{"v1": "previous", "v2": "live", "v3": "writing", "v4": "failed"})
+	m, err := s.Manifest(ctx, ns, "v2")
+	if err != nil || m.LiveAt.IsZero() {
+		t.Errorf("Manifest(v2).LiveAt = %v, %v; want it set", m.LiveAt, err)
+	}
+
+	prev, err = writers.Flip(ctx, s, ns, "v2")
+	if err != nil || prev != "v2" {
+		t.Errorf("Flip(v2) again = %q, %v; want v2, nil (a no-op)", prev, err)
+	}
+	for _, v := range []string{"v3", "v4", "missing"} {
+		if _, err := writers.Flip(ctx, s, ns, v); err == nil {
+			t.Errorf("Flip(%s) succeeded, want an error", v)
+		}
+		wantLive(t, s, ns, "v2")
+	}
+	if err := writers.FlipFrom(ctx, s, ns, "v1", "v1"); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("FlipFrom(v1 -> v1) while v2 is live: error = %v, want ErrConflict", err)
+	}
+
+	from, to, err := writers.Rollback(ctx, s, ns)
+	if err != nil || from != "v2" || to != "v1" {
+		t.Fatalf("Rollback = %q -> %q, %v; want v2 -> v1, nil", from, to, err)
+	}
+	wantLive(t, s, ns, "v1")
+	wantValue(t, s, ns, "v1", []byte("k"), []byte("v1"))
+	wantStates(t, s, ns, map[string]writers.State{"v1": "live", "v2": "previous", "v3": "writing", "v4": "failed"})
+
+	if _, _, err := writers.Rollback(ctx, s, ns); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Rollback with no older previous version: error = %v, want ErrNotFound", err)
+	}
+	wantLive(t, s, ns, "v1")
+}
+
+func testGC(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	const ns = "gc"
+	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	for _, v := range []string{"20260101T010000Z", "20260101T020000Z", "20260101T030000Z", "20260101T040000Z", "20260101T050000Z"} {
+		complete(t, s, ns, v)
+		if _, err := writers.Flip(ctx, s, ns, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(t, s, ns, "20260101T015000Z", writers.StateFailed)
+	complete(t, s, ns, "20260101T035000Z") // complete, never live, superseded
+	complete(t, s, ns, "20260101T060000Z") // complete, newer than live
+	old := put(t, s, ns, "20260101T025000Z", writers.StateWriting)
+	old.StartedAt = now.Add(-2 * time.Hour)
+	if err := s.PutManifest(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	young := put(t, s, ns, "20260101T065000Z", writers.StateWriting)
+	young.StartedAt = now.Add(-10 * time.Minute)
+	if err := s.PutManifest(ctx, young); err != nil {
+		t.Fatal(err)
+	}
+
+	removed, err := writers.GC(ctx, s, ns, 2, time.Hour, now)
+	if err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	want := []string{"20260101T010000Z", "20260101T015000Z", "20260101T020000Z", "20260101T025000Z", "20260101T035000Z"}
+	if !reflect.DeepEqual(removed, want) {
+		t.Errorf("GC removed %q, want %q", removed, want)
+	}
+	wantLive(t, s, ns, "20260101T050000Z")
+	wantStates(t, s, ns, map[string]writers.State{
+		"20260101T010000Z": "retired",
+		"20260101T015000Z": "retired",
+		"20260101T020000Z": "retired",
+		"20260101T025000Z": "retired",
+		"20260101T030000Z": "previous",
+		"20260101T035000Z": "retired",
+		"20260101T040000Z": "previous",
+		"20260101T050000Z": "live",
+		"20260101T060000Z": "complete",
+		"20260101T065000Z": "writing",
+	})
+	for _, v := range want {
+		wantCount(t, s, ns, v, 0)
+	}
+	wantValue(t, s, ns, "20260101T030000Z", []byte("k"), []byte("20260101T030000Z"))
+
+	removed, err = writers.GC(ctx, s, ns, 2, time.Hour, now)
+	if err != nil || len(removed) != 0 {
+		t.Errorf("second GC removed %q, %v; want nothing", removed, err)
+	}
+	removed, err = writers.GC(ctx, s, ns, 0, time.Hour, now)
+	if want := []string{"20260101T030000Z", "20260101T040000Z"}; err != nil || !reflect.DeepEqual(removed, want) {
+		t.Errorf("GC keeping 0 removed %q, %v; want %q", removed, err, want)
+	}
+	wantLive(t, s, ns, "20260101T050000Z")
+}
+
+func testDeleteVersion(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	complete(t, s, "del", "v1")
+	complete(t, s, "del", "v2")
+	if _, err := writers.Flip(ctx, s, "del", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteVersion(ctx, "del", "v1"); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("DeleteVersion(live) error = %v, want ErrConflict", err)
+	}
+	wantValue(t, s, "del", "v1", []byte("k"), []byte("v1"))
+
+	if err := s.DeleteVersion(ctx, "del", "v2"); err != nil {
+		t.Fatalf("DeleteVersion(v2): %v", err)
+	}
+	wantNotFound(t, s, "del", "v2", []byte("k"))
+	wantCount(t, s, "del", "v2", 0)
+	m, err := s.Manifest(ctx, "del", "v2")
+	if err != nil || m.State != writers.StateRetired {
+		t.Errorf("Manifest(v2) after delete = %v, %v; want state retired", m, err)
+	}
+	if err := s.DeleteVersion(ctx, "del", "missing"); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("DeleteVersion(missing) error = %v, want ErrNotFound", err)
+	}
+}
+
+func testNewVersionID(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	at := time.Date(2026, 11, 27, 3, 0, 0, 0, time.FixedZone("CET", 3600))
+	want := []string{"20261127T020000Z", "20261127T020000Z-2", "20261127T020000Z-3"}
+	for _, w := range want {
+		id, err := writers.NewVersionID(ctx, s, "ids", at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id != w {
+			t.Errorf("NewVersionID = %q, want %q", id, w)
+		}
+		put(t, s, "ids", id, writers.StateWriting)
+	}
+	id, err := writers.NewVersionID(ctx, s, "other", at)
+	if err != nil || id != want[0] {
+		t.Errorf("NewVersionID(other namespace) = %q, %v; want %q", id, err, want[0])
+	}
+}
+
+// wantHeld checks that err is a *LeaseHeldError for ns naming holder.
+func wantHeld(t *testing.T, err error, ns, holder string) {
+	t.Helper()
+	var held *writers.LeaseHeldError
+	switch {
+	case !errors.As(err, &held):
+		t.Errorf("AcquireLease error = %v, want a *LeaseHeldError", err)
+	case !errors.Is(err, writers.ErrLeaseHeld):
+		t.Errorf("AcquireLease error = %v, want it to wrap ErrLeaseHeld", err)
+	case held.Namespace != ns || held.Holder != holder:
+		t.Errorf("LeaseHeldError names %s held by %q, want %s held by %q", held.Namespace, held.Holder, ns, holder)
+	}
+}
+
+func acquire(t *testing.T, s writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
+	t.Helper()
+	l, err := s.AcquireLease(context.Background(), ns, holder, ttl)
+	if err != nil {
+		t.Fatalf("AcquireLease(%s, %s): %v", ns, holder, err)
+	}
+	if l.Namespace != ns || l.Holder != holder || l.Token == "" {
+		t.Fatalf("AcquireLease(%s, %s) = %+v, want that namespace and holder and a token", ns, holder, l)
+	}
+	return l
+}
+
+// acquireEventually polls AcquireLease until it succeeds or 5 seconds pass.
+func acquireEventually(t *testing.T, s writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := s.AcquireLease(context.Background(), ns, holder, ttl)
+		if err == nil {
+			return l
+		}
+		if !errors.Is(err, writers.ErrLeaseHeld) || time.Now().After(deadline) {
+			t.Fatalf("AcquireLease(%s, %s) after the lease expired: %v, want success", ns, holder, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func testLeaseHeld(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	before := time.Now()
+	a := acquire(t, s, "ls", "run-a", time.Minute)
+	if a.Expires.Before(before.Add(50*time.Second)) || a.Expires.After(time.Now().Add(time.Minute+time.Second)) {
+		t.Errorf("lease expires %s, want about a minute from %s", a.Expires, before)
+	}
+	_, err := s.AcquireLease(ctx, "ls", "run-b", time.Minute)
+	wantHeld(t, err, "ls", "run-a")
+	var held *writers.LeaseHeldError
+	if errors.As(err, &held) && (held.Expires.Before(time.Now()) || held.Expires.After(time.Now().Add(time.Minute+time.Second))) {
+		t.Errorf("LeaseHeldError expires %s, want within the next minute", held.Expires)
+	}
+	// The same holder name does not get a second lease either: a lease is per acquisition.
+	_, err = s.AcquireLease(ctx, "ls", "run-a", time.Minute)
+	wantHeld(t, err, "ls", "run-a")
+
+	// Other namespaces have their own lease.
+	acquire(t, s, "ls2", "run-b", time.Minute)
+
+	// Renewing extends the lease and keeps its token.
+	r, err := s.RenewLease(ctx, a, 2*time.Minute)
+	if err != nil {
+		t.Fatalf("RenewLease: %v", err)
+	}
+	if r.Token != a.Token || !r.Expires.After(a.Expires) {
+		t.Errorf("RenewLease = %+v, want token %s and an expiry after %s", r, a.Token, a.Expires)
+	}
+	// A forged token renews nothing.
+	forged := a
+	forged.Token += "x"
+	if _, err := s.RenewLease(ctx, forged, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease with a wrong token: error = %v, want ErrLeaseLost", err)
+	}
+	if err := s.ReleaseLease(ctx, forged); err != nil {
+		t.Errorf("ReleaseLease with a wrong token: %v, want nil", err)
+	}
+	_, err = s.AcquireLease(ctx, "ls", "run-b", time.Minute)
+	wantHeld(t, err, "ls", "run-a")
+
+	for _, tc := range []struct {
+		name, ns, holder string
+		ttl              time.Duration
+	}{
+		{"an invalid namespace", "A/B", "run", time.Minute},
+		{"an empty holder", "ls3", "", time.Minute},
+		{"a zero ttl", "ls3", "run", 0},
+	} {
+		if _, err := s.AcquireLease(ctx, tc.ns, tc.holder, tc.ttl); !errors.Is(err, writers.ErrInvalid) {
+			t.Errorf("AcquireLease with %s: error = %v, want ErrInvalid", tc.name, err)
+		}
+	}
+}
+
+func testLeaseExpiry(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	a := acquire(t, s, "lx", "run-a", 200*time.Millisecond)
+	b := acquireEventually(t, s, "lx", "run-b", time.Minute)
+	if b.Token == a.Token {
+		t.Errorf("takeover lease has the old token %s, want a new one", a.Token)
+	}
+	if _, err := s.RenewLease(ctx, a, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease by the old holder after takeover: error = %v, want ErrLeaseLost", err)
+	}
+	// The old holder's release must not release its successor's lease.
+	if err := s.ReleaseLease(ctx, a); err != nil {
+		t.Errorf("ReleaseLease by the old holder: %v, want nil", err)
+	}
+	_, err := s.AcquireLease(ctx, "lx", "run-c", time.Minute)
+	wantHeld(t, err, "lx", "run-b")
+	if _, err := s.RenewLease(ctx, b, time.Minute); err != nil {
+		t.Errorf("RenewLease by the new holder: %v", err)
+	}
+
+	// A lease that expired is lost even when nobody has taken it over.
+	c := acquire(t, s, "lx2", "run-c", 200*time.Millisecond)
+	time.Sleep(400 * time.Millisecond)
+	if _, err := s.RenewLease(ctx, c, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease after expiry: error = %v, want ErrLeaseLost", err)
+	}
+}
+
+func testLeaseRelease(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	a := acquire(t, s, "lr", "run-a", time.Minute)
+	if err := s.ReleaseLease(ctx, a); err != nil {
+		t.Fatalf("ReleaseLease: %v", err)
+	}
+	if err := s.ReleaseLease(ctx, a); err != nil {
+		t.Errorf("second ReleaseLease: %v, want nil", err)
+	}
+	if _, err := s.RenewLease(ctx, a, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease after release: error = %v, want ErrLeaseLost", err)
+	}
+	b := acquire(t, s, "lr", "run-b", time.Minute)
+	if err := s.ReleaseLease(ctx, a); err != nil {
+		t.Errorf("ReleaseLease of a released lease: %v, want nil", err)
+	}
+	_, err := s.AcquireLease(ctx, "lr", "run-c", time.Minute)
+	wantHeld(t, err, "lr", "run-b")
+	if err := s.ReleaseLease(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	acquire(t, s, "lr", "run-c", time.Minute)
+}
+
+func testLeaseConcurrent(t *testing.T, s writers.Store) {
+	const n = 16
+	leases := make([]writers.Lease, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			leases[i], errs[i] = s.AcquireLease(context.Background(), "lc", fmt.Sprintf("run-%02d", i), time.Minute)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var winners []string
+	for i := range n {
+		if errs[i] == nil {
+			winners = append(winners, leases[i].Holder)
+		}
+	}
+	if len(winners) != 1 {
+		t.Fatalf("winners = %q, want exactly one", winners)
+	}
+	for i := range n {
+		if errs[i] != nil {
+			wantHeld(t, errs[i], "lc", winners[0])
+		}
+	}
+}
+
+func wantShards(t *testing.T, s writers.Store, ns, version string, want []writers.Shard) {
+	t.Helper()
+	got, err := s.Shards(context.Background(), ns, version)
+	if err != nil {
+		t.Fatalf("Shards(%s/%s): %v", ns, version, err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Shards(%s/%s) = %d shards %+v, want %d %+v", ns, version, len(got), got, len(want), want)
+	}
+	for i := range want {
+		if got[i].ID != want[i].ID || got[i].Rows != want[i].Rows || !got[i].CommittedAt.Equal(want[i].CommittedAt) {
+			t.Errorf("Shards(%s/%s)[%d] = %+v, want %+v", ns, version, i, got[i], want[i])
+		}
+	}
+}
+
+func commit(t *testing.T, s writers.Store, ns, version string, sh writers.Shard) {
+	t.Helper()
+	if err := s.CommitShard(context.Background(), ns, version, sh); err != nil {
+		t.Fatalf("CommitShard(%s/%s, %s): %v", ns, version, sh.ID, err)
+	}
+}
+
+func testShards(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	put(t, s, "sh", "v1", writers.StateWriting)
+	put(t, s, "sh", "v10", writers.StateWriting)
+	wantShards(t, s, "sh", "v1", nil)
+
+	shards := []writers.Shard{
+		{ID: "part-1.parquet#0", Rows: 10, CommittedAt: t0.Add(time.Minute)},
+		{ID: "part-0.parquet#1", Rows: 20, CommittedAt: t0.Add(2 * time.Minute)},
+		{ID: "part-0.parquet#0", Rows: 30, CommittedAt: t0.Add(3 * time.Minute)},
+		{ID: "dir/ключ:0", Rows: 0, CommittedAt: t0.Add(4 * time.Minute)},
+	}
+	for _, sh := range shards {
+		commit(t, s, "sh", "v1", sh)
+	}
+	commit(t, s, "sh", "v10", writers.Shard{ID: "other", Rows: 1, CommittedAt: t0})
+	want := []writers.Shard{shards[3], shards[2], shards[1], shards[0]}
+	wantShards(t, s, "sh", "v1", want)
+
+	// Committing an ID again replaces its record.
+	again := writers.Shard{ID: "part-0.parquet#1", Rows: 21, CommittedAt: t0.Add(time.Hour)}
+	commit(t, s, "sh", "v1", again)
+	want[2] = again
+	wantShards(t, s, "sh", "v1", want)
+
+	wantShards(t, s, "sh", "v10", []writers.Shard{{ID: "other", Rows: 1, CommittedAt: t0}})
+	wantShards(t, s, "other", "v1", nil)
+
+	for _, id := range []string{"", "bad\xff", strings.Repeat("x", writers.MaxKeyLen+1)} {
+		if err := s.CommitShard(ctx, "sh", "v1", writers.Shard{ID: id}); !errors.Is(err, writers.ErrInvalid) {
+			t.Errorf("CommitShard(id %q) error = %v, want ErrInvalid", id, err)
+		}
+	}
+	if err := s.CommitShard(ctx, "sh", "v/1", writers.Shard{ID: "x"}); !errors.Is(err, writers.ErrInvalid) {
+		t.Errorf("CommitShard(version v/1) error = %v, want ErrInvalid", err)
+	}
+	wantShards(t, s, "sh", "v1", want)
+}
+
+func testShardsConcurrent(t *testing.T, s writers.Store) {
+	const n = 16
+	put(t, s, "shc", "v1", writers.StateWriting)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	want := make([]writers.Shard, n)
+	for i := range n {
+		want[i] = writers.Shard{ID: fmt.Sprintf("shard-%02d", i), Rows: int64(100 + i), CommittedAt: t0.Add(time.Duration(i) * time.Second)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = s.CommitShard(context.Background(), "shc", "v1", want[i])
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("CommitShard(%s): %v", want[i].ID, err)
+		}
+	}
+	wantShards(t, s, "shc", "v1", want)
+}
+
+func testShardsDeleted(t *testing.T, s writers.Store) {
+	ctx := context.Background()
+	complete(t, s, "shd", "v1")
+	complete(t, s, "shd", "v2")
+	for _, v := range []string{"v1", "v2"} {
+		commit(t, s, "shd", v, writers.Shard{ID: "0", Rows: 1, CommittedAt: t0})
+	}
+	if err := s.DeleteVersion(ctx, "shd", "v1"); err != nil {
+		t.Fatalf("DeleteVersion(v1): %v", err)
+	}
+	wantShards(t, s, "shd", "v1", nil)
+	wantShards(t, s, "shd", "v2", []writers.Shard{{ID: "0", Rows: 1, CommittedAt: t0}})
+}
