@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parquet-go/parquet-go"
+
 	"github.com/staticref/staticref/inference/onnxgen"
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
@@ -363,6 +365,156 @@ func TestReleaseLifecycle(t *testing.T) {
 		}
 		if n, _ := s.CountKeys(ctx, "scores", first.Manifest.Version); n != 0 {
 			t.Errorf("retired version still holds %d keys", n)
+		}
+	})
+}
+
+// TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone runs a good version first, then
+// each bad input: the run must fail with one message naming the file, column or field,
+// and the live version must be the good one afterwards.
+func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 2000, Shards: 2, RowGroupRows: 500, Seed: 9})
+	nulls := generate(t, t.TempDir(), shardgen.Spec{Rows: 2000, Shards: 2, RowGroupRows: 500, Seed: 9, NullEvery: 100})
+	ctx := context.Background()
+
+	bad := t.TempDir()
+	truncated := filepath.Join(bad, "truncated.parquet")
+	whole, _ := os.ReadFile(d.files[1])
+	os.WriteFile(truncated, whole[:len(whole)/2], 0o644)
+	notONNX := filepath.Join(bad, "model.onnx")
+	os.WriteFile(notONNX, whole[:4096], 0o644) // Parquet bytes, not a model
+	wide := filepath.Join(bad, "wide.onnx")
+	if err := onnxgen.Logistic(5, modelSeed).Write(wide); err != nil {
+		t.Fatal(err)
+	}
+	longKey := filepath.Join(bad, "long-key.parquet")
+	writeKeys(t, longKey, []string{"ok", strings.Repeat("k", writers.MaxKeyLen+1)})
+
+	tests := []struct {
+		name string
+		data *dataset
+		sets []string
+		want []string // fragments of the one error message
+	}{
+		{"a truncated shard names the file", d, []string{"source.uri=" + truncated}, []string{"truncated.parquet"}},
+		{"a missing feature column names the file and column", d, []string{"source.features=[f0, f1, f9]"}, []string{d.files[0], `"f9"`, "source.features"}},
+		{"a non-numeric feature names the column", d, []string{"source.features=[f0, f1, f2, note]"}, []string{`"note"`, "string", "numeric"}},
+		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{nulls.files[0], "row group ", " row 99:", "null feature", "source.nulls"}},
+		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}},
+		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}},
+		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, url := openStore(t)
+			good, err := run(t, s, newJob(t, tt.data, url, "sink.namespace=bad"))
+			if tt.data == nulls {
+				// nulls has nulls: the good run skips them.
+				good, err = run(t, s, newJob(t, tt.data, url, "sink.namespace=bad", "source.nulls=skip"))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := s.Manifests(ctx, "bad")
+			_, err = run(t, s, newJob(t, tt.data, url, append([]string{"sink.namespace=bad"}, tt.sets...)...))
+			if err == nil {
+				t.Fatal("bad input ran without error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if strings.Count(err.Error(), "\n") > 0 {
+				t.Errorf("error is not one line: %q", err)
+			}
+			if live, _ := s.Live(ctx, "bad"); live != good.Manifest.Version {
+				t.Errorf("live: got %q, want %q untouched", live, good.Manifest.Version)
+			}
+			after, _ := s.Manifests(ctx, "bad")
+			for _, m := range after[len(before):] {
+				if m.State != writers.StateFailed || m.Error == "" {
+					t.Errorf("version %s of the bad run: state %s, error %q; want failed with its reason", m.Version, m.State, m.Error)
+				}
+			}
+		})
+	}
+}
+
+// onnxgen1 writes a logistic model over one feature.
+func onnxgen1(t *testing.T, dir string) string {
+	path := filepath.Join(dir, "one.onnx")
+	if err := onnxgen.Logistic(1, modelSeed).Write(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// writeKeys writes a Parquet file with the given keys and one feature column.
+func writeKeys(t *testing.T, path string, keys []string) {
+	t.Helper()
+	type row struct {
+		UserID  string  `parquet:"user_id"`
+		F0      float64 `parquet:"f0"`
+		Country string  `parquet:"country"`
+	}
+	rows := make([]row, len(keys))
+	for i, k := range keys {
+		rows[i] = row{UserID: k, F0: float64(i), Country: "DE"}
+	}
+	if err := parquet.WriteFile(path, rows); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNullsAreSkippedAndCountedOrFilled(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 3000, Shards: 2, RowGroupRows: 500, Seed: 11, NullEvery: 10})
+	ctx := context.Background()
+
+	t.Run("skip drops the rows with a null feature and counts them in the manifest", func(t *testing.T) {
+		s, url := openStore(t)
+		res, err := run(t, s, newJob(t, d, url, "source.nulls=skip"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := res.Manifest
+		if m.RowsRead != 3000 || m.RowsSkipped != 300 || m.RowsWritten != 2700 || m.SkipReasons["null_feature"] != 300 {
+			t.Fatalf("got read %d skipped %d written %d reasons %v; want 3000, 300, 2700, null_feature 300",
+				m.RowsRead, m.RowsSkipped, m.RowsWritten, m.SkipReasons)
+		}
+		for r := range int64(3000) {
+			row := shardgen.RowAt(d.spec, r)
+			_, err := s.Get(ctx, "scores", m.Version, []byte(row.Key))
+			if row.F2Null != errors.Is(err, writers.ErrNotFound) {
+				t.Fatalf("key %s (f2 null %v): get error %v", row.Key, row.F2Null, err)
+			}
+		}
+	})
+
+	t.Run("fill:V scores the rows with V in place of each null", func(t *testing.T) {
+		s, url := openStore(t)
+		res, err := run(t, s, newJob(t, d, url, "source.nulls=fill:3"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Manifest.RowsWritten != 3000 {
+			t.Fatalf("rows written: got %d, want 3000", res.Manifest.RowsWritten)
+		}
+		ref := d.models["logistic"]
+		for r := range int64(3000) {
+			row := shardgen.RowAt(d.spec, r)
+			if row.F2Null {
+				row.F[2] = 3
+			}
+			raw, err := s.Get(ctx, "scores", res.Manifest.Version, []byte(row.Key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]float64
+			json.Unmarshal(raw, &got)
+			if want := ref.Predict(row.F[:])["score"][0]; math.Abs(got["score"]-want) > 1e-5 {
+				t.Fatalf("key %s: got %v, want %v", row.Key, got["score"], want)
+			}
 		}
 	})
 }

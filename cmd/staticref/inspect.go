@@ -37,10 +37,10 @@ func newInspectCmd() *cobra.Command {
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintf(w, "model %s\nsha256 %s\n\nKIND\tNAME\tTYPE\n", info.Path, info.SHA256)
 				for _, t := range info.Inputs {
-					fmt.Fprintf(w, "input\t%s\t%s\n", t.Name, t)
+					fmt.Fprintf(w, "input\t%s\t%s %s %v\n", t.Name, t.Kind, t.ElemType, t.Shape)
 				}
 				for _, t := range info.Outputs {
-					fmt.Fprintf(w, "output\t%s\t%s\n", t.Name, t)
+					fmt.Fprintf(w, "output\t%s\t%s %s %v\n", t.Name, t.Kind, t.ElemType, t.Shape)
 				}
 				return w.Flush()
 			case ".parquet", ".parq", ".pq":

@@ -161,6 +161,7 @@ func TestExitCodes(t *testing.T) {
 	dir, job, store := workspace(t, 1000, "")
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("name: x\nsource: {uri: a, key: k, features: [f]}\nmodel: {path: m.onnx, batchsize: 3}\n"), 0o644)
+	os.WriteFile(bad+".onnx", []byte("not a model"), 0o644)
 	tests := []struct {
 		name   string
 		args   []string
@@ -175,6 +176,9 @@ func TestExitCodes(t *testing.T) {
 		{"an unknown store scheme is bad config", []string{"run", "--job", job, "--store", "mysql://x"}, 2, "sink.store"},
 		{"a missing shard glob fails the run", []string{"run", "--job", job, "--set", "source.uri=" + filepath.Join(dir, "none/*.parquet")}, 1, "source.uri"},
 		{"a namespace the store cannot hold is bad usage", []string{"get", "--store", store, "--namespace", "Bad/NS", "k"}, 2, "namespace"},
+		{"a namespace the store cannot hold in a job is bad config", []string{"run", "--job", job, "--set", "sink.namespace=a/b"}, 2, `sink.namespace: "a/b"`},
+		{"inspect of a file that is neither model nor Parquet is bad usage", []string{"inspect", job}, 2, "name an .onnx or .parquet file"},
+		{"inspect of a corrupt model fails", []string{"inspect", bad + ".onnx"}, 1, "not an ONNX model"},
 		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
 	}
 	for _, tt := range tests {
@@ -216,4 +220,45 @@ func TestMissingRuntimeLibrary(t *testing.T) {
 func TestMain(m *testing.M) {
 	inference.Init()
 	os.Exit(m.Run())
+}
+
+func TestInspectShowsModelTensorsAndParquetLayout(t *testing.T) {
+	dir, _, _ := workspace(t, 1000, "")
+	code, out, stderr := staticref(t, "inspect", filepath.Join(dir, "models", "zipmap.onnx"))
+	if code != 0 {
+		t.Fatalf("inspect model: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"input", "features", "output", "probabilities", "proba_map", "sequence"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect model output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, stderr = staticref(t, "inspect", filepath.Join(dir, "features", "part-00000.parquet"), "-o", "json")
+	if code != 0 {
+		t.Fatalf("inspect parquet: exit %d: %s", code, stderr)
+	}
+	var d struct {
+		Rows      int64
+		Columns   []struct{ Name, Type string }
+		RowGroups []struct{ Rows int64 } `json:"row_groups"`
+	}
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatal(err)
+	}
+	var rgRows int64
+	for _, rg := range d.RowGroups {
+		rgRows += rg.Rows
+	}
+	if d.Rows != 500 || rgRows != 500 || len(d.RowGroups) != 1 {
+		t.Errorf("got %d rows in %d row groups (sum %d), want 500 in 1", d.Rows, len(d.RowGroups), rgRows)
+	}
+	types := map[string]string{}
+	for _, c := range d.Columns {
+		types[c.Name] = c.Type
+	}
+	for col, typ := range map[string]string{"user_id": "string", "f0": "float64", "f2": "int32", "embedding": "list<float32>"} {
+		if types[col] != typ {
+			t.Errorf("column %s: got type %q, want %q", col, types[col], typ)
+		}
+	}
 }
