@@ -8,11 +8,15 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// Cold-start defaults are computed in one pass, in memory bounded by configuration: a mean
-// is a running sum; a median is estimated from a uniform reservoir sample of at most
-// globalReservoir values per output element (segmentReservoir per segment), which is exact
-// while a version (or segment) has fewer rows than that. At most MaxSegments distinct
-// segment values are kept; more is an error, since segment_by then names no category.
+// Cold-start defaults are computed in one pass, in memory bounded by configuration.
+//
+// A mean comes from sums kept per shard (row group) and stored with its commit record, so
+// a resumed or sharded run totals them exactly without reading rows again. A median is
+// estimated from a uniform reservoir sample of at most globalReservoir rows
+// (segmentReservoir per segment) of the rows this process scored: exact while a version
+// or segment is smaller than that, and after a resume it covers the resumed part only.
+// At most MaxSegments distinct segment values are kept; more is an error, since
+// segment_by then names no category.
 const (
 	globalReservoir  = 1 << 16
 	segmentReservoir = 1 << 10
@@ -20,89 +24,91 @@ const (
 	MaxSegments = 10000
 )
 
-// accumulator summarises one population (all rows, or one segment) for every output value.
-type accumulator struct {
-	n      int64
-	sums   []float64
-	sample [][]float64 // per value, when the method is median
-	limit  int
+// addSums adds one row's values to s.
+func addSums(s *writers.Sums, row []float32) {
+	if s.Sum == nil {
+		s.Sum = make([]float64, len(row))
+	}
+	s.N++
+	for i, v := range row {
+		s.Sum[i] += float64(v)
+	}
 }
 
-func newAccumulator(width int, median bool, limit int) *accumulator {
-	a := &accumulator{sums: make([]float64, width), limit: limit}
-	if median {
-		a.sample = make([][]float64, width)
-	}
-	return a
-}
-
-// add counts one row's values (flat over outputs); rnd is a deterministic random source.
-func (a *accumulator) add(vals []float32, rnd *splitmix) {
-	a.n++
-	for i, v := range vals {
-		a.sums[i] += float64(v)
-	}
-	if a.sample == nil {
+// mergeSums adds b into a.
+func mergeSums(a, b *writers.Sums) {
+	if b == nil || b.N == 0 {
 		return
 	}
-	if len(a.sample[0]) < a.limit {
-		for i, v := range vals {
-			a.sample[i] = append(a.sample[i], float64(v))
+	if a.Sum == nil {
+		a.Sum = make([]float64, len(b.Sum))
+	}
+	a.N += b.N
+	for i, v := range b.Sum {
+		a.Sum[i] += v
+	}
+	for seg, bs := range b.Segments {
+		if a.Segments == nil {
+			a.Segments = map[string]*writers.Sums{}
 		}
+		as, ok := a.Segments[seg]
+		if !ok {
+			as = &writers.Sums{}
+			a.Segments[seg] = as
+		}
+		mergeSums(as, bs)
+	}
+}
+
+// reservoir is a uniform sample of rows (Algorithm R).
+type reservoir struct {
+	n     int64
+	limit int
+	rows  [][]float32
+}
+
+func (r *reservoir) add(row []float32, rnd *splitmix) {
+	r.n++
+	if len(r.rows) < r.limit {
+		r.rows = append(r.rows, slices.Clone(row))
 		return
 	}
-	// Algorithm R: keep the row with probability limit/n, replacing a random slot.
-	if j := rnd.intn(a.n); j < int64(a.limit) {
-		for i, v := range vals {
-			a.sample[i][j] = float64(v)
+	if j := rnd.intn(r.n); j < int64(r.limit) {
+		copy(r.rows[j], row)
+	}
+}
+
+func (r *reservoir) median(width int) []float64 {
+	out := make([]float64, width)
+	col := make([]float64, len(r.rows))
+	for i := range out {
+		for k, row := range r.rows {
+			col[k] = float64(row[i])
+		}
+		slices.Sort(col)
+		n := len(col)
+		if n%2 == 1 {
+			out[i] = col[n/2]
+		} else {
+			out[i] = (col[n/2-1] + col[n/2]) / 2
 		}
 	}
+	return out
 }
 
-func (a *accumulator) result(outputs []writers.Output) map[string][]float64 {
-	if a.n == 0 {
-		return nil
-	}
-	res := map[string][]float64{}
-	i := 0
-	for _, o := range outputs {
-		v := make([]float64, o.Width)
-		for k := range v {
-			if a.sample != nil {
-				v[k] = median(a.sample[i])
-			} else {
-				v[k] = a.sums[i] / float64(a.n)
-			}
-			i++
-		}
-		res[o.Name] = v
-	}
-	return res
-}
-
-func median(s []float64) float64 {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-// defaultsBuilder accumulates the global and per-segment defaults of a run.
-type defaultsBuilder struct {
+// defaults accumulates a run's cold-start defaults; nil when defaults.global is none.
+type defaults struct {
 	method    string
 	segmentBy string
 	outputs   []writers.Output
 	width     int
-	global    *accumulator
-	segments  map[string]*accumulator
+	global    *reservoir
+	segments  map[string]*reservoir
 	rnd       splitmix
 	row       []float32
 }
 
-func newDefaultsBuilder(method, segmentBy string, outputs []writers.Output) *defaultsBuilder {
+func newDefaults(method, segmentBy string, outputs []writers.Output) *defaults {
 	if method == "none" {
 		return nil
 	}
@@ -110,54 +116,112 @@ func newDefaultsBuilder(method, segmentBy string, outputs []writers.Output) *def
 	for _, o := range outputs {
 		w += o.Width
 	}
-	return &defaultsBuilder{
-		method: method, segmentBy: segmentBy, outputs: outputs, width: w,
-		global:   newAccumulator(w, method == "median", globalReservoir),
-		segments: map[string]*accumulator{},
-		rnd:      splitmix(0x5eed),
-		row:      make([]float32, w),
+	d := &defaults{method: method, segmentBy: segmentBy, outputs: outputs, width: w,
+		rnd: splitmix(0x5eed), row: make([]float32, w)}
+	if method == "median" {
+		d.global = &reservoir{limit: globalReservoir}
+		d.segments = map[string]*reservoir{}
 	}
+	return d
 }
 
-// add counts row r of a batch's outputs; seg is its segment value (nil: none).
-func (d *defaultsBuilder) add(outs [][]float32, r int, seg []byte, hasSeg bool) error {
+// add counts row r of a batch's outputs into the shard's sums and the samples; seg is
+// its segment value when hasSeg. Rows with a NaN or infinite output are left out: the
+// null gate counts them.
+func (d *defaults) add(sums *writers.Sums, outs [][]float32, r int, seg []byte, hasSeg bool) error {
 	row := d.row[:0]
 	for k, o := range d.outputs {
 		row = append(row, outs[k][r*o.Width:(r+1)*o.Width]...)
 	}
 	for _, v := range row {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return nil // null outputs are counted by the null gate, not averaged
+			return nil
 		}
 	}
-	d.global.add(row, &d.rnd)
+	addSums(sums, row)
+	if d.global != nil {
+		d.global.add(row, &d.rnd)
+	}
 	if d.segmentBy == "" || !hasSeg {
 		return nil
 	}
-	a, ok := d.segments[string(seg)]
-	if !ok {
-		if len(d.segments) >= MaxSegments {
-			return fmt.Errorf("defaults.segment_by: column %q has more than %d distinct values; segment by a categorical column", d.segmentBy, MaxSegments)
-		}
-		a = newAccumulator(d.width, d.method == "median", segmentReservoir)
-		d.segments[string(seg)] = a
+	if sums.Segments == nil {
+		sums.Segments = map[string]*writers.Sums{}
 	}
-	a.add(row, &d.rnd)
+	ss, ok := sums.Segments[string(seg)]
+	if !ok {
+		if len(sums.Segments) >= MaxSegments {
+			return d.tooMany()
+		}
+		ss = &writers.Sums{}
+		sums.Segments[string(seg)] = ss
+	}
+	addSums(ss, row)
+	if d.segments != nil {
+		rs, ok := d.segments[string(seg)]
+		if !ok {
+			if len(d.segments) >= MaxSegments {
+				return d.tooMany()
+			}
+			rs = &reservoir{limit: segmentReservoir}
+			d.segments[string(seg)] = rs
+		}
+		rs.add(row, &d.rnd)
+	}
 	return nil
 }
 
-func (d *defaultsBuilder) result() *writers.Defaults {
+func (d *defaults) tooMany() error {
+	return fmt.Errorf("defaults.segment_by: column %q has more than %d distinct values; segment by a categorical column", d.segmentBy, MaxSegments)
+}
+
+// result turns the totals of every shard (total) and this run's samples into defaults.
+func (d *defaults) result(total *writers.Sums) (*writers.Defaults, error) {
 	if d == nil {
-		return nil
+		return nil, nil
 	}
-	res := &writers.Defaults{Method: d.method, Global: d.global.result(d.outputs), SegmentBy: d.segmentBy}
-	if len(d.segments) > 0 {
-		res.Segments = map[string]map[string][]float64{}
-		for s, a := range d.segments {
-			res.Segments[s] = a.result(d.outputs)
+	if len(total.Segments) > MaxSegments {
+		return nil, d.tooMany()
+	}
+	res := &writers.Defaults{Method: d.method, SegmentBy: d.segmentBy}
+	split := func(vals []float64) map[string][]float64 {
+		m := map[string][]float64{}
+		i := 0
+		for _, o := range d.outputs {
+			m[o.Name] = vals[i : i+o.Width]
+			i += o.Width
+		}
+		return m
+	}
+	mean := func(s *writers.Sums) []float64 {
+		v := make([]float64, d.width)
+		for i := range v {
+			v[i] = s.Sum[i] / float64(s.N)
+		}
+		return v
+	}
+	switch {
+	case d.method == "median" && d.global.n > 0:
+		res.Global = split(d.global.median(d.width))
+	case d.method == "mean" && total.N > 0:
+		res.Global = split(mean(total))
+	}
+	if d.segmentBy == "" {
+		return res, nil
+	}
+	res.Segments = map[string]map[string][]float64{}
+	if d.method == "median" {
+		for seg, r := range d.segments {
+			res.Segments[seg] = split(r.median(d.width))
+		}
+		return res, nil
+	}
+	for seg, s := range total.Segments {
+		if s.N > 0 {
+			res.Segments[seg] = split(mean(s))
 		}
 	}
-	return res
+	return res, nil
 }
 
 // splitmix is a tiny deterministic PRNG (SplitMix64), so defaults are reproducible.

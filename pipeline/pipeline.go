@@ -23,6 +23,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -54,7 +56,19 @@ type Config struct {
 	// Readers is how many row groups are decoded at once (default: 2, at most the number
 	// of row groups).
 	Readers int
+	// Wait makes a run wait for another writer of the namespace to finish instead of
+	// failing at once.
+	Wait bool
+	// LeaseTTL is how long the namespace's writer lease lasts unless renewed (default
+	// DefaultLeaseTTL); it is renewed every third of that.
+	LeaseTTL time.Duration
+	// Holder names this writer in the lease (default host:pid).
+	Holder string
 }
+
+// DefaultLeaseTTL is the writer lease's lifetime: a writer that dies holds its namespace
+// for at most this long.
+const DefaultLeaseTTL = 30 * time.Second
 
 // Result is what a run did.
 type Result struct {
@@ -73,10 +87,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer r.close()
-	if err := r.prepare(ctx); err != nil {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	ctx, release, err := r.lease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := r.createVersion(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.execute(ctx); err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause // the lease was lost: say so, not "context canceled"
+		}
 		r.fail(err)
 		return &Result{Manifest: r.m}, err
 	}
@@ -130,9 +155,9 @@ func (r *run) close() {
 	}
 }
 
-// prepare checks everything that can be checked before any data is read: every shard's
-// schema, the model against the features, and the target version.
-func (r *run) prepare(ctx context.Context) error {
+// check checks everything that can be checked before any data is read: every shard's
+// schema and the model against the features.
+func (r *run) check() error {
 	paths, err := readers.Glob(r.job.Source.URI)
 	if err != nil {
 		return fmt.Errorf("source.uri: %w", err)
@@ -165,7 +190,73 @@ func (r *run) prepare(ctx context.Context) error {
 	if _, err := writers.NewValueEncoder(r.job.Sink.Encoding, r.model.Outputs); err != nil {
 		return fmt.Errorf("sink.encoding: %w", err)
 	}
-	return r.createVersion(ctx)
+	return nil
+}
+
+// lease takes the namespace's writer lease (waiting for it with cfg.Wait) and keeps it
+// renewed. The returned context is cancelled, with writers.ErrLeaseLost as its cause,
+// if a renewal fails: a writer that cannot prove it still holds the namespace stops
+// writing. release gives the lease up.
+func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
+	ttl := r.cfg.LeaseTTL
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
+	holder := r.cfg.Holder
+	if holder == "" {
+		host, _ := os.Hostname()
+		holder = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	var l writers.Lease
+	for {
+		var err error
+		l, err = r.store.AcquireLease(ctx, r.ns, holder, ttl)
+		if err == nil {
+			break
+		}
+		var held *writers.LeaseHeldError
+		if !r.cfg.Wait || !errors.As(err, &held) {
+			return nil, nil, fmt.Errorf("take the writer lease of %s: %w", r.ns, err)
+		}
+		r.log.Info("waiting for the writer lease", "namespace", r.ns, "holder", held.Holder, "expires", held.Expires)
+		select {
+		case <-time.After(min(ttl/3, time.Second)):
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				next, err := r.store.RenewLease(ctx, l, ttl)
+				if err != nil {
+					if ctx.Err() == nil {
+						cancel(fmt.Errorf("renew the writer lease of %s: %w", r.ns, err))
+					}
+					return
+				}
+				l = next
+			}
+		}
+	}()
+	release := func() {
+		cancel(nil)
+		<-stopped
+		rctx, done := context.WithTimeout(context.Background(), 10*time.Second)
+		defer done()
+		if err := r.store.ReleaseLease(rctx, l); err != nil {
+			r.log.Warn("could not release the writer lease", "namespace", r.ns, "err", err)
+		}
+	}
+	return ctx, release, nil
 }
 
 func (r *run) createVersion(ctx context.Context) error {
@@ -180,9 +271,11 @@ func (r *run) createVersion(ctx context.Context) error {
 		if err := writers.ValidateVersion(id); err != nil {
 			return fmt.Errorf("--version: %w", err)
 		}
-		if old, err := r.store.Manifest(ctx, r.ns, id); err == nil {
-			return fmt.Errorf("version %s of %s already exists (state %s): choose another --version", id, r.ns, old.State)
-		} else if !errors.Is(err, writers.ErrNotFound) {
+		old, err := r.store.Manifest(ctx, r.ns, id)
+		switch {
+		case err == nil:
+			return r.resume(ctx, old)
+		case !errors.Is(err, writers.ErrNotFound):
 			return fmt.Errorf("read manifest %s: %w", id, err)
 		}
 	}
@@ -207,6 +300,41 @@ func (r *run) createVersion(ctx context.Context) error {
 	return nil
 }
 
+// resume continues a version that a failed or killed run left writing (or failed): the
+// shards it committed are kept and skipped. It must be the same job over the same files
+// with the same model, or the version would mix two computations.
+func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
+	id := old.Version
+	if old.State != writers.StateWriting && old.State != writers.StateFailed {
+		return fmt.Errorf("version %s of %s is %s: only a writing or failed version can be resumed; choose another --version", id, r.ns, old.State)
+	}
+	var problems []string
+	if old.Model.SHA256 != r.model.Info.SHA256 {
+		problems = append(problems, fmt.Sprintf("model sha256 %s, now %s", old.Model.SHA256, r.model.Info.SHA256))
+	}
+	if old.Encoding != r.job.Sink.Encoding {
+		problems = append(problems, fmt.Sprintf("encoding %s, now %s", old.Encoding, r.job.Sink.Encoding))
+	}
+	var now []writers.Source
+	for _, f := range r.files {
+		now = append(now, writers.Source{Path: f.Path, Bytes: f.Bytes, Rows: f.Rows})
+	}
+	if !slices.Equal(old.Sources, now) {
+		problems = append(problems, fmt.Sprintf("%d source files, now %d (or their sizes differ)", len(old.Sources), len(now)))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("cannot resume version %s of %s: it was written with %s", id, r.ns, strings.Join(problems, "; "))
+	}
+	old.State, old.Error, old.CompletedAt = writers.StateWriting, "", time.Time{}
+	r.m = old
+	if err := r.store.PutManifest(ctx, r.m); err != nil {
+		return fmt.Errorf("resume version %s: %w", id, err)
+	}
+	r.created = true
+	r.log.Info("version resumed", "namespace", r.ns, "version", id)
+	return nil
+}
+
 // fail records why the version failed. It uses a fresh context: the run's own is often
 // the one that was cancelled.
 func (r *run) fail(cause error) {
@@ -227,14 +355,53 @@ func (r *run) fail(cause error) {
 type task struct {
 	file string
 	rg   int
+	rows int64
+}
+
+// tasks lists every non-empty row group of every file, in order.
+func (r *run) tasks() []task {
+	var all []task
+	for _, f := range r.files {
+		for _, rg := range f.RowGroups {
+			if rg.Rows > 0 {
+				all = append(all, task{f.Path, rg.Index, rg.Rows})
+			}
+		}
+	}
+	return all
 }
 
 func (r *run) execute(ctx context.Context) error {
+	all := r.tasks()
+	committed, err := r.store.Shards(ctx, r.ns, r.m.Version)
+	if err != nil {
+		return fmt.Errorf("read committed shards: %w", err)
+	}
+	done := map[string]bool{}
+	for _, s := range committed {
+		done[s.ID] = true
+	}
 	var tasks []task
-	for _, f := range r.files {
-		for _, rg := range f.RowGroups {
-			tasks = append(tasks, task{f.Path, rg.Index})
+	for _, t := range all {
+		if !done[shardID(t.file, t.rg)] {
+			tasks = append(tasks, t)
 		}
+	}
+	if len(committed) > 0 {
+		r.log.Info("resuming", "version", r.m.Version, "shards_committed", len(all)-len(tasks), "shards_left", len(tasks))
+	}
+	w := newWriterStage(r, tasks)
+	if err := r.stages(ctx, tasks, w); err != nil {
+		return err
+	}
+	return w.finish(ctx, all)
+}
+
+// stages runs readers, inference workers and the writer over tasks until all are done
+// or one fails.
+func (r *run) stages(ctx context.Context, tasks []task, w *writerStage) error {
+	if len(tasks) == 0 {
+		return nil
 	}
 	workers := r.job.Model.Workers
 	nReaders := r.cfg.Readers
@@ -299,12 +466,8 @@ func (r *run) execute(ctx context.Context) error {
 		close(encoded)
 		return nil
 	})
-	w := newWriterStage(r)
 	g.Go(func() error { return w.run(ctx, encoded, free) })
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	return w.finish(r.m)
+	return g.Wait()
 }
 
 // read decodes row groups into chunks taken from free and sends them on.

@@ -518,3 +518,136 @@ func TestNullsAreSkippedAndCountedOrFilled(t *testing.T) {
 		}
 	})
 }
+
+// flakyStore fails WriteRows once after a number of successful calls, and counts rows.
+type flakyStore struct {
+	writers.Store
+	mu        sync.Mutex
+	failAfter int
+	calls     int
+	rows      int
+}
+
+func (f *flakyStore) WriteRows(ctx context.Context, ns, v string, rows writers.Rows) error {
+	f.mu.Lock()
+	f.calls++
+	fail := f.calls == f.failAfter+1
+	if !fail {
+		f.rows += rows.Len()
+	}
+	f.mu.Unlock()
+	if fail {
+		return errors.New("connection reset by peer")
+	}
+	return f.Store.WriteRows(ctx, ns, v, rows)
+}
+
+func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 12_000, Shards: 3, RowGroupRows: 1000, Seed: 13})
+	ctx := context.Background()
+	s, url := openStore(t)
+	flaky := &flakyStore{Store: s, failAfter: 5}
+	j := newJob(t, d, url, "model.batch_size=1000", "model.workers=1")
+
+	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Readers: 1})
+	if err == nil || !strings.Contains(err.Error(), "connection reset by peer") {
+		t.Fatalf("got %v, want the write error", err)
+	}
+	ms, _ := s.Manifests(ctx, "scores")
+	if len(ms) != 1 || ms[0].State != writers.StateFailed {
+		t.Fatalf("after the failure: got %d manifests, state %v; want 1 failed", len(ms), ms[0].State)
+	}
+	version := ms[0].Version
+	committed, _ := s.Shards(ctx, "scores", version)
+	if len(committed) == 0 || len(committed) >= 12 {
+		t.Fatalf("committed shards after the failure: got %d, want some of 12", len(committed))
+	}
+	if live, _ := s.Live(ctx, "scores"); live != "" {
+		t.Fatalf("a failed run made %s live", live)
+	}
+
+	t.Run("a new run with the same --version skips committed row groups", func(t *testing.T) {
+		counter := &flakyStore{Store: s, failAfter: -2}
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: counter, Log: quiet, Version: version})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := 12_000 - 1000*len(committed); counter.rows != want {
+			t.Errorf("resume wrote %d rows, want %d (the uncommitted row groups only)", counter.rows, want)
+		}
+		if res.Manifest.Version != version || !res.Flipped {
+			t.Errorf("resume: version %s flipped %v, want %s flipped", res.Manifest.Version, res.Flipped, version)
+		}
+		if len(res.Manifest.Shards) != 12 {
+			t.Errorf("manifest shards: got %d, want 12", len(res.Manifest.Shards))
+		}
+		checkEveryKey(t, s, d, res.Manifest, "logistic", scalarFeatures)
+	})
+
+	t.Run("a complete version cannot be resumed", func(t *testing.T) {
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: version})
+		if err == nil || !strings.Contains(err.Error(), "only a writing or failed version can be resumed") {
+			t.Errorf("got %v", err)
+		}
+	})
+
+	t.Run("a resume with another model is refused", func(t *testing.T) {
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "model.path="+d.model("mlp")), Store: s, Log: quiet, Version: "other"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		flaky := &flakyStore{Store: s, failAfter: 1}
+		pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Version: "v2"})
+		_, err = pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "model.path="+d.model("mlp")), Store: s, Log: quiet, Version: "v2"})
+		if err == nil || !strings.Contains(err.Error(), "cannot resume version v2") || !strings.Contains(err.Error(), "model sha256") {
+			t.Errorf("got %v, want a refusal naming the model", err)
+		}
+	})
+}
+
+func TestOneWriterPerNamespace(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 1000, Shards: 1, RowGroupRows: 500, Seed: 17})
+	ctx := context.Background()
+	s, url := openStore(t)
+	j := newJob(t, d, url)
+	other, err := s.AcquireLease(ctx, "scores", "nightly-pod-7", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a second writer fails fast naming the holder", func(t *testing.T) {
+		start := time.Now()
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet})
+		if !errors.Is(err, writers.ErrLeaseHeld) || !strings.Contains(err.Error(), "nightly-pod-7") {
+			t.Fatalf("got %v, want ErrLeaseHeld naming nightly-pod-7", err)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("failing took %s", time.Since(start))
+		}
+		if ms, _ := s.Manifests(ctx, "scores"); len(ms) != 0 {
+			t.Errorf("a refused run created %d versions", len(ms))
+		}
+	})
+
+	t.Run("with Wait it runs once the holder lets go", func(t *testing.T) {
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			s.ReleaseLease(ctx, other)
+		}()
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Wait: true, LeaseTTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Flipped {
+			t.Error("not flipped")
+		}
+	})
+
+	t.Run("the lease is released after a run", func(t *testing.T) {
+		l, err := s.AcquireLease(ctx, "scores", "next", time.Minute)
+		if err != nil {
+			t.Fatalf("lease still held after the run: %v", err)
+		}
+		s.ReleaseLease(ctx, l)
+	})
+}

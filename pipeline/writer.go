@@ -8,27 +8,45 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
+// shardID names one unit of work: a row group of a file. Every process of a sharded or
+// resumed run derives the same id from the same file and row group.
+func shardID(file string, rg int) string { return fmt.Sprintf("%s#%d", file, rg) }
+
+// unit names a row group of a file.
+type unit struct {
+	file string
+	rg   int
+}
+
 // writerStage is the single goroutine that writes chunks to the store and keeps the run's
 // counts and cold-start defaults, so none of them needs a lock.
+//
+// Progress is committed per shard (row group): when the last row of a row group has been
+// written, its shard record (counts and sums) is committed to the store. A resumed run
+// skips committed shards and totals the version from the records of all of them, so the
+// version ends with exactly one copy of every row and exact counts.
 type writerStage struct {
 	r        *run
-	written  int64
-	read     int64
-	nullKeys int64
-	nullFeat int64
-	nullOuts int64
-	defaults *defaultsBuilder
-	perFile  map[string]int64
+	defaults *defaults
+	expected map[unit]int64          // rows of each row group this run writes
+	open     map[unit]*writers.Shard // row groups in progress
+	done     []writers.Shard         // committed by this run
+	rows     int64                   // rows written by this run, for progress
 	last     time.Time
 }
 
-func newWriterStage(r *run) *writerStage {
-	return &writerStage{
+func newWriterStage(r *run, todo []task) *writerStage {
+	w := &writerStage{
 		r:        r,
-		defaults: newDefaultsBuilder(r.job.Defaults.Global, r.job.Defaults.SegmentBy, r.model.Outputs),
-		perFile:  map[string]int64{},
+		defaults: newDefaults(r.job.Defaults.Global, r.job.Defaults.SegmentBy, r.model.Outputs),
+		expected: map[unit]int64{},
+		open:     map[unit]*writers.Shard{},
 		last:     r.now(),
 	}
+	for _, t := range todo {
+		w.expected[unit{t.file, t.rg}] = t.rows
+	}
+	return w
 }
 
 func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *chunk) error {
@@ -42,28 +60,8 @@ func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *ch
 		if c == nil {
 			return nil
 		}
-		if c.rows.Len() > 0 {
-			if err := w.r.store.WriteRows(ctx, w.r.ns, w.r.m.Version, c.rows); err != nil {
-				return fmt.Errorf("write shard %s row group %d to %s/%s: %w", c.file, c.rowGroup, w.r.ns, w.r.m.Version, err)
-			}
-		}
-		w.read += int64(c.n)
-		w.written += int64(c.rows.Len())
-		w.nullKeys += int64(c.nullKeys)
-		w.nullFeat += int64(c.nullFeats)
-		w.nullOuts += int64(c.nullOuts)
-		w.perFile[c.file] += int64(c.n)
-		if w.defaults != nil {
-			for j, i := range c.kept {
-				seg, ok := c.segment(int(i))
-				if err := w.defaults.add(c.outs, j, seg, ok); err != nil {
-					return err
-				}
-			}
-		}
-		if now := w.r.now(); now.Sub(w.last) >= 5*time.Second {
-			w.last = now
-			w.r.log.Info("progress", "version", w.r.m.Version, "rows_read", w.read, "rows_written", w.written)
+		if err := w.write(ctx, c); err != nil {
+			return err
 		}
 		select {
 		case free <- c:
@@ -73,31 +71,106 @@ func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *ch
 	}
 }
 
-// finish records the counts in the manifest and checks that every row is accounted for.
-func (w *writerStage) finish(m *writers.Manifest) error {
-	m.RowsRead, m.RowsWritten = w.read, w.written
-	m.RowsSkipped = w.nullKeys + w.nullFeat
-	m.NullOutputs = w.nullOuts
+func (w *writerStage) write(ctx context.Context, c *chunk) error {
+	r := w.r
+	if c.rows.Len() > 0 {
+		if err := r.store.WriteRows(ctx, r.ns, r.m.Version, c.rows); err != nil {
+			return fmt.Errorf("write shard %s row group %d to %s/%s: %w", c.file, c.rowGroup, r.ns, r.m.Version, err)
+		}
+	}
+	t := unit{c.file, c.rowGroup}
+	sh := w.open[t]
+	if sh == nil {
+		sh = &writers.Shard{ID: shardID(c.file, c.rowGroup)}
+		w.open[t] = sh
+	}
+	sh.Rows += int64(c.n)
+	sh.Written += int64(c.rows.Len())
+	sh.NullOutputs += int64(c.nullOuts)
+	if c.nullKeys > 0 || c.nullFeats > 0 {
+		if sh.Skipped == nil {
+			sh.Skipped = map[string]int64{}
+		}
+		if c.nullKeys > 0 {
+			sh.Skipped["null_key"] += int64(c.nullKeys)
+		}
+		if c.nullFeats > 0 {
+			sh.Skipped["null_feature"] += int64(c.nullFeats)
+		}
+	}
+	if w.defaults != nil {
+		if sh.Sums == nil {
+			sh.Sums = &writers.Sums{}
+		}
+		for j, i := range c.kept {
+			seg, ok := c.segment(int(i))
+			if err := w.defaults.add(sh.Sums, c.outs, j, seg, ok); err != nil {
+				return err
+			}
+		}
+	}
+	w.rows += int64(c.rows.Len())
+	switch want := w.expected[t]; {
+	case sh.Rows > want:
+		return fmt.Errorf("shard %s row group %d: read %d rows, its footer says %d", c.file, c.rowGroup, sh.Rows, want)
+	case sh.Rows == want:
+		sh.CommittedAt = r.now().UTC()
+		if err := r.store.CommitShard(ctx, r.ns, r.m.Version, *sh); err != nil {
+			return fmt.Errorf("commit shard %s: %w", sh.ID, err)
+		}
+		w.done = append(w.done, *sh)
+		delete(w.open, t)
+	}
+	if now := r.now(); now.Sub(w.last) >= 5*time.Second {
+		w.last = now
+		r.log.Info("progress", "version", r.m.Version, "rows_read", r.rowsRead.Load(), "rows_written", w.rows)
+	}
+	return nil
+}
+
+// finish totals the version from the records of every shard, committed by this run or
+// an earlier one, and checks that every row of every file is accounted for exactly once.
+func (w *writerStage) finish(ctx context.Context, all []task) error {
+	r, m := w.r, w.r.m
+	for t := range w.open {
+		return fmt.Errorf("shard %s row group %d: not every row was written", t.file, t.rg)
+	}
+	shards, err := r.store.Shards(ctx, r.ns, m.Version)
+	if err != nil {
+		return fmt.Errorf("read committed shards: %w", err)
+	}
+	byID := make(map[string]writers.Shard, len(shards))
+	for _, s := range shards {
+		byID[s.ID] = s
+	}
+	m.RowsRead, m.RowsWritten, m.RowsSkipped, m.NullOutputs = 0, 0, 0, 0
 	m.SkipReasons = nil
-	if w.nullKeys > 0 || w.nullFeat > 0 {
-		m.SkipReasons = map[string]int64{}
-		if w.nullKeys > 0 {
-			m.SkipReasons["null_key"] = w.nullKeys
+	m.Shards = nil
+	total := &writers.Sums{}
+	for _, t := range all {
+		s, ok := byID[shardID(t.file, t.rg)]
+		if !ok {
+			return fmt.Errorf("shard %s row group %d was never committed", t.file, t.rg)
 		}
-		if w.nullFeat > 0 {
-			m.SkipReasons["null_feature"] = w.nullFeat
+		if s.Rows != t.rows {
+			return fmt.Errorf("shard %s row group %d: committed %d rows, its footer says %d", t.file, t.rg, s.Rows, t.rows)
 		}
+		m.RowsRead += s.Rows
+		m.RowsWritten += s.Written
+		m.NullOutputs += s.NullOutputs
+		for reason, n := range s.Skipped {
+			if m.SkipReasons == nil {
+				m.SkipReasons = map[string]int64{}
+			}
+			m.SkipReasons[reason] += n
+			m.RowsSkipped += n
+		}
+		mergeSums(total, s.Sums)
+		s.Sums = nil // the manifest keeps the counts, not every shard's sums
+		m.Shards = append(m.Shards, s)
 	}
-	m.Defaults = w.defaults.result()
-	var want int64
-	for _, s := range m.Sources {
-		want += s.Rows
-		if got := w.perFile[s.Path]; got != s.Rows {
-			return fmt.Errorf("shard %s: read %d rows, its footer says %d", s.Path, got, s.Rows)
-		}
-	}
-	if m.RowsRead != want {
-		return fmt.Errorf("read %d rows, the shards hold %d", m.RowsRead, want)
+	if m.Defaults, err = w.defaults.result(total); err != nil {
+		return err
 	}
 	if m.RowsWritten != m.RowsRead-m.RowsSkipped {
 		return fmt.Errorf("wrote %d rows, want %d read - %d skipped", m.RowsWritten, m.RowsRead, m.RowsSkipped)

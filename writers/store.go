@@ -185,11 +185,25 @@ type Source struct {
 	Rows  int64  `json:"rows"`
 }
 
-// Shard is one committed unit of work of a (possibly sharded, resumable) run.
+// Shard is one committed unit of work of a (possibly sharded, resumable) run: every row
+// of one row group of one file has been written. It carries its own counts, so a resumed
+// or sharded run can total a version without reading its rows again.
 type Shard struct {
-	ID          string    `json:"id"`
-	Rows        int64     `json:"rows"`
+	ID          string           `json:"id"`
+	Rows        int64            `json:"rows"` // rows read
+	Written     int64            `json:"written,omitempty"`
+	Skipped     map[string]int64 `json:"skipped,omitempty"` // by reason
+	NullOutputs int64            `json:"null_outputs,omitempty"`
+	// Sums are the per-output sums of the written rows, for mean defaults (nil: none).
+	Sums        *Sums     `json:"sums,omitempty"`
 	CommittedAt time.Time `json:"committed_at"`
+}
+
+// Sums are running sums of output values: over all rows, and per segment value.
+type Sums struct {
+	N        int64            `json:"n"`
+	Sum      []float64        `json:"sum"`
+	Segments map[string]*Sums `json:"segments,omitempty"`
 }
 
 // GateResult is the outcome of one release gate.

@@ -17,7 +17,7 @@ func newRunCmd() *cobra.Command {
 	var (
 		jobFile, store, version, output string
 		sets                            []string
-		noFlip                          bool
+		noFlip, wait                    bool
 	)
 	c := &cobra.Command{
 		Use:   "run --job FILE",
@@ -25,13 +25,18 @@ func newRunCmd() *cobra.Command {
 		Long: `run reads the job's Parquet shards, scores every row with its ONNX model and writes
 key -> prediction under a new version of the namespace. When the version is complete and
 its gates pass, the live pointer flips to it (unless release.flip is manual or --no-flip).
-A failing run or gate never touches the live version.
+A failing run or gate never touches the live version. One run writes a namespace at a
+time (a lease in the store); a second fails at once, or waits with --wait. Progress is
+committed per row group: re-running with --version ID of a failed or killed run skips
+what it committed and completes the version with exactly one copy of every row.
 
 Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file.`,
 		Example: `  staticref run --job jobs/demo.yaml
   # an ad-hoc backfill of one day into a new version, flipped by hand later
   staticref run --job jobs/churn.yaml --set source.uri='data/dt=2026-11-01/*.parquet' --no-flip
-  staticref run --job jobs/churn.yaml --store redis://localhost:6379/0`,
+  staticref run --job jobs/churn.yaml --store redis://localhost:6379/0
+  # resume a failed run: committed row groups are skipped
+  staticref run --job jobs/churn.yaml --version 20261127T020000Z`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "job"); err != nil {
@@ -50,7 +55,7 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			}
 			defer s.Close()
 			res, err := pipeline.Run(c.Context(), pipeline.Config{
-				Job: job, Store: s, Version: version, NoFlip: noFlip, Log: slog.Default(),
+				Job: job, Store: s, Version: version, NoFlip: noFlip, Wait: wait, Log: slog.Default(),
 			})
 			if res != nil && res.Manifest != nil {
 				printSummary(c, res, output, job.Sink.Store)
@@ -62,8 +67,9 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.StringVar(&jobFile, "job", "", "job file (YAML)")
 	f.StringArrayVar(&sets, "set", nil, "override a job field for this run: FIELD=VALUE (dotted path, repeatable)")
 	f.StringVar(&store, "store", "", "store URL, overriding sink.store")
-	f.StringVar(&version, "version", "", "version id to write (default: the start time, 20261127T020000Z)")
+	f.StringVar(&version, "version", "", "version id to write, or of a failed run to resume (default: the start time, 20261127T020000Z)")
 	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for `versions flip`")
+	f.BoolVar(&wait, "wait", false, "wait for another run of the namespace to finish instead of failing")
 	f.StringVarP(&output, "output", "o", "text", "summary format: text or json (the manifest)")
 	return c
 }
