@@ -285,6 +285,8 @@ func (r *run) createVersion(ctx context.Context) error {
 		Job:       r.job.Name,
 		State:     writers.StateWriting,
 		Model:     r.model.Info,
+		Key:       r.job.Source.Key,
+		Features:  r.job.Source.Features,
 		Encoding:  r.job.Sink.Encoding,
 		Outputs:   r.model.Outputs,
 		StartedAt: start,

@@ -138,6 +138,8 @@ type Manifest struct {
 	LiveAt time.Time `json:"live_at,omitzero"`
 
 	Model    ModelInfo `json:"model"`
+	Key      string    `json:"key"`      // source key column
+	Features []string  `json:"features"` // source feature columns, in model-input order
 	Encoding string    `json:"encoding"` // json | binary
 	Outputs  []Output  `json:"outputs"`  // value layout, in order
 	Sources  []Source  `json:"sources"`
