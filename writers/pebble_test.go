@@ -116,7 +116,6 @@ func TestOpenURL(t *testing.T) {
 		{name: "a redis URL with nothing listening names the address", url: "redis://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a rediss URL with nothing listening names the address", url: "rediss://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a redis cluster URL with nothing listening names the addresses", url: "redis+cluster://127.0.0.1:1,127.0.0.1:2", wantErr: "cannot reach redis at 127.0.0.1:1,127.0.0.1:2"},
-		{name: "a bigtable URL is not built yet", url: "bigtable://p/i/t", wantErr: "store scheme bigtable is not built yet"},
 		{name: "a parquet URL is not built yet", url: "parquet:out", wantErr: "store scheme parquet is not built yet"},
 		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:, parquet:"},
 		{name: "a bare path is refused", url: "store", wantErr: "missing scheme"},

@@ -1,0 +1,476 @@
+package writers_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/bigtable"
+	"cloud.google.com/go/bigtable/bttest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/storetest"
+)
+
+// startEmulator starts an in-process Bigtable emulator for the test and points the client
+// library at it through BIGTABLE_EMULATOR_HOST, as a user would.
+func startEmulator(tb testing.TB, opts ...grpc.ServerOption) {
+	tb.Helper()
+	srv, err := bttest.NewServer("127.0.0.1:0", opts...)
+	if err != nil {
+		tb.Fatalf("start bigtable emulator: %v", err)
+	}
+	tb.Cleanup(srv.Close)
+	tb.Setenv("BIGTABLE_EMULATOR_HOST", srv.Addr)
+}
+
+var btTables atomic.Int64
+
+// openBigtable opens a store on a fresh table of the running emulator.
+func openBigtable(tb testing.TB) *writers.Bigtable {
+	tb.Helper()
+	url := fmt.Sprintf("bigtable://proj/inst/t%d", btTables.Add(1))
+	s, err := writers.OpenBigtable(context.Background(), url)
+	if err != nil {
+		tb.Fatalf("OpenBigtable(%s): %v", url, err)
+	}
+	return s
+}
+
+func TestBigtableConformance(t *testing.T) {
+	startEmulator(t)
+	storetest.Run(t, func(t *testing.T) writers.Store {
+		// Through Open, so the URL scheme is wired as users reach it.
+		url := fmt.Sprintf("bigtable://proj/inst/conformance%d", btTables.Add(1))
+		s, err := writers.Open(context.Background(), url)
+		if err != nil {
+			t.Fatalf("Open(%s): %v", url, err)
+		}
+		return s
+	})
+}
+
+func TestBigtableURLNamesTheMissingPart(t *testing.T) {
+	tests := []struct {
+		url, want string
+	}{
+		{"bigtable://", "missing PROJECT"},
+		{"bigtable:///inst/table", "missing PROJECT"},
+		{"bigtable://proj", "missing INSTANCE"},
+		{"bigtable://proj//table", "missing INSTANCE"},
+		{"bigtable://proj/inst", "missing TABLE"},
+		{"bigtable://proj/inst/", "missing TABLE"},
+		{"bigtable://proj/inst/table/extra", "too many path parts"},
+		{"redis://proj/inst/table", "want bigtable://PROJECT/INSTANCE/TABLE"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url+" is refused", func(t *testing.T) {
+			s, err := writers.OpenBigtable(context.Background(), tc.url)
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenBigtable succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("OpenBigtable error = %q, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBigtableCreatesTableAndFamily(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	admin, err := bigtable.NewAdminClient(ctx, "proj", "inst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTable(ctx, "nofamily"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.CreateTableFromConf(ctx, &bigtable.TableConf{
+		TableID:        "ready",
+		ColumnFamilies: map[string]bigtable.Family{"p": {GCPolicy: bigtable.MaxVersionsPolicy(1)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, table := range []string{"missing", "nofamily", "ready"} {
+		t.Run("a table that is "+table+" ends up with family p keeping one version", func(t *testing.T) {
+			s, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/"+table)
+			if err != nil {
+				t.Fatalf("OpenBigtable: %v", err)
+			}
+			defer s.Close()
+			info, err := admin.TableInfo(ctx, table)
+			if err != nil {
+				t.Fatalf("TableInfo: %v", err)
+			}
+			var got []string
+			for _, f := range info.FamilyInfos {
+				got = append(got, f.Name+" "+f.GCPolicy)
+			}
+			if want := "p versions() > 1"; len(got) != 1 || got[0] != want {
+				t.Errorf("families = %q, want [%q]", got, want)
+			}
+			// And it is usable.
+			m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
+			if err := s.PutManifest(ctx, m); err != nil {
+				t.Fatalf("PutManifest: %v", err)
+			}
+			// Opening it again finds everything in place.
+			s2, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/"+table)
+			if err != nil {
+				t.Fatalf("second OpenBigtable: %v", err)
+			}
+			s2.Close()
+		})
+	}
+}
+
+func TestBigtableSaysWhatToCreateWhenCreationIsRefused(t *testing.T) {
+	const hint = "cbt -project proj -instance inst createtable t families=p:maxversions=1"
+	tests := []struct {
+		name    string
+		setup   *bigtable.TableConf // created before the admin calls are refused
+		refused []string
+		want    string // in the error; "" for no error
+	}{
+		{"a missing table that may not be created is an error that says what to create",
+			nil, []string{"CreateTable"}, hint},
+		{"a missing table that may not even be inspected is an error that says what to create",
+			nil, []string{"GetTable", "CreateTable"}, hint},
+		{"a table without family p that may not be changed is an error that says what to create",
+			&bigtable.TableConf{TableID: "t"}, []string{"ModifyColumnFamilies"}, "createfamily t p"},
+		{"an existing table opens with data-only credentials",
+			&bigtable.TableConf{TableID: "t", ColumnFamilies: map[string]bigtable.Family{"p": {GCPolicy: bigtable.MaxVersionsPolicy(1)}}},
+			[]string{"GetTable", "CreateTable", "ModifyColumnFamilies"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// The emulator checks no credentials: an interceptor refuses the admin
+			// calls named, once refusing is switched on.
+			var refusing atomic.Bool
+			startEmulator(t, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				for _, m := range tc.refused {
+					if refusing.Load() && strings.HasSuffix(info.FullMethod, "/"+m) {
+						return nil, status.Error(codes.PermissionDenied, "caller lacks the right to "+m)
+					}
+				}
+				return h(ctx, req)
+			}))
+			ctx := context.Background()
+			if tc.setup != nil {
+				admin, err := bigtable.NewAdminClient(ctx, "proj", "inst")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer admin.Close()
+				if err := admin.CreateTableFromConf(ctx, tc.setup); err != nil {
+					t.Fatal(err)
+				}
+			}
+			refusing.Store(true)
+			s, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/t")
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("OpenBigtable: %v", err)
+				}
+				s.Close()
+				return
+			}
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenBigtable succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("OpenBigtable error = %q, want it to contain %q", err, tc.want)
+			}
+			t.Logf("OpenBigtable: %v", err)
+		})
+	}
+}
+
+func rowsOf(n int, prefix string) writers.Rows {
+	var r writers.Rows
+	for i := range n {
+		r.Keys = append(r.Keys, fmt.Appendf(nil, "%s%06d", prefix, i))
+		r.Values = append(r.Values, fmt.Appendf(nil, "value-%d", i))
+	}
+	return r
+}
+
+func mustCount(t *testing.T, s writers.Store, ns, version string, want int64) {
+	t.Helper()
+	got, err := s.CountKeys(context.Background(), ns, version)
+	if err != nil {
+		t.Fatalf("CountKeys(%s/%s): %v", ns, version, err)
+	}
+	if got != want {
+		t.Errorf("CountKeys(%s/%s) = %d, want %d", ns, version, got, want)
+	}
+}
+
+func TestBigtableDeleteVersionOf20kRows(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	s.MutationsPerRequest = 1500 // 14 requests, at most 4 at once
+	s.MaxInFlight = 4
+
+	cells := []struct {
+		ns, version string
+		rows        int
+	}{{"big", "v1", 20000}, {"big", "v10", 300}, {"big", "v2", 200}, {"bigger", "v1", 100}}
+	for _, c := range cells {
+		if err := s.PutManifest(ctx, &writers.Manifest{Namespace: c.ns, Version: c.version, State: writers.StateWriting}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteRows(ctx, c.ns, c.version, rowsOf(c.rows, "k")); err != nil {
+			t.Fatalf("WriteRows(%s/%s): %v", c.ns, c.version, err)
+		}
+		if err := s.CommitShard(ctx, c.ns, c.version, writers.Shard{ID: "0", Rows: int64(c.rows)}); err != nil {
+			t.Fatal(err)
+		}
+		mustCount(t, s, c.ns, c.version, int64(c.rows))
+	}
+
+	if err := s.DeleteVersion(ctx, "big", "v1"); err != nil {
+		t.Fatalf("DeleteVersion(big/v1): %v", err)
+	}
+	mustCount(t, s, "big", "v1", 0)
+	if sh, err := s.Shards(ctx, "big", "v1"); err != nil || len(sh) != 0 {
+		t.Errorf("Shards(big/v1) after delete = %v, %v; want none", sh, err)
+	}
+	if m, err := s.Manifest(ctx, "big", "v1"); err != nil || m.State != writers.StateRetired {
+		t.Errorf("Manifest(big/v1) = %v, %v; want state retired", m, err)
+	}
+	for _, c := range cells[1:] {
+		mustCount(t, s, c.ns, c.version, int64(c.rows))
+		if v, err := s.Get(ctx, c.ns, c.version, []byte("k000099")); err != nil || string(v) != "value-99" {
+			t.Errorf("Get(%s/%s, k000099) = %q, %v; want value-99", c.ns, c.version, v, err)
+		}
+		if sh, err := s.Shards(ctx, c.ns, c.version); err != nil || len(sh) != 1 {
+			t.Errorf("Shards(%s/%s) = %v, %v; want one", c.ns, c.version, sh, err)
+		}
+	}
+}
+
+func TestBigtableWriteRowsInManyRequests(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	s.MutationsPerRequest = 7
+	s.MaxInFlight = 3
+
+	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}); err != nil {
+		t.Fatal(err)
+	}
+	rows := rowsOf(100, "k")
+	// The same key at both ends of the batch, in different requests: the last one wins.
+	rows.Keys = append(rows.Keys, []byte("k000000"))
+	rows.Values = append(rows.Values, []byte("last"))
+	if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
+		t.Fatalf("WriteRows: %v", err)
+	}
+	mustCount(t, s, "ns", "v1", 100)
+	if v, err := s.Get(ctx, "ns", "v1", []byte("k000000")); err != nil || string(v) != "last" {
+		t.Errorf("Get(k000000) = %q, %v; want last", v, err)
+	}
+
+	t.Run("a bad key is named and nothing is written", func(t *testing.T) {
+		bad := rowsOf(20, "x")
+		bad.Keys[13] = []byte{'k', 0xff}
+		err := s.WriteRows(ctx, "ns", "v1", bad)
+		if !errors.Is(err, writers.ErrInvalid) || !strings.Contains(err.Error(), `row 13`) || !strings.Contains(err.Error(), `"k\xff"`) {
+			t.Errorf("WriteRows error = %v, want ErrInvalid naming row 13 and its key", err)
+		}
+		mustCount(t, s, "ns", "v1", 100)
+	})
+
+	t.Run("a cancelled context stops the write", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := s.WriteRows(cctx, "ns", "v1", rowsOf(10, "c")); !errors.Is(err, context.Canceled) {
+			t.Errorf("WriteRows error = %v, want context.Canceled", err)
+		}
+	})
+}
+
+func TestBigtableLease(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+
+	a, err := s.AcquireLease(ctx, "ns", "run-a", time.Minute)
+	if err != nil {
+		t.Fatalf("AcquireLease(a): %v", err)
+	}
+	if a.Holder != "run-a" || a.Token == "" || time.Until(a.Expires) < 50*time.Second {
+		t.Errorf("lease = %+v, want holder run-a, a token, expiry in a minute", a)
+	}
+
+	_, err = s.AcquireLease(ctx, "ns", "run-b", time.Minute)
+	var held *writers.LeaseHeldError
+	if !errors.As(err, &held) || !errors.Is(err, writers.ErrLeaseHeld) || held.Holder != "run-a" || !held.Expires.Equal(a.Expires) {
+		t.Fatalf("AcquireLease(b) while a holds it: error = %v, want a LeaseHeldError naming run-a until %s", err, a.Expires)
+	}
+	if _, err := s.AcquireLease(ctx, "other", "run-b", time.Minute); err != nil {
+		t.Errorf("AcquireLease(other namespace): %v", err)
+	}
+
+	a2, err := s.RenewLease(ctx, a, 2*time.Minute)
+	if err != nil || a2.Token != a.Token || !a2.Expires.After(a.Expires) {
+		t.Errorf("RenewLease(a) = %+v, %v; want the same token and a later expiry", a2, err)
+	}
+
+	if err := s.ReleaseLease(ctx, a2); err != nil {
+		t.Fatalf("ReleaseLease(a): %v", err)
+	}
+	if _, err := s.RenewLease(ctx, a2, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease after release: error = %v, want ErrLeaseLost", err)
+	}
+
+	// A short lease expires; it can no longer be renewed and is taken over.
+	c, err := s.AcquireLease(ctx, "ns", "run-c", 50*time.Millisecond)
+	if err != nil {
+		t.Fatalf("AcquireLease(c) after release: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := s.RenewLease(ctx, c, time.Minute); !errors.Is(err, writers.ErrLeaseLost) {
+		t.Errorf("RenewLease of an expired lease: error = %v, want ErrLeaseLost", err)
+	}
+	d, err := s.AcquireLease(ctx, "ns", "run-d", time.Minute)
+	if err != nil {
+		t.Fatalf("AcquireLease(d) over an expired lease: %v", err)
+	}
+	if err := s.ReleaseLease(ctx, c); err != nil {
+		t.Errorf("ReleaseLease of a lost lease: %v, want nil", err)
+	}
+	if _, err := s.RenewLease(ctx, d, time.Minute); err != nil {
+		t.Errorf("RenewLease(d) after the old holder released: %v, want the successor's lease intact", err)
+	}
+
+	for _, bad := range []struct {
+		holder string
+		ttl    time.Duration
+	}{{"", time.Minute}, {"run-e", 0}} {
+		if _, err := s.AcquireLease(ctx, "bad", bad.holder, bad.ttl); !errors.Is(err, writers.ErrInvalid) {
+			t.Errorf("AcquireLease(%q, %s) error = %v, want ErrInvalid", bad.holder, bad.ttl, err)
+		}
+	}
+}
+
+func TestBigtableExpiredLeaseHasOneTaker(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	if _, err := s.AcquireLease(ctx, "ns", "old", 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+
+	const n = 16
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, err := s.AcquireLease(ctx, "ns", fmt.Sprintf("taker-%d", i), time.Minute)
+			switch {
+			case err == nil:
+				won.Add(1)
+			case !errors.Is(err, writers.ErrLeaseHeld):
+				t.Errorf("AcquireLease(taker-%d) error = %v, want nil or ErrLeaseHeld", i, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if got := won.Load(); got != 1 {
+		t.Errorf("takers that won = %d, want exactly 1", got)
+	}
+}
+
+func TestBigtableShards(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+
+	ids := []string{"b#2", "a/1", "c:3", "a", "ü"}
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() {
+			if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{ID: id, Rows: 1}); err != nil {
+				t.Errorf("CommitShard(%s): %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{ID: "a", Rows: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitShard(ctx, "ns", "v10", writers.Shard{ID: "z", Rows: 1}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Shards(ctx, "ns", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotIDs []string
+	for _, sh := range got {
+		gotIDs = append(gotIDs, fmt.Sprintf("%s=%d", sh.ID, sh.Rows))
+	}
+	if want := "a=42 a/1=1 b#2=1 c:3=1 ü=1"; strings.Join(gotIDs, " ") != want {
+		t.Errorf("Shards = %s, want %s", strings.Join(gotIDs, " "), want)
+	}
+	if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{}); !errors.Is(err, writers.ErrInvalid) {
+		t.Errorf("CommitShard(empty id) error = %v, want ErrInvalid", err)
+	}
+}
+
+// BenchmarkBigtableWriteRows writes 10,000-row batches of 64-byte values into the
+// in-process emulator, with one and with the default four ApplyBulk requests in flight; it
+// measures the client side (batching, parallel requests) more than Bigtable itself.
+func BenchmarkBigtableWriteRows(b *testing.B) {
+	startEmulator(b)
+	ctx := context.Background()
+	const batch = 10000
+	rows := writers.Rows{Keys: make([][]byte, batch), Values: make([][]byte, batch)}
+	val := []byte(strings.Repeat("x", 64))
+	for i := range batch {
+		rows.Keys[i] = fmt.Appendf(nil, "user-%08d", i)
+		rows.Values[i] = val
+	}
+	for _, inFlight := range []int{1, writers.DefaultBigtableMaxInFlight} {
+		b.Run(fmt.Sprintf("in_flight=%d", inFlight), func(b *testing.B) {
+			s := openBigtable(b)
+			defer s.Close()
+			s.MaxInFlight = inFlight
+			s.MutationsPerRequest = 2500 // four requests per batch
+			if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting}); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := s.WriteRows(ctx, "bench", "v1", rows); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)*batch/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}

@@ -1,0 +1,341 @@
+package writers_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/redistest"
+	"github.com/staticref/staticref/writers/storetest"
+)
+
+// go-redis logs every failed dial; the fault tests cause plenty on purpose.
+func init() { redis.SetLogger(quietRedisLogger{}) }
+
+type quietRedisLogger struct{}
+
+func (quietRedisLogger) Printf(context.Context, string, ...any) {}
+
+// openRedis opens the store at url and empties the whole server (every master of a
+// cluster) first, so that each conformance subtest starts from nothing.
+func openRedis(t *testing.T, url string) *writers.Redis {
+	t.Helper()
+	ctx := context.Background()
+	s, err := writers.OpenRedis(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch c := s.Client().(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return c.FlushAll(ctx).Err()
+		})
+	default:
+		err = c.FlushAll(ctx).Err()
+	}
+	if err != nil {
+		s.Close()
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+	return s
+}
+
+func TestRedisStandalone(t *testing.T) {
+	url := redistest.Standalone(t)
+	open := func(t *testing.T) writers.Store { return openRedis(t, url) }
+	t.Run("conformance", func(t *testing.T) { storetest.Run(t, open) })
+	t.Run("Open returns a Redis store for a redis URL", func(t *testing.T) {
+		s, err := writers.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, ok := s.(*writers.Redis); !ok {
+			t.Errorf("Open(%q) = %T, want *writers.Redis", url, s)
+		}
+	})
+	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
+	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
+}
+
+func TestRedisCluster(t *testing.T) {
+	url := redistest.Cluster(t)
+	open := func(t *testing.T) writers.Store { return openRedis(t, url) }
+	t.Run("conformance", func(t *testing.T) { storetest.Run(t, open) })
+	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
+	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
+	t.Run("the rows of a version spread over every master", func(t *testing.T) {
+		ctx := context.Background()
+		s := openRedis(t, url)
+		defer s.Close()
+		writeVersion(t, s, "spread", "v1", 3000, writers.StateWriting)
+		var (
+			mu        sync.Mutex
+			perMaster []int64
+		)
+		c := s.Client().(*redis.ClusterClient)
+		err := c.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			n, err := c.DBSize(ctx).Result()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			perMaster = append(perMaster, n)
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		holding := 0
+		for _, n := range perMaster {
+			if n > 0 {
+				holding++
+			}
+		}
+		if len(perMaster) != 3 || holding != 3 {
+			t.Errorf("keys per master = %v, want three masters that all hold some", perMaster)
+		}
+	})
+}
+
+// writeVersion creates ns/version, writes n rows "key-I" -> 40-byte values in batches of
+// 8192, and leaves the manifest in state st.
+func writeVersion(t *testing.T, s writers.Store, ns, version string, n int, st writers.State) {
+	t.Helper()
+	ctx := context.Background()
+	m := &writers.Manifest{Namespace: ns, Version: version, State: writers.StateWriting, StartedAt: time.Now().UTC()}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for lo := 0; lo < n; lo += 8192 {
+		rows := makeRows(lo, min(lo+8192, n))
+		if err := s.WriteRows(ctx, ns, version, rows); err != nil {
+			t.Fatalf("WriteRows(%d..): %v", lo, err)
+		}
+	}
+	if st != writers.StateWriting {
+		m.State = st
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func makeRows(lo, hi int) writers.Rows {
+	rows := writers.Rows{Keys: make([][]byte, 0, hi-lo), Values: make([][]byte, 0, hi-lo)}
+	for i := lo; i < hi; i++ {
+		rows.Keys = append(rows.Keys, fmt.Appendf(nil, "key-%d", i))
+		rows.Values = append(rows.Values, fmt.Appendf(nil, `{"score":0.%034d}`, i))
+	}
+	return rows
+}
+
+func testRedisFlipPublishes(t *testing.T, s *writers.Redis) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "pub", "v1", 1, writers.StateComplete)
+	writeVersion(t, s, "pub", "v2", 1, writers.StateComplete)
+	if err := s.SwapLive(ctx, "pub", "", "v1"); err != nil {
+		t.Fatal(err)
+	}
+
+	sub := s.Client().Subscribe(ctx, writers.RedisFlipChannel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	ch := sub.Channel()
+
+	// A conflicting swap and a swap to an incomplete version publish nothing.
+	if err := s.SwapLive(ctx, "pub", "v2", "v1"); !errors.Is(err, writers.ErrConflict) {
+		t.Fatalf("SwapLive(v2 -> v1) error = %v, want ErrConflict", err)
+	}
+	if err := s.SwapLive(ctx, "pub", "v1", "v3"); err == nil {
+		t.Fatal("SwapLive(v1 -> v3) succeeded, want an error")
+	}
+	if err := s.SwapLive(ctx, "pub", "v1", "v2"); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case msg := <-ch:
+		var got map[string]string
+		if err := json.Unmarshal([]byte(msg.Payload), &got); err != nil {
+			t.Fatalf("flip message %q: %v", msg.Payload, err)
+		}
+		want := map[string]string{"namespace": "pub", "version": "v2", "previous": "v1"}
+		if msg.Channel != "sr:flips" || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("flip message on %s = %s, want %v on sr:flips", msg.Channel, msg.Payload, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no flip message within 5s")
+	}
+	select {
+	case msg := <-ch:
+		t.Errorf("second message %q on %s, want exactly one", msg.Payload, msg.Channel)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func testRedisGC(t *testing.T, s *writers.Redis) {
+	ctx := context.Background()
+	defer s.Close()
+	const n = 50_000
+	writeVersion(t, s, "gc", "v1", n, writers.StateComplete)
+	writeVersion(t, s, "gc", "v2", 10, writers.StateComplete)
+	if _, err := writers.Flip(ctx, s, "gc", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writers.Flip(ctx, s, "gc", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.CountKeys(ctx, "gc", "v1"); err != nil || got != n {
+		t.Fatalf("CountKeys(v1) = %d, %v; want %d", got, err, n)
+	}
+	removed, err := writers.GC(ctx, s, "gc", 0, time.Hour, time.Now())
+	if err != nil || len(removed) != 1 || removed[0] != "v1" {
+		t.Fatalf("GC = %q, %v; want [v1]", removed, err)
+	}
+	if got, err := s.CountKeys(ctx, "gc", "v1"); err != nil || got != 0 {
+		t.Errorf("CountKeys(v1) after gc = %d, %v; want 0", got, err)
+	}
+	if got, err := s.CountKeys(ctx, "gc", "v2"); err != nil || got != 10 {
+		t.Errorf("CountKeys(v2) after gc = %d, %v; want 10 (the live version is untouched)", got, err)
+	}
+}
+
+func TestRedisWriteRowsSurvivesARestart(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartStandalone(t)
+	s, err := writers.OpenRedis(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.RetryFor = 20 * time.Second
+	writeVersion(t, s, "rs", "v1", 100, writers.StateWriting)
+
+	srv.Kill()
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		time.Sleep(300 * time.Millisecond)
+		srv.Restart()
+	}()
+	start := time.Now()
+	err = s.WriteRows(ctx, "rs", "v1", makeRows(100, 20_000))
+	<-restarted
+	if err != nil {
+		t.Fatalf("WriteRows across a restart: %v", err)
+	}
+	if time.Since(start) < 300*time.Millisecond {
+		t.Errorf("WriteRows returned after %s, before the server was back", time.Since(start))
+	}
+	if got, err := s.CountKeys(ctx, "rs", "v1"); err != nil || got != 20_000 {
+		t.Errorf("CountKeys after restart = %d, %v; want 20000", got, err)
+	}
+}
+
+func TestRedisWriteRowsFailsClearlyWhenTheServerIsGone(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartStandalone(t)
+	s, err := writers.OpenRedis(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.RetryFor = 500 * time.Millisecond
+	writeVersion(t, s, "gone", "v1", 10, writers.StateWriting)
+	srv.Kill()
+
+	start := time.Now()
+	err = s.WriteRows(ctx, "gone", "v1", makeRows(10, 5000))
+	if err == nil || !strings.Contains(err.Error(), srv.Addr()) {
+		t.Errorf("WriteRows with the server gone: error = %v, want one naming %s", err, srv.Addr())
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("WriteRows took %s to fail, want it bounded by the retry budget", d)
+	}
+	if testing.Verbose() {
+		t.Logf("WriteRows failed after %s: %v", time.Since(start), err)
+	}
+}
+
+func TestOpenRedisNamesTheAddress(t *testing.T) {
+	ctx := context.Background()
+	for _, url := range []string{
+		"redis://127.0.0.1:1/0",
+		"redis+cluster://127.0.0.1:1,127.0.0.1:2",
+	} {
+		start := time.Now()
+		s, err := writers.OpenRedis(ctx, url)
+		if err == nil {
+			s.Close()
+			t.Errorf("OpenRedis(%q) succeeded, want an error", url)
+			continue
+		}
+		if !strings.Contains(err.Error(), "127.0.0.1:1") {
+			t.Errorf("OpenRedis(%q) error = %q, want it to name the address", url, err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("OpenRedis(%q) took %s to fail", url, d)
+		}
+	}
+}
+
+// BenchmarkRedisWriteRows writes 8192-row batches of 40-byte values into a standalone
+// redis-server with the default pipeline size and in-flight limit.
+func BenchmarkRedisWriteRows(b *testing.B) {
+	benchRedisWriteRows(b, redistest.Standalone(b), 0)
+}
+
+// BenchmarkRedisPipelineSize is BenchmarkRedisWriteRows for several pipeline sizes; it
+// chose DefaultRedisPipelineSize.
+func BenchmarkRedisPipelineSize(b *testing.B) {
+	url := redistest.Standalone(b)
+	for _, size := range []int{256, 1024, 2048, 4096} {
+		b.Run(fmt.Sprintf("pipeline=%d", size), func(b *testing.B) { benchRedisWriteRows(b, url, size) })
+	}
+}
+
+func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
+	ctx := context.Background()
+	s, err := writers.OpenRedis(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if pipelineSize > 0 {
+		s.PipelineSize = pipelineSize
+	}
+	if err := s.Client().FlushAll(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting}); err != nil {
+		b.Fatal(err)
+	}
+	const batch = 8192
+	rows := writers.Rows{Keys: make([][]byte, batch), Values: make([][]byte, batch)}
+	value := []byte(`{"score":0.12345678901234567890123456789}`)[:40]
+	n := 0
+	for b.Loop() {
+		for i := range batch {
+			rows.Keys[i] = fmt.Appendf(rows.Keys[i][:0], "user-%012d", n%1_000_000)
+			rows.Values[i] = value
+			n++
+		}
+		if err := s.WriteRows(ctx, "bench", "v1", rows); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
+}
