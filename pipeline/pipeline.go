@@ -64,7 +64,14 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Holder names this writer in the lease (default host:pid).
 	Holder string
+	// ShardIndex and ShardCount split the work of one version over ShardCount processes
+	// (a Kubernetes Indexed Job): each writes its share of the row groups into the same
+	// Version, and the one that commits the last shard completes and flips the version.
+	// ShardCount 0 or 1 is an ordinary run.
+	ShardIndex, ShardCount int
 }
+
+
 
 // DefaultLeaseTTL is the writer lease's lifetime: a writer that dies holds its namespace
 // for at most this long.
@@ -76,6 +83,9 @@ type Result struct {
 	Flipped  bool
 	Previous string   // the version live before the flip
 	Removed  []string // versions gc removed after the flip
+	// Waiting is how many shards of a sharded run other processes have yet to commit
+	// (0 when this run completed the version).
+	Waiting int
 }
 
 // Run executes cfg.Job. On success the new version is complete and, unless release.flip is
@@ -98,15 +108,28 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := r.createVersion(ctx); err != nil {
 		return nil, err
 	}
-	if err := r.execute(ctx); err != nil {
+	if r.m.State != writers.StateWriting {
+		// A sharded run that arrives after the version was completed: nothing to do.
+		r.log.Info("version already complete", "version", r.m.Version, "state", r.m.State)
+		return &Result{Manifest: r.m}, nil
+	}
+	waiting, err := r.execute(ctx)
+	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause // the lease was lost: say so, not "context canceled"
 		}
 		r.fail(err)
 		return &Result{Manifest: r.m}, err
 	}
+	if waiting > 0 {
+		r.log.Info("shard committed; the version waits for other shards", "version", r.m.Version,
+			"shard", r.cfg.ShardIndex, "shards", r.cfg.ShardCount, "row_groups_left", waiting)
+		return &Result{Manifest: r.m, Waiting: waiting}, nil
+	}
 	return r.release(ctx)
 }
+
+func (r *run) sharded() bool { return r.cfg.ShardCount > 1 }
 
 type run struct {
 	cfg     Config
@@ -145,6 +168,14 @@ func newRun(cfg Config) (*run, error) {
 	}
 	if err := writers.ValidateNamespace(r.ns); err != nil {
 		return nil, fmt.Errorf("sink.namespace: %w", err)
+	}
+	if cfg.ShardCount > 1 {
+		switch {
+		case cfg.ShardIndex < 0 || cfg.ShardIndex >= cfg.ShardCount:
+			return nil, fmt.Errorf("--shard-index %d: use 0 to %d for --shard-count %d", cfg.ShardIndex, cfg.ShardCount-1, cfg.ShardCount)
+		case cfg.Version == "":
+			return nil, errors.New("a sharded run needs --version, the same for every shard, so all write one version")
+		}
 	}
 	return r, nil
 }
@@ -207,10 +238,19 @@ func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 		host, _ := os.Hostname()
 		holder = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
+	// A sharded run's processes write one version together: each shard index has its
+	// own lease, so two pods of one index never write at once.
+	name := r.ns
+	if r.sharded() {
+		name = fmt.Sprintf("%s.shard-%d", r.ns, r.cfg.ShardIndex)
+		if err := writers.ValidateNamespace(name); err != nil {
+			return nil, nil, fmt.Errorf("sharded run of %s: namespace too long for a shard lease: %w", r.ns, err)
+		}
+	}
 	var l writers.Lease
 	for {
 		var err error
-		l, err = r.store.AcquireLease(ctx, r.ns, holder, ttl)
+		l, err = r.store.AcquireLease(ctx, name, holder, ttl)
 		if err == nil {
 			break
 		}
@@ -307,6 +347,10 @@ func (r *run) createVersion(ctx context.Context) error {
 // with the same model, or the version would mix two computations.
 func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 	id := old.Version
+	if r.sharded() && old.State != writers.StateWriting && old.State != writers.StateFailed {
+		r.m = old // complete already: Run has nothing to do
+		return nil
+	}
 	if old.State != writers.StateWriting && old.State != writers.StateFailed {
 		return fmt.Errorf("version %s of %s is %s: only a writing or failed version can be resumed; choose another --version", id, r.ns, old.State)
 	}
@@ -327,10 +371,13 @@ func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 	if len(problems) > 0 {
 		return fmt.Errorf("cannot resume version %s of %s: it was written with %s", id, r.ns, strings.Join(problems, "; "))
 	}
-	old.State, old.Error, old.CompletedAt = writers.StateWriting, "", time.Time{}
 	r.m = old
-	if err := r.store.PutManifest(ctx, r.m); err != nil {
-		return fmt.Errorf("resume version %s: %w", id, err)
+	if old.State != writers.StateWriting {
+		// Only a failed version is rewritten: another shard may be completing a writing one.
+		old.State, old.Error, old.CompletedAt = writers.StateWriting, "", time.Time{}
+		if err := r.store.PutManifest(ctx, r.m); err != nil {
+			return fmt.Errorf("resume version %s: %w", id, err)
+		}
 	}
 	r.created = true
 	r.log.Info("version resumed", "namespace", r.ns, "version", id)
@@ -340,7 +387,9 @@ func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 // fail records why the version failed. It uses a fresh context: the run's own is often
 // the one that was cancelled.
 func (r *run) fail(cause error) {
-	if !r.created {
+	if !r.created || r.sharded() {
+		// A shard's failure is retried by its own index (Kubernetes' backoffLimitPerIndex);
+		// marking the version failed would stop the other shards' writes.
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -373,30 +422,55 @@ func (r *run) tasks() []task {
 	return all
 }
 
-func (r *run) execute(ctx context.Context) error {
+func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	all := r.tasks()
 	committed, err := r.store.Shards(ctx, r.ns, r.m.Version)
 	if err != nil {
-		return fmt.Errorf("read committed shards: %w", err)
+		return 0, fmt.Errorf("read committed shards: %w", err)
 	}
 	done := map[string]bool{}
 	for _, s := range committed {
 		done[s.ID] = true
 	}
 	var tasks []task
-	for _, t := range all {
+	for _, t := range r.mine(all) {
 		if !done[shardID(t.file, t.rg)] {
 			tasks = append(tasks, t)
 		}
 	}
 	if len(committed) > 0 {
-		r.log.Info("resuming", "version", r.m.Version, "shards_committed", len(all)-len(tasks), "shards_left", len(tasks))
+		r.log.Info("resuming", "version", r.m.Version, "shards_committed", len(committed), "shards_left", len(tasks))
 	}
 	w := newWriterStage(r, tasks)
 	if err := r.stages(ctx, tasks, w); err != nil {
-		return err
+		return 0, err
 	}
 	return w.finish(ctx, all)
+}
+
+// mine is this process's share of the row groups: all of them for an ordinary run. A
+// sharded run splits deterministically, so every process agrees without talking: by file
+// when there are at least as many files as shards, else by row group.
+func (r *run) mine(all []task) []task {
+	if !r.sharded() {
+		return all
+	}
+	n, i := r.cfg.ShardCount, r.cfg.ShardIndex
+	fileIndex := map[string]int{}
+	for k, f := range r.files {
+		fileIndex[f.Path] = k
+	}
+	var out []task
+	for k, t := range all {
+		unit := k
+		if len(r.files) >= n {
+			unit = fileIndex[t.file]
+		}
+		if unit%n == i {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // stages runs readers, inference workers and the writer over tasks until all are done
@@ -591,6 +665,11 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 		return res, nil
 	}
 	if err := writers.FlipFrom(ctx, r.store, r.ns, live, r.m.Version); err != nil {
+		if now, lerr := r.store.Live(ctx, r.ns); r.sharded() && lerr == nil && now == r.m.Version {
+			// Another shard finished at the same moment and won the flip.
+			r.log.Info("another shard flipped the version", "version", r.m.Version)
+			return res, nil
+		}
 		return res, fmt.Errorf("flip %s to %s: %w", r.ns, r.m.Version, err)
 	}
 	res.Flipped, res.Previous = true, live

@@ -651,3 +651,53 @@ func TestOneWriterPerNamespace(t *testing.T) {
 		s.ReleaseLease(ctx, l)
 	})
 }
+
+func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name string
+		spec shardgen.Spec
+	}{
+		{"more files than shards split by file", shardgen.Spec{Rows: 6000, Shards: 6, RowGroupRows: 500, Seed: 21}},
+		{"one large file splits by row group", shardgen.Spec{Rows: 6000, Shards: 1, RowGroupRows: 500, Seed: 21}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := generate(t, t.TempDir(), tt.spec)
+			s, url := openStore(t)
+			j := newJob(t, d, url)
+			counter := &flakyStore{Store: s, failAfter: -2}
+			var results []*pipeline.Result
+			for i := range 4 {
+				res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: counter, Log: quiet, Version: "v-sharded", ShardIndex: i, ShardCount: 4})
+				if err != nil {
+					t.Fatalf("shard %d: %v", i, err)
+				}
+				results = append(results, res)
+				live, _ := s.Live(ctx, "scores")
+				if i < 3 && (res.Waiting == 0 || live != "") {
+					t.Fatalf("shard %d of 4: waiting %d, live %q; want the version to wait for other shards", i, res.Waiting, live)
+				}
+			}
+			if !results[3].Flipped || results[3].Waiting != 0 {
+				t.Fatalf("the last shard: flipped %v waiting %d, want it to flip", results[3].Flipped, results[3].Waiting)
+			}
+			if counter.rows != tt.spec.Rows {
+				t.Errorf("rows written over all shards: got %d, want %d (each exactly once)", counter.rows, tt.spec.Rows)
+			}
+			checkEveryKey(t, s, d, results[3].Manifest, "logistic", scalarFeatures)
+
+			again, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-sharded", ShardIndex: 1, ShardCount: 4})
+			if err != nil || again.Flipped {
+				t.Errorf("a retried shard after completion: got %v, flipped %v; want a no-op", err, again.Flipped)
+			}
+		})
+	}
+	t.Run("a sharded run without --version is refused", func(t *testing.T) {
+		d := generate(t, t.TempDir(), shardgen.Spec{Rows: 100, Shards: 1, Seed: 1})
+		s, url := openStore(t)
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url), Store: s, Log: quiet, ShardIndex: 0, ShardCount: 2})
+		if err == nil || !strings.Contains(err.Error(), "--version") {
+			t.Errorf("got %v", err)
+		}
+	})
+}

@@ -130,14 +130,19 @@ func (w *writerStage) write(ctx context.Context, c *chunk) error {
 
 // finish totals the version from the records of every shard, committed by this run or
 // an earlier one, and checks that every row of every file is accounted for exactly once.
-func (w *writerStage) finish(ctx context.Context, all []task) error {
+//
+// In a sharded run, finish returns how many row groups other processes have yet to
+// commit; 0 means this process committed the last one and completes the version. Two
+// processes finishing at once may both see every shard committed: both then write the
+// same complete manifest, and the compare-and-swap of the flip lets exactly one flip.
+func (w *writerStage) finish(ctx context.Context, all []task) (waiting int, err error) {
 	r, m := w.r, w.r.m
 	for t := range w.open {
-		return fmt.Errorf("shard %s row group %d: not every row was written", t.file, t.rg)
+		return 0, fmt.Errorf("shard %s row group %d: not every row was written", t.file, t.rg)
 	}
 	shards, err := r.store.Shards(ctx, r.ns, m.Version)
 	if err != nil {
-		return fmt.Errorf("read committed shards: %w", err)
+		return 0, fmt.Errorf("read committed shards: %w", err)
 	}
 	byID := make(map[string]writers.Shard, len(shards))
 	for _, s := range shards {
@@ -148,12 +153,20 @@ func (w *writerStage) finish(ctx context.Context, all []task) error {
 	m.Shards = nil
 	total := &writers.Sums{}
 	for _, t := range all {
-		s, ok := byID[shardID(t.file, t.rg)]
-		if !ok {
-			return fmt.Errorf("shard %s row group %d was never committed", t.file, t.rg)
+		if _, ok := byID[shardID(t.file, t.rg)]; !ok {
+			waiting++
 		}
+	}
+	if waiting > 0 {
+		if !r.sharded() {
+			return 0, fmt.Errorf("%d row groups were never committed", waiting)
+		}
+		return waiting, nil
+	}
+	for _, t := range all {
+		s := byID[shardID(t.file, t.rg)]
 		if s.Rows != t.rows {
-			return fmt.Errorf("shard %s row group %d: committed %d rows, its footer says %d", t.file, t.rg, s.Rows, t.rows)
+			return 0, fmt.Errorf("shard %s row group %d: committed %d rows, its footer says %d", t.file, t.rg, s.Rows, t.rows)
 		}
 		m.RowsRead += s.Rows
 		m.RowsWritten += s.Written
@@ -170,10 +183,10 @@ func (w *writerStage) finish(ctx context.Context, all []task) error {
 		m.Shards = append(m.Shards, s)
 	}
 	if m.Defaults, err = w.defaults.result(total); err != nil {
-		return err
+		return 0, err
 	}
 	if m.RowsWritten != m.RowsRead-m.RowsSkipped {
-		return fmt.Errorf("wrote %d rows, want %d read - %d skipped", m.RowsWritten, m.RowsRead, m.RowsSkipped)
+		return 0, fmt.Errorf("wrote %d rows, want %d read - %d skipped", m.RowsWritten, m.RowsRead, m.RowsSkipped)
 	}
-	return nil
+	return 0, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,7 +122,9 @@ var _ Store = (*Redis)(nil)
 
 // OpenRedis connects to the Redis server or cluster a redis://, rediss:// or
 // redis+cluster:// URL names and pings it. Query parameters are go-redis options
-// (redis.ParseURL), e.g. ?dial_timeout=3s&pool_size=20.
+// (redis.ParseURL), e.g. ?dial_timeout=3s&pool_size=20, and staticref's own write
+// settings: pipeline=N (commands per pipeline), max_in_flight=N (pipelines at once) and
+// retry_for=DURATION (how long a failed pipeline is retried).
 func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	u, err := parseURL(rawURL)
 	if err != nil {
@@ -132,6 +135,9 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 		MaxInFlight:  DefaultRedisMaxInFlight,
 		RetryFor:     DefaultRedisRetryFor,
 		writing:      make(map[string]time.Time),
+	}
+	if rawURL, err = r.takeWriteOptions(rawURL); err != nil {
+		return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
 	}
 	switch u.scheme {
 	case "redis", "rediss":
@@ -848,4 +854,44 @@ func (r *Redis) checkOpen() error {
 		return errClosed
 	}
 	return nil
+}
+
+// takeWriteOptions sets r's write settings from the URL's pipeline, max_in_flight and
+// retry_for parameters and returns the URL without them, for go-redis.
+func (r *Redis) takeWriteOptions(rawURL string) (string, error) {
+	base, query, ok := strings.Cut(rawURL, "?")
+	if !ok {
+		return rawURL, nil
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return "", err
+	}
+	for name, set := range map[string]func(string) error{
+		"pipeline":      func(v string) (err error) { r.PipelineSize, err = positive(v); return },
+		"max_in_flight": func(v string) (err error) { r.MaxInFlight, err = positive(v); return },
+		"retry_for": func(v string) (err error) {
+			r.RetryFor, err = time.ParseDuration(v)
+			return
+		},
+	} {
+		if v := q.Get(name); v != "" {
+			if err := set(v); err != nil {
+				return "", fmt.Errorf("%s=%q: %w", name, v, err)
+			}
+			q.Del(name)
+		}
+	}
+	if len(q) == 0 {
+		return base, nil
+	}
+	return base + "?" + q.Encode(), nil
+}
+
+func positive(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err == nil && n < 1 {
+		err = errors.New("must be at least 1")
+	}
+	return n, err
 }

@@ -339,3 +339,18 @@ func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
 }
+
+func TestRedisURLCarriesWriteSettings(t *testing.T) {
+	url := redistest.Standalone(t)
+	s, err := writers.OpenRedis(context.Background(), url+"?pipeline=64&max_in_flight=2&retry_for=1500ms&dial_timeout=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.PipelineSize != 64 || s.MaxInFlight != 2 || s.RetryFor != 1500*time.Millisecond {
+		t.Errorf("got pipeline %d, max_in_flight %d, retry_for %s; want 64, 2, 1.5s", s.PipelineSize, s.MaxInFlight, s.RetryFor)
+	}
+	if _, err := writers.OpenRedis(context.Background(), url+"?pipeline=0"); err == nil || !strings.Contains(err.Error(), "pipeline") {
+		t.Errorf("pipeline=0: got %v, want an error naming pipeline", err)
+	}
+}

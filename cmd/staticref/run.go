@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,6 +21,8 @@ func newRunCmd() *cobra.Command {
 		jobFile, store, version, output string
 		sets                            []string
 		noFlip, wait                    bool
+		leaseTTL                        time.Duration
+		shardIndex, shardCount          int
 	)
 	c := &cobra.Command{
 		Use:   "run --job FILE",
@@ -55,7 +60,8 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			}
 			defer s.Close()
 			res, err := pipeline.Run(c.Context(), pipeline.Config{
-				Job: job, Store: s, Version: version, NoFlip: noFlip, Wait: wait, Log: slog.Default(),
+				Job: job, Store: s, Version: version, NoFlip: noFlip, Wait: wait, LeaseTTL: leaseTTL, Log: slog.Default(),
+				ShardIndex: shardIndex, ShardCount: shardCount,
 			})
 			if res != nil && res.Manifest != nil {
 				printSummary(c, res, output, job.Sink.Store)
@@ -70,6 +76,9 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.StringVar(&version, "version", "", "version id to write, or of a failed run to resume (default: the start time, 20261127T020000Z)")
 	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for `versions flip`")
 	f.BoolVar(&wait, "wait", false, "wait for another run of the namespace to finish instead of failing")
+	f.IntVar(&shardIndex, "shard-index", envInt("JOB_COMPLETION_INDEX", 0), "this process's share of a sharded run (default $JOB_COMPLETION_INDEX)")
+	f.IntVar(&shardCount, "shard-count", envInt("STATICREF_SHARD_COUNT", 0), "processes sharing the run's version (default $STATICREF_SHARD_COUNT)")
+	f.DurationVar(&leaseTTL, "lease-ttl", pipeline.DefaultLeaseTTL, "writer lease lifetime: how long a killed run blocks the namespace")
 	f.StringVarP(&output, "output", "o", "text", "summary format: text or json (the manifest)")
 	return c
 }
@@ -99,6 +108,8 @@ func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) 
 		fmt.Fprintf(w, "  took %s\n", m.CompletedAt.Sub(m.StartedAt).Round(1e6))
 	}
 	switch {
+	case res.Waiting > 0:
+		fmt.Fprintf(w, "  shard committed; %d row groups left to other shards\n", res.Waiting)
 	case res.Flipped:
 		prev := res.Previous
 		if prev == "" {
@@ -111,4 +122,12 @@ func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) 
 	if len(res.Removed) > 0 {
 		fmt.Fprintf(w, "  removed: %s\n", strings.Join(res.Removed, ", "))
 	}
+}
+
+// envInt is an integer flag default taken from the environment (0 when unset or bad).
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
+	}
+	return def
 }
