@@ -71,8 +71,6 @@ type Config struct {
 	ShardIndex, ShardCount int
 }
 
-
-
 // DefaultLeaseTTL is the writer lease's lifetime: a writer that dies holds its namespace
 // for at most this long.
 const DefaultLeaseTTL = 30 * time.Second
