@@ -236,16 +236,8 @@ func (b *Bigtable) Table() string { return b.tableID }
 
 // WriteRows implements Store; see Bigtable for how a batch is split and sent.
 func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("write rows: %w", err)
-	}
-	if len(rows.Keys) != len(rows.Values) {
-		return fmt.Errorf("write rows %s/%s: %w: %d keys but %d values", ns, version, ErrInvalid, len(rows.Keys), len(rows.Values))
-	}
-	for i, k := range rows.Keys {
-		if err := ValidateKey(k); err != nil {
-			return fmt.Errorf("write rows %s/%s: row %d: %w", ns, version, i, err)
-		}
+	if err := validateRows(ns, version, rows); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
@@ -526,16 +518,8 @@ func (b *Bigtable) Live(ctx context.Context, ns string) (string, error) {
 
 // SwapLive implements Store with one CheckAndMutateRow on the pointer row; see Bigtable.
 func (b *Bigtable) SwapLive(ctx context.Context, ns, old, next string) error {
-	if err := ValidateNamespace(ns); err != nil {
-		return fmt.Errorf("swap live: %w", err)
-	}
-	if err := ValidateVersion(next); err != nil {
-		return fmt.Errorf("swap live %s: %w", ns, err)
-	}
-	if old != "" {
-		if err := ValidateVersion(old); err != nil {
-			return fmt.Errorf("swap live %s: %w", ns, err)
-		}
+	if err := validateSwap(ns, old, next); err != nil {
+		return err
 	}
 	b.catalog.Lock()
 	defer b.catalog.Unlock()

@@ -114,17 +114,11 @@ func (p *Pebble) Dir() string { return p.dir }
 
 // WriteRows implements Store. All rows go into one Pebble batch, committed without sync.
 func (p *Pebble) WriteRows(ctx context.Context, ns, version string, rows Rows) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("write rows: %w", err)
-	}
-	if len(rows.Keys) != len(rows.Values) {
-		return fmt.Errorf("write rows %s/%s: %w: %d keys but %d values", ns, version, ErrInvalid, len(rows.Keys), len(rows.Values))
+	if err := validateRows(ns, version, rows); err != nil {
+		return err
 	}
 	size := 0
 	for i, k := range rows.Keys {
-		if err := ValidateKey(k); err != nil {
-			return fmt.Errorf("write rows %s/%s: row %d: %w", ns, version, i, err)
-		}
 		size += len(k) + len(rows.Values[i])
 	}
 	if err := ctx.Err(); err != nil {
@@ -336,16 +330,8 @@ func (p *Pebble) Live(ctx context.Context, ns string) (string, error) {
 // SwapLive implements Store. The exclusive catalog lock makes read-compare-write atomic
 // within the process, and Pebble's directory lock keeps other processes out.
 func (p *Pebble) SwapLive(ctx context.Context, ns, old, next string) error {
-	if err := ValidateNamespace(ns); err != nil {
-		return fmt.Errorf("swap live: %w", err)
-	}
-	if err := ValidateVersion(next); err != nil {
-		return fmt.Errorf("swap live %s: %w", ns, err)
-	}
-	if old != "" {
-		if err := ValidateVersion(old); err != nil {
-			return fmt.Errorf("swap live %s: %w", ns, err)
-		}
+	if err := validateSwap(ns, old, next); err != nil {
+		return err
 	}
 	p.catalog.Lock()
 	defer p.catalog.Unlock()

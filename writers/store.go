@@ -316,3 +316,35 @@ func splitVersionSuffix(v string) (string, int) {
 	}
 	return v[:i], n
 }
+
+// validateRows checks a WriteRows call's arguments, the same way in every store.
+func validateRows(ns, version string, rows Rows) error {
+	if err := validateNV(ns, version); err != nil {
+		return fmt.Errorf("write rows: %w", err)
+	}
+	if len(rows.Keys) != len(rows.Values) {
+		return fmt.Errorf("write rows %s/%s: %w: %d keys but %d values", ns, version, ErrInvalid, len(rows.Keys), len(rows.Values))
+	}
+	for i, k := range rows.Keys {
+		if err := ValidateKey(k); err != nil {
+			return fmt.Errorf("write rows %s/%s: row %d: %w", ns, version, i, err)
+		}
+	}
+	return nil
+}
+
+// validateSwap checks a SwapLive call's arguments, the same way in every store.
+func validateSwap(ns, old, next string) error {
+	if err := ValidateNamespace(ns); err != nil {
+		return fmt.Errorf("swap live: %w", err)
+	}
+	if err := ValidateVersion(next); err != nil {
+		return fmt.Errorf("swap live %s: %w", ns, err)
+	}
+	if old != "" {
+		if err := ValidateVersion(old); err != nil {
+			return fmt.Errorf("swap live %s: %w", ns, err)
+		}
+	}
+	return nil
+}
