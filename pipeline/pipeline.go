@@ -26,6 +26,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -496,50 +497,31 @@ func (r *run) stages(ctx context.Context, tasks []task, w *writerStage) error {
 	g.Go(func() error {
 		defer close(taskc)
 		for _, t := range tasks {
-			select {
-			case taskc <- t:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := send(ctx, taskc, t); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
-	readersDone := make(chan struct{}, nReaders)
+	// Each stage's output closes when all its goroutines have returned; they return on
+	// cancellation, so these waits never outlive the run.
+	var readersDone, workersDone sync.WaitGroup
 	for range nReaders {
+		readersDone.Add(1)
 		g.Go(func() error {
-			defer func() { readersDone <- struct{}{} }()
+			defer readersDone.Done()
 			return r.read(ctx, taskc, free, packed)
 		})
 	}
-	g.Go(func() error {
-		for range nReaders {
-			select {
-			case <-readersDone:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		close(packed)
-		return nil
-	})
-	workersDone := make(chan struct{}, workers)
+	g.Go(func() error { readersDone.Wait(); close(packed); return nil })
 	for range workers {
+		workersDone.Add(1)
 		g.Go(func() error {
-			defer func() { workersDone <- struct{}{} }()
+			defer workersDone.Done()
 			return r.infer(ctx, packed, encoded)
 		})
 	}
-	g.Go(func() error {
-		for range workers {
-			select {
-			case <-workersDone:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		close(encoded)
-		return nil
-	})
+	g.Go(func() error { workersDone.Wait(); close(encoded); return nil })
 	g.Go(func() error { return w.run(ctx, encoded, free) })
 	return g.Wait()
 }
@@ -567,23 +549,16 @@ func (r *run) read(ctx context.Context, tasks <-chan task, free chan *chunk, out
 			open = t.file
 		}
 		err := f.ReadRowGroup(ctx, t.rg, func(b *readers.Batch) error {
-			var c *chunk
-			select {
-			case c = <-free:
-			case <-ctx.Done():
-				return ctx.Err()
+			c, _, err := recv(ctx, free)
+			if err != nil {
+				return err
 			}
 			if err := c.load(b, r.model.Width, len(r.ropts.Extra) > 0, fill, filling); err != nil {
 				free <- c
 				return err
 			}
 			r.rowsRead.Add(int64(b.Len))
-			select {
-			case out <- c:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+			return send(ctx, out, c)
 		})
 		if err != nil {
 			return err
@@ -606,23 +581,37 @@ func (r *run) infer(ctx context.Context, in <-chan *chunk, out chan<- *chunk) er
 	}
 	skip := r.job.Source.Nulls == "skip"
 	for {
-		var c *chunk
-		select {
-		case c = <-in:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if c == nil {
-			return nil
+		c, ok, err := recv(ctx, in)
+		if !ok || err != nil {
+			return err
 		}
 		if err := c.infer(p, enc, skip); err != nil {
 			return err
 		}
-		select {
-		case out <- c:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := send(ctx, out, c); err != nil {
+			return err
 		}
+	}
+}
+
+// send and recv are a stage's only ways to use a channel: both give up when the run is
+// cancelled, so no stage can block forever on another that has failed.
+func send[T any](ctx context.Context, ch chan<- T, v T) error {
+	select {
+	case ch <- v:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// recv reports ok false when ch is closed.
+func recv[T any](ctx context.Context, ch <-chan T) (v T, ok bool, err error) {
+	select {
+	case v, ok = <-ch:
+		return v, ok, nil
+	case <-ctx.Done():
+		return v, false, ctx.Err()
 	}
 }
 

@@ -51,22 +51,15 @@ func newWriterStage(r *run, todo []task) *writerStage {
 
 func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *chunk) error {
 	for {
-		var c *chunk
-		select {
-		case c = <-in:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if c == nil {
-			return nil
+		c, ok, err := recv(ctx, in)
+		if !ok || err != nil {
+			return err
 		}
 		if err := w.write(ctx, c); err != nil {
 			return err
 		}
-		select {
-		case free <- c:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := send(ctx, free, c); err != nil {
+			return err
 		}
 	}
 }
