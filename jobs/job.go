@@ -65,6 +65,8 @@ type Sink struct {
 	Store     string `yaml:"store"`
 	Namespace string `yaml:"namespace"`
 	Encoding  string `yaml:"encoding"` // json | binary
+	// MaxInFlight is how many batches are written to the store at once.
+	MaxInFlight int `yaml:"max_in_flight"`
 }
 
 // Defaults are the cold-start answers computed by the run.
@@ -89,6 +91,7 @@ type Gates struct {
 // Defaults applied to fields a job file leaves out.
 const (
 	DefaultBatchSize       = 8192
+	DefaultMaxInFlight     = 4
 	DefaultStore           = "pebble:.staticref/store"
 	DefaultKeep            = 2
 	DefaultMinRowsRatio    = 0.9
@@ -236,6 +239,9 @@ func (j *Job) setDefaults() {
 	if j.Sink.Encoding == "" {
 		j.Sink.Encoding = "json"
 	}
+	if j.Sink.MaxInFlight == 0 {
+		j.Sink.MaxInFlight = DefaultMaxInFlight
+	}
 	if j.Defaults.Global == "" {
 		j.Defaults.Global = "mean"
 	}
@@ -326,6 +332,9 @@ func (j *Job) Validate() error {
 	}
 	if err := writers.ValidateNamespace(j.Sink.Namespace); err != nil && j.Sink.Namespace != j.Name {
 		add("sink.namespace: %q: use 1-63 characters of a-z, 0-9, '_', '.', '-'", j.Sink.Namespace)
+	}
+	if n := j.Sink.MaxInFlight; n < 1 || n > 64 {
+		add("sink.max_in_flight: %d: use 1 to 64", n)
 	}
 	switch j.Sink.Encoding {
 	case "json", "binary":

@@ -5,7 +5,8 @@
 //
 //	readers (R goroutines, one row group at a time)
 //	   -> packed chunks -> inference workers (W goroutines, one session each)
-//	   -> encoded chunks -> writer (one goroutine: store writes, counts, defaults)
+//	   -> encoded chunks -> store writes (sink.max_in_flight goroutines)
+//	   -> written chunks -> accounting (one goroutine: counts, defaults, shard commits)
 //	   -> free chunks back to the readers.
 //
 // A chunk owns every buffer one batch needs (keys, packed features, outputs, encoded
@@ -487,9 +488,11 @@ func (r *run) stages(ctx context.Context, tasks []task, w *writerStage) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	taskc := make(chan task)
-	free := make(chan *chunk, workers+nReaders+2)
+	writes := r.job.Sink.MaxInFlight
+	free := make(chan *chunk, workers+nReaders+writes+2)
 	packed := make(chan *chunk, workers)
 	encoded := make(chan *chunk, workers)
+	written := make(chan *chunk, writes)
 	for range cap(free) {
 		free <- newChunk(r.job.Model.BatchSize, r.model.Width)
 	}
@@ -522,7 +525,17 @@ func (r *run) stages(ctx context.Context, tasks []task, w *writerStage) error {
 		})
 	}
 	g.Go(func() error { workersDone.Wait(); close(encoded); return nil })
-	g.Go(func() error { return w.run(ctx, encoded, free) })
+	var writersDone sync.WaitGroup
+	for range writes {
+		writersDone.Add(1)
+		g.Go(func() error {
+			defer writersDone.Done()
+			return r.write(ctx, encoded, written)
+		})
+	}
+	g.Go(func() error { writersDone.Wait(); close(written); return nil })
+	g.Go(func() error { return w.run(ctx, written, free) })
+	g.Go(func() error { return w.commit(ctx) })
 	return g.Wait()
 }
 
@@ -587,6 +600,24 @@ func (r *run) infer(ctx context.Context, in <-chan *chunk, out chan<- *chunk) er
 		}
 		if err := c.infer(p, enc, skip); err != nil {
 			return err
+		}
+		if err := send(ctx, out, c); err != nil {
+			return err
+		}
+	}
+}
+
+// write sends encoded chunks to the store; sink.max_in_flight of these run at once.
+func (r *run) write(ctx context.Context, in <-chan *chunk, out chan<- *chunk) error {
+	for {
+		c, ok, err := recv(ctx, in)
+		if !ok || err != nil {
+			return err
+		}
+		if c.rows.Len() > 0 {
+			if err := r.store.WriteRows(ctx, r.ns, r.m.Version, c.rows); err != nil {
+				return fmt.Errorf("write shard %s row group %d to %s/%s: %w", c.file, c.rowGroup, r.ns, r.m.Version, err)
+			}
 		}
 		if err := send(ctx, out, c); err != nil {
 			return err

@@ -399,7 +399,7 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 		{"a truncated shard names the file", d, []string{"source.uri=" + truncated}, []string{"truncated.parquet"}},
 		{"a missing feature column names the file and column", d, []string{"source.features=[f0, f1, f9]"}, []string{d.files[0], `"f9"`, "source.features"}},
 		{"a non-numeric feature names the column", d, []string{"source.features=[f0, f1, f2, note]"}, []string{`"note"`, "string", "numeric"}},
-		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{nulls.files[0], "row group ", " row 99:", "null feature", "source.nulls"}},
+		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{"features/part-0000", "row group ", " row 99:", "null feature", "source.nulls"}},
 		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}},
 		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}},
 		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}},
@@ -546,7 +546,7 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 12_000, Shards: 3, RowGroupRows: 1000, Seed: 13})
 	ctx := context.Background()
 	s, url := openStore(t)
-	flaky := &flakyStore{Store: s, failAfter: 5}
+	flaky := &flakyStore{Store: s, failAfter: 6}
 	j := newJob(t, d, url, "model.batch_size=1000", "model.workers=1")
 
 	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Readers: 1})

@@ -18,8 +18,8 @@ type unit struct {
 	rg   int
 }
 
-// writerStage is the single goroutine that writes chunks to the store and keeps the run's
-// counts and cold-start defaults, so none of them needs a lock.
+// writerStage is the single goroutine that accounts for chunks the store has taken: it
+// keeps the run's counts and cold-start defaults, so none of them needs a lock.
 //
 // Progress is committed per shard (row group): when the last row of a row group has been
 // written, its shard record (counts and sums) is committed to the store. A resumed run
@@ -30,7 +30,7 @@ type writerStage struct {
 	defaults *defaults
 	expected map[unit]int64          // rows of each row group this run writes
 	open     map[unit]*writers.Shard // row groups in progress
-	done     []writers.Shard         // committed by this run
+	commits  chan writers.Shard      // row groups written, to the committer
 	rows     int64                   // rows written by this run, for progress
 	last     time.Time
 }
@@ -41,6 +41,7 @@ func newWriterStage(r *run, todo []task) *writerStage {
 		defaults: newDefaults(r.job.Defaults.Global, r.job.Defaults.SegmentBy, r.model.Outputs),
 		expected: map[unit]int64{},
 		open:     map[unit]*writers.Shard{},
+		commits:  make(chan writers.Shard, 64),
 		last:     r.now(),
 	}
 	for _, t := range todo {
@@ -50,6 +51,7 @@ func newWriterStage(r *run, todo []task) *writerStage {
 }
 
 func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *chunk) error {
+	defer close(w.commits)
 	for {
 		c, ok, err := recv(ctx, in)
 		if !ok || err != nil {
@@ -66,11 +68,6 @@ func (w *writerStage) run(ctx context.Context, in <-chan *chunk, free chan<- *ch
 
 func (w *writerStage) write(ctx context.Context, c *chunk) error {
 	r := w.r
-	if c.rows.Len() > 0 {
-		if err := r.store.WriteRows(ctx, r.ns, r.m.Version, c.rows); err != nil {
-			return fmt.Errorf("write shard %s row group %d to %s/%s: %w", c.file, c.rowGroup, r.ns, r.m.Version, err)
-		}
-	}
 	t := unit{c.file, c.rowGroup}
 	sh := w.open[t]
 	if sh == nil {
@@ -108,10 +105,9 @@ func (w *writerStage) write(ctx context.Context, c *chunk) error {
 		return fmt.Errorf("shard %s row group %d: read %d rows, its footer says %d", c.file, c.rowGroup, sh.Rows, want)
 	case sh.Rows == want:
 		sh.CommittedAt = r.now().UTC()
-		if err := r.store.CommitShard(ctx, r.ns, r.m.Version, *sh); err != nil {
-			return fmt.Errorf("commit shard %s: %w", sh.ID, err)
+		if err := send(ctx, w.commits, *sh); err != nil {
+			return err
 		}
-		w.done = append(w.done, *sh)
 		delete(w.open, t)
 	}
 	if now := r.now(); now.Sub(w.last) >= 5*time.Second {
@@ -119,6 +115,28 @@ func (w *writerStage) write(ctx context.Context, c *chunk) error {
 		r.log.Info("progress", "version", r.m.Version, "rows_read", r.rowsRead.Load(), "rows_written", w.rows)
 	}
 	return nil
+}
+
+// commit records finished row groups. It runs beside the writer so that a store's
+// durable commit (Pebble syncs its log) never stalls the writes of the next rows; a row
+// group is queued only after all its rows were written, so a commit never claims rows
+// the store has not taken.
+//
+// A row group queued before the run failed is still committed (the writer closes the
+// queue when it stops), so a resume does not write it again.
+func (w *writerStage) commit(ctx context.Context) error {
+	var first error
+	for sh := range w.commits {
+		if first != nil {
+			continue // drain
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		if err := w.r.store.CommitShard(cctx, w.r.ns, w.r.m.Version, sh); err != nil {
+			first = fmt.Errorf("commit shard %s: %w", sh.ID, err)
+		}
+		cancel()
+	}
+	return first
 }
 
 // finish totals the version from the records of every shard, committed by this run or
