@@ -1,8 +1,9 @@
 // Package lookup answers "what is the prediction for this key" from a namespace's live
 // version, through the store contract of package writers. It is shared by `staticref get`
-// and the HTTP lookup service, so both print the same answer for the same key.
+// and the HTTP lookup service (Service), so both print the same answer for the same key.
 //
-// It never writes to a store and never moves a live pointer.
+// It never writes rows to a store. The service moves a live pointer only through the
+// catalog (writers.Flip, writers.Rollback), on an authenticated admin request.
 package lookup
 
 import (
@@ -44,9 +45,16 @@ type Error struct {
 
 // Error codes.
 const (
-	CodeNotFound    = "not_found"
-	CodeInvalid     = "invalid_argument"
-	CodeUnavailable = "unavailable"
+	CodeNotFound        = "not_found"
+	CodeInvalid         = "invalid_argument"
+	CodeUnavailable     = "unavailable"
+	CodeStale           = "stale"
+	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "permission_denied"
+	CodeConflict        = "conflict"
+	CodeTooLarge        = "too_large"
+	CodeMethod          = "method_not_allowed"
+	CodeInternal        = "internal"
 )
 
 // ErrNoLiveVersion: the namespace has no live version yet.
@@ -57,6 +65,11 @@ var ErrNoLiveVersion = errors.New("lookup: namespace has no live version")
 type Snapshot struct {
 	Namespace string
 	Manifest  *writers.Manifest
+	// Store is where the version's rows are read from (nil: the caller passes one to Get).
+	// The lookup service sets it, because for Pebble it is a private checkpoint.
+	Store writers.Store
+
+	fb *fallbacks // cold-start answers, rendered by prepare (service only)
 }
 
 // Resolve returns the live version of ns with its manifest.
@@ -75,7 +88,7 @@ func Resolve(ctx context.Context, s writers.Store, ns string) (*Snapshot, error)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s/%s: %w", ns, live, err)
 	}
-	return &Snapshot{Namespace: ns, Manifest: m}, nil
+	return &Snapshot{Namespace: ns, Manifest: m, Store: s}, nil
 }
 
 // Get answers one key from the snapshot's version. A key the version lacks is an Answer

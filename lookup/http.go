@@ -1,0 +1,389 @@
+package lookup
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/staticref/staticref/writers"
+)
+
+// statusOf is the one table from error codes to HTTP statuses.
+var statusOf = map[string]int{
+	CodeInvalid:         http.StatusBadRequest,
+	CodeUnauthenticated: http.StatusUnauthorized,
+	CodeForbidden:       http.StatusForbidden,
+	CodeNotFound:        http.StatusNotFound,
+	CodeMethod:          http.StatusMethodNotAllowed,
+	CodeConflict:        http.StatusConflict,
+	CodeTooLarge:        http.StatusRequestEntityTooLarge,
+	CodeStale:           http.StatusServiceUnavailable,
+	CodeUnavailable:     http.StatusServiceUnavailable,
+	CodeInternal:        http.StatusInternalServerError,
+}
+
+// StaleHeader is set to "true" on answers from a version older than max_staleness.
+const StaleHeader = "Staticref-Stale"
+
+// Handler returns the HTTP API (docs/lookup.md).
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Ready() {
+			s.writeError(w, errorf(CodeUnavailable, "not ready: live pointers not loaded yet"))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/{namespace}", s.handleStatus)
+	mux.HandleFunc("POST /v1/{target}", s.handleAction)
+	mux.HandleFunc("GET /v1/{namespace}/{key...}", s.handleGet)
+	mux.HandleFunc("POST /v1/{namespace}/{key...}", s.handleGet)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, errorf(CodeNotFound, "no such endpoint: %s %s (see docs/lookup.md)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// namespace finds a served namespace, or answers 404.
+func (s *Service) namespace(w http.ResponseWriter, name string) *namespace {
+	n, ok := s.ns[name]
+	if !ok {
+		if err := writers.ValidateNamespace(name); err != nil {
+			s.writeError(w, errorf(CodeNotFound, "no namespace %q: names are 1-63 characters of a-z, 0-9, '_', '.', '-'", name))
+		} else {
+			s.writeError(w, errorf(CodeNotFound, "namespace %q is not served here", name))
+		}
+		return nil
+	}
+	return n
+}
+
+// snapshot loads the namespace's snapshot, once per request.
+func (s *Service) snapshot(w http.ResponseWriter, n *namespace) *Snapshot {
+	sn := n.snap.Load()
+	if sn == nil {
+		msg := "namespace %s has no live version yet"
+		if !n.loaded.Load() {
+			msg = "namespace %s: live version not loaded yet"
+		}
+		s.writeError(w, errorf(CodeUnavailable, msg, n.name))
+	}
+	return sn
+}
+
+func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	n := s.namespace(w, r.PathValue("namespace"))
+	if n == nil {
+		return
+	}
+	key := r.PathValue("key")
+	if err := writers.ValidateKey([]byte(key)); err != nil {
+		s.writeError(w, errorf(CodeInvalid, "%v", trimInvalid(err)))
+		return
+	}
+	req := request{}
+	if p := n.cfg.Fallback.SegmentParam; p != "" {
+		req.segment = r.URL.Query().Get(p)
+	}
+	if r.Method == http.MethodPost {
+		var body struct {
+			Features map[string]float64 `json:"features"`
+		}
+		if !s.decode(w, r, &body) {
+			return
+		}
+		if body.Features == nil {
+			s.writeError(w, errorf(CodeInvalid, `body: want {"features": {"f0": 1.5, ...}}`))
+			return
+		}
+		req.features = body.Features
+	}
+	sn := s.snapshot(w, n)
+	if sn == nil {
+		return
+	}
+	a, aerr := s.answer(r.Context(), n, sn, key, req)
+	if aerr != nil {
+		s.writeError(w, aerr)
+		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
+		return
+	}
+	s.met.answers.WithLabelValues(n.name, a.Source).Inc()
+	if a.Stale != nil && *a.Stale {
+		w.Header().Set(StaleHeader, "true")
+	}
+	writeJSON(w, http.StatusOK, a)
+	s.met.latency.WithLabelValues(n.name, a.Source).Observe(time.Since(start).Seconds())
+}
+
+// BatchAnswer is the answer of :batchGet: every key answered from Version.
+type BatchAnswer struct {
+	Namespace string   `json:"namespace"`
+	Version   string   `json:"version"`
+	Stale     bool     `json:"stale"`
+	Answers   []Answer `json:"answers"`
+}
+
+func (s *Service) handleAction(w http.ResponseWriter, r *http.Request) {
+	name, action, ok := strings.Cut(r.PathValue("target"), ":")
+	if !ok {
+		s.writeError(w, errorf(CodeNotFound, "no such endpoint: POST %s: use /v1/NS:batchGet, :flip or :rollback", r.URL.Path))
+		return
+	}
+	n := s.namespace(w, name)
+	if n == nil {
+		return
+	}
+	switch action {
+	case "batchGet":
+		s.handleBatch(w, r, n)
+	case "flip", "rollback":
+		if !s.authorized(w, r) {
+			return
+		}
+		s.handleFlip(w, r, n, action)
+	default:
+		s.writeError(w, errorf(CodeNotFound, "no such action %q: use batchGet, flip or rollback", action))
+	}
+}
+
+func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespace) {
+	start := time.Now()
+	var body struct {
+		Keys []string `json:"keys"`
+	}
+	if !s.decode(w, r, &body) {
+		return
+	}
+	switch {
+	case len(body.Keys) == 0:
+		s.writeError(w, errorf(CodeInvalid, `body: want {"keys": ["k1", ...]} with at least one key`))
+		return
+	case len(body.Keys) > s.cfg.MaxBatch:
+		s.writeError(w, errorf(CodeInvalid, "batch of %d keys: at most %d (max_batch)", len(body.Keys), s.cfg.MaxBatch))
+		return
+	}
+	for i, k := range body.Keys {
+		if err := writers.ValidateKey([]byte(k)); err != nil {
+			s.writeError(w, errorf(CodeInvalid, "keys[%d]: %v", i, trimInvalid(err)))
+			return
+		}
+	}
+	req := request{}
+	if p := n.cfg.Fallback.SegmentParam; p != "" {
+		req.segment = r.URL.Query().Get(p)
+	}
+	sn := s.snapshot(w, n)
+	if sn == nil {
+		return
+	}
+	answers, aerr := s.batch(r.Context(), n, sn, body.Keys, req)
+	if aerr != nil {
+		s.writeError(w, aerr)
+		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
+		return
+	}
+	_, stale := s.stale(n, sn)
+	if stale {
+		w.Header().Set(StaleHeader, "true")
+	}
+	writeJSON(w, http.StatusOK, BatchAnswer{Namespace: n.name, Version: sn.Manifest.Version, Stale: stale, Answers: answers})
+	s.met.latency.WithLabelValues(n.name, "batch").Observe(time.Since(start).Seconds())
+}
+
+// Status is the answer of GET /v1/{namespace}.
+type Status struct {
+	Namespace           string            `json:"namespace"`
+	Version             string            `json:"version"`
+	Manifest            *writers.Manifest `json:"manifest"`
+	Previous            []string          `json:"previous"`
+	AgeSeconds          float64           `json:"age_seconds"`
+	Stale               bool              `json:"stale"`
+	MaxStalenessSeconds float64           `json:"max_staleness_seconds,omitempty"`
+}
+
+func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
+	n := s.namespace(w, r.PathValue("namespace"))
+	if n == nil {
+		return
+	}
+	sn := s.snapshot(w, n)
+	if sn == nil {
+		return
+	}
+	ctx, cancel := s.storeCtx(r.Context())
+	defer cancel()
+	// The snapshot's own store: for Pebble, the checkpoint the service answers from.
+	_, versions, err := writers.List(ctx, sn.Store, n.name)
+	if err != nil {
+		s.writeError(w, s.storeError(n.name, err))
+		return
+	}
+	now, stale := s.stale(n, sn)
+	st := Status{Namespace: n.name, Version: sn.Manifest.Version, Manifest: sn.Manifest, Previous: []string{},
+		AgeSeconds: now.Sub(sn.Manifest.CompletedAt).Seconds(), Stale: stale,
+		MaxStalenessSeconds: time.Duration(n.cfg.MaxStaleness).Seconds()}
+	for i := len(versions) - 1; i >= 0; i-- {
+		v := versions[i]
+		if writers.EffectiveState(v.Manifest, sn.Manifest.Version) == writers.StatePrevious {
+			st.Previous = append(st.Previous, v.Version)
+		}
+	}
+	if stale {
+		w.Header().Set(StaleHeader, "true")
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// authorized checks the bearer token in constant time. The token is never logged.
+func (s *Service) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if s.token == nil {
+		s.writeError(w, errorf(CodeForbidden, "admin endpoints are off: set admin_token_file in the service config"))
+		return false
+	}
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	sum := sha256.Sum256([]byte(tok))
+	if !ok || subtle.ConstantTimeCompare(sum[:], s.token[:]) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="staticref"`)
+		s.writeError(w, errorf(CodeUnauthenticated, "admin endpoints need Authorization: Bearer <token from admin_token_file>"))
+		return false
+	}
+	return true
+}
+
+// FlipAnswer is the answer of :flip and :rollback.
+type FlipAnswer struct {
+	Namespace string `json:"namespace"`
+	Version   string `json:"version"`
+	Previous  string `json:"previous"`
+}
+
+func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespace, action string) {
+	var body struct {
+		Version string `json:"version"`
+	}
+	if action == "flip" {
+		if !s.decode(w, r, &body) {
+			return
+		}
+		if err := writers.ValidateVersion(body.Version); err != nil {
+			s.writeError(w, errorf(CodeInvalid, `body: want {"version": "20261127T020000Z"}: %v`, trimInvalid(err)))
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 4*time.Duration(s.cfg.StoreTimeout))
+	defer cancel()
+	store, release, err := n.src.catalog(ctx)
+	if err != nil {
+		s.writeError(w, s.storeError(n.name, err))
+		return
+	}
+	var ans FlipAnswer
+	if action == "flip" {
+		m, err := store.Manifest(ctx, n.name, body.Version)
+		switch {
+		case errors.Is(err, writers.ErrNotFound):
+			release()
+			s.writeError(w, errorf(CodeNotFound, "version %s of %s does not exist", body.Version, n.name))
+			return
+		case err != nil:
+			release()
+			s.writeError(w, s.storeError(n.name, err))
+			return
+		case m.State != writers.StateComplete:
+			release()
+			s.writeError(w, errorf(CodeConflict, "version %s is %s: only a complete version can be made live", body.Version, m.State))
+			return
+		}
+		prev, err := writers.Flip(ctx, store, n.name, body.Version)
+		ans = FlipAnswer{Namespace: n.name, Version: body.Version, Previous: prev}
+		if err != nil {
+			release()
+			s.writeError(w, s.flipError(n.name, err))
+			return
+		}
+	} else {
+		from, to, err := writers.Rollback(ctx, store, n.name)
+		if err != nil {
+			release()
+			s.writeError(w, s.flipError(n.name, err))
+			return
+		}
+		ans = FlipAnswer{Namespace: n.name, Version: to, Previous: from}
+	}
+	release()
+	s.log.Info("admin "+action, "namespace", n.name, "version", ans.Version, "previous", ans.Previous, "remote", r.RemoteAddr)
+	s.refresh(r.Context(), n)
+	writeJSON(w, http.StatusOK, ans)
+}
+
+func (s *Service) flipError(ns string, err error) *apiError {
+	switch {
+	case errors.Is(err, writers.ErrConflict):
+		return errorf(CodeConflict, "the live version of %s changed concurrently; read it and retry", ns)
+	case errors.Is(err, writers.ErrNotFound):
+		return errorf(CodeNotFound, "%s: nothing to roll back to", ns)
+	}
+	return s.storeError(ns, err)
+}
+
+// decode reads a JSON body of at most max_body_bytes into v, answering 4xx itself.
+func (s *Service) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		s.writeError(w, errorf(CodeTooLarge, "body over %d bytes (max_body_bytes)", tooBig.Limit))
+	case errors.Is(err, io.EOF):
+		s.writeError(w, errorf(CodeInvalid, "body: empty; want a JSON object"))
+	default:
+		s.writeError(w, errorf(CodeInvalid, "body: %v", err))
+	}
+	return false
+}
+
+func trimInvalid(err error) string {
+	return strings.TrimPrefix(err.Error(), writers.ErrInvalid.Error()+": ")
+}
+
+func (s *Service) writeError(w http.ResponseWriter, e *apiError) {
+	status, ok := statusOf[e.code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	s.met.errors.WithLabelValues(e.code).Inc()
+	writeJSON(w, status, map[string]*Error{"error": {Code: e.code, Message: e.message}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encoding the answer failed"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}

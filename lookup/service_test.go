@@ -1,0 +1,513 @@
+package lookup_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/staticref/staticref/inference"
+	"github.com/staticref/staticref/inference/onnxgen"
+	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/lookup"
+	"github.com/staticref/staticref/lookup/loadtest"
+	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/readers/shardgen"
+	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/redistest"
+)
+
+var (
+	dataDir string
+	spec    = shardgen.Spec{Rows: 2000, Shards: 2, RowGroupRows: 500, Seed: 3}
+	model   = onnxgen.Logistic(4, 7)
+	quiet   = slog.New(slog.NewTextHandler(logOut(), nil))
+)
+
+// TestMain loads ONNX Runtime before anything changes directory, and generates the
+// shards and model every test scores.
+func TestMain(m *testing.M) {
+	if err := inference.Init(); err != nil {
+		panic(err)
+	}
+	dir, err := os.MkdirTemp("", "staticref-lookup-")
+	if err != nil {
+		panic(err)
+	}
+	dataDir = dir
+	if _, err := shardgen.Generate(filepath.Join(dir, "features"), spec); err != nil {
+		panic(err)
+	}
+	if err := model.Write(filepath.Join(dir, "logistic.onnx")); err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// publish runs the scoring job into store as a new, flipped version of namespace churn.
+func publish(t testing.TB, s writers.Store, noFlip bool) *writers.Manifest {
+	t.Helper()
+	yaml := `name: churn
+source: {uri: ` + filepath.Join(dataDir, "features", "*.parquet") + `, key: user_id, features: [f0, f1, f2, f3]}
+model: {path: ` + filepath.Join(dataDir, "logistic.onnx") + `, device: cpu, workers: 1}
+sink: {store: pebble:unused}
+defaults: {global: mean, segment_by: country}
+release: {keep: 5, gates: {min_rows_ratio: 0}}
+`
+	j, err := jobs.Parse([]byte(yaml), filepath.Join(t.TempDir(), "job.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := pipeline.Run(context.Background(), pipeline.Config{Job: j, Store: s, Log: quiet, NoFlip: noFlip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Manifest
+}
+
+// service starts the service on a real loopback listener and returns its base URL.
+func service(t testing.TB, cfgYAML string) (*lookup.Service, string) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(filepath.Join(dir, "token"), []byte("s3cret-admin-token-0123456789\n"), 0o600)
+	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := lookup.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := lookup.New(context.Background(), cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		svc.Close()
+	})
+	base := "http://" + ln.Addr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for !svc.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("service not ready after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return svc, base
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func call(t testing.TB, method, url, body string, header ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: string(b)}
+	json.Unmarshal(b, &r.body)
+	return r
+}
+
+func pebbleStore(t testing.TB) (writers.Store, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "store")
+	s, err := writers.OpenPebble(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, "pebble:" + dir
+}
+
+func TestColdStartPathsThroughHTTP(t *testing.T) {
+	s, url := pebbleStore(t)
+	m := publish(t, s, false)
+	s.Close() // serve reads a checkpoint; the directory stays free for runs
+	_, base := service(t, `
+namespaces:
+  churn:
+    store: `+url+`
+    fallback: {segment_param: country, default: computed}
+    model: `+filepath.Join(dataDir, "logistic.onnx")+`
+`)
+	country := shardgen.RowAt(spec, 7).Country
+	feats := `{"features": {"f0": 1.5, "f1": -0.25, "f2": 3, "f3": 10}}`
+	want := model.Predict([]float64{1.5, -0.25, 3, 10})
+
+	tests := []struct {
+		name, method, path, body, source string
+	}{
+		{"a stored key is answered precomputed", "GET", "/v1/churn/u000000007", "", lookup.SourcePrecomputed},
+		{"a stored key is precomputed even with a segment", "GET", "/v1/churn/u000000007?country=" + country, "", lookup.SourcePrecomputed},
+		{"an unknown key with a known segment gets the segment default", "GET", "/v1/churn/nobody?country=" + country, "", lookup.SourceFallbackSegment},
+		{"an unknown key with features is predicted online", "POST", "/v1/churn/nobody", feats, lookup.SourceOnline},
+		{"an unknown segment with features is predicted online", "POST", "/v1/churn/nobody?country=XX", feats, lookup.SourceOnline},
+		{"an unknown key without features gets the computed default", "GET", "/v1/churn/nobody?country=XX", "", lookup.SourceFallbackDefault},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := call(t, tt.method, base+tt.path, tt.body)
+			if r.status != 200 || r.body["source"] != tt.source || r.body["version"] != m.Version {
+				t.Fatalf("got %d %s, want 200 with source %s and version %s", r.status, r.raw, tt.source, m.Version)
+			}
+			if r.body["stale"] != false || r.body["namespace"] != "churn" {
+				t.Errorf("got %s, want stale false in namespace churn", r.raw)
+			}
+			v := r.body["value"].(map[string]any)
+			switch tt.source {
+			case lookup.SourceOnline:
+				if got := v["score"].(float64); abs(got-want["score"][0]) > 1e-5 {
+					t.Errorf("online score: got %v, want %v", got, want["score"][0])
+				}
+			case lookup.SourceFallbackSegment:
+				if got, w := v["score"].(float64), m.Defaults.Segments[country]["score"][0]; abs(got-w) > 1e-6 {
+					t.Errorf("segment default: got %v, want %v", got, w)
+				}
+			case lookup.SourceFallbackDefault:
+				if got, w := v["score"].(float64), m.Defaults.Global["score"][0]; abs(got-w) > 1e-6 {
+					t.Errorf("global default: got %v, want %v", got, w)
+				}
+			}
+		})
+	}
+
+	t.Run("batchGet answers every key from one version, misses in place", func(t *testing.T) {
+		r := call(t, "POST", base+"/v1/churn:batchGet?country="+country, `{"keys":["u000000001","nobody","u000000002"]}`)
+		answers, _ := r.body["answers"].([]any)
+		if r.status != 200 || r.body["version"] != m.Version || len(answers) != 3 {
+			t.Fatalf("got %d %s", r.status, r.raw)
+		}
+		srcs := []string{}
+		for _, a := range answers {
+			srcs = append(srcs, a.(map[string]any)["source"].(string))
+		}
+		if strings.Join(srcs, ",") != "precomputed,fallback:segment,precomputed" {
+			t.Errorf("sources: got %v", srcs)
+		}
+	})
+
+	t.Run("status shows the live version and its manifest", func(t *testing.T) {
+		r := call(t, "GET", base+"/v1/churn", "")
+		man, _ := r.body["manifest"].(map[string]any)
+		if r.status != 200 || r.body["version"] != m.Version || man["rows_written"] != 2000.0 {
+			t.Errorf("got %d %s", r.status, r.raw)
+		}
+	})
+
+	t.Run("metrics count answers by source and report the live version", func(t *testing.T) {
+		r := call(t, "GET", base+"/metrics", "")
+		for _, want := range []string{
+			`staticref_answers_total{namespace="churn",source="online"} 2`,
+			`staticref_fallbacks_total{namespace="churn",source="fallback:segment"}`,
+			`staticref_live_version{namespace="churn",version="` + m.Version + `"} 1`,
+			`staticref_namespace_age_seconds{namespace="churn"}`,
+			`staticref_cache_hits_total`, `staticref_cache_hit_ratio`,
+			`staticref_request_duration_seconds_bucket{namespace="churn",source="precomputed"`,
+		} {
+			if !strings.Contains(r.raw, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
+
+	t.Run("health and readiness", func(t *testing.T) {
+		for _, p := range []string{"/healthz", "/readyz"} {
+			if r := call(t, "GET", base+p, ""); r.status != 200 {
+				t.Errorf("%s: got %d %s", p, r.status, r.raw)
+			}
+		}
+	})
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func TestStaticDefaultAndNotFound(t *testing.T) {
+	s, url := pebbleStore(t)
+	publish(t, s, false)
+	s.Close()
+	// One store, two configs: a namespace name is the store's namespace, so run two services.
+	_, static := service(t, "namespaces:\n  churn:\n    store: "+url+"\n    fallback: {default: {score: 0.5, logit: [0]}}\n")
+	_, none := service(t, "namespaces:\n  churn:\n    store: "+url+"\n    fallback: {segment_param: country}\n")
+
+	r := call(t, "GET", static+"/v1/churn/nobody", "")
+	if v, _ := r.body["value"].(map[string]any); r.status != 200 || r.body["source"] != lookup.SourceFallbackDefault || v["score"] != 0.5 || v["logit"] != 0.0 {
+		t.Errorf("static default: got %d %s", r.status, r.raw)
+	}
+	r = call(t, "GET", none+"/v1/churn/nobody?country=XX", "")
+	if e, _ := r.body["error"].(map[string]any); r.status != 404 || e["code"] != "not_found" {
+		t.Errorf("no fallback: got %d %s, want 404 not_found", r.status, r.raw)
+	}
+}
+
+func TestStaleness(t *testing.T) {
+	s, url := pebbleStore(t)
+	publish(t, s, false)
+	s.Close()
+	cfg := func(onStale string) string {
+		return "namespaces:\n  churn:\n    store: " + url + "\n    max_staleness: 1ns\n    on_stale: " + onStale + "\n    fallback: {default: computed}\n"
+	}
+	tests := []struct {
+		onStale string
+		status  int
+		source  string
+	}{
+		{"serve", 200, lookup.SourcePrecomputed},
+		{"fallback", 200, lookup.SourceFallbackDefault},
+		{"error", 503, ""},
+	}
+	for _, tt := range tests {
+		t.Run("on_stale "+tt.onStale, func(t *testing.T) {
+			_, base := service(t, cfg(tt.onStale))
+			r := call(t, "GET", base+"/v1/churn/u000000001", "")
+			if r.status != tt.status {
+				t.Fatalf("got %d %s, want %d", r.status, r.raw, tt.status)
+			}
+			if tt.status == 200 && (r.body["stale"] != true || r.header.Get(lookup.StaleHeader) != "true" || r.body["source"] != tt.source) {
+				t.Errorf("got %s (header %q), want stale answer from %s", r.raw, r.header.Get(lookup.StaleHeader), tt.source)
+			}
+			if tt.status == 503 && r.body["error"].(map[string]any)["code"] != "stale" {
+				t.Errorf("got %s, want code stale", r.raw)
+			}
+			m := call(t, "GET", base+"/metrics", "")
+			if !strings.Contains(m.raw, `staticref_namespace_stale{namespace="churn"} 1`) {
+				t.Errorf("metrics lack the stale gauge")
+			}
+		})
+	}
+}
+
+func TestBadInputIsA4xxWithAJSONError(t *testing.T) {
+	s, url := pebbleStore(t)
+	m := publish(t, s, false)
+	s.Close()
+	_, base := service(t, `
+admin_token_file: token
+max_batch: 3
+max_body_bytes: 200
+namespaces:
+  churn:
+    store: `+url+`
+    model: `+filepath.Join(dataDir, "logistic.onnx")+`
+`)
+	_, noAdmin := service(t, "namespaces:\n  churn:\n    store: "+url+"\n")
+	long := strings.Repeat("k", writers.MaxKeyLen+1)
+	auth := []string{"Authorization", "Bearer s3cret-admin-token-0123456789"}
+	tests := []struct {
+		name, method, url, body string
+		header                  []string
+		status                  int
+		code                    string
+	}{
+		{"an unknown namespace is 404", "GET", base + "/v1/other/k", "", nil, 404, "not_found"},
+		{"an invalid namespace name is 404", "GET", base + "/v1/Bad%20NS/k", "", nil, 404, "not_found"},
+		{"a key over the length limit is 400", "GET", base + "/v1/churn/" + long, "", nil, 400, "invalid_argument"},
+		{"a key that is not UTF-8 is 400", "GET", base + "/v1/churn/%ff%fe", "", nil, 400, "invalid_argument"},
+		{"a batch over max_batch is 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a","b","c","d"]}`, nil, 400, "invalid_argument"},
+		{"an empty batch is 400", "POST", base + "/v1/churn:batchGet", `{"keys":[]}`, nil, 400, "invalid_argument"},
+		{"an invalid key in a batch is 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a",""]}`, nil, 400, "invalid_argument"},
+		{"a body that is not JSON is 400", "POST", base + "/v1/churn:batchGet", `keys=a`, nil, 400, "invalid_argument"},
+		{"an unknown body field is 400", "POST", base + "/v1/churn:batchGet", `{"kees":["a"]}`, nil, 400, "invalid_argument"},
+		{"a body over max_body_bytes is 413", "POST", base + "/v1/churn:batchGet", `{"keys":["` + strings.Repeat("a", 300) + `"]}`, nil, 413, "too_large"},
+		{"features that miss one the model needs are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":1}}`, nil, 400, "invalid_argument"},
+		{"features that are not numbers are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":"x"}}`, nil, 400, "invalid_argument"},
+		{"an unknown action is 404", "POST", base + "/v1/churn:delete", `{}`, nil, 404, "not_found"},
+		{"an unknown endpoint is 404", "GET", base + "/v2/churn/k", "", nil, 404, "not_found"},
+		{"admin without a token file is 403", "POST", noAdmin + "/v1/churn:rollback", "", auth, 403, "permission_denied"},
+		{"admin without a token is 401", "POST", base + "/v1/churn:rollback", "", nil, 401, "unauthenticated"},
+		{"admin with a wrong token is 401", "POST", base + "/v1/churn:flip", `{"version":"x"}`, []string{"Authorization", "Bearer nope"}, 401, "unauthenticated"},
+		{"a flip to an invalid version id is 400", "POST", base + "/v1/churn:flip", `{"version":"../x"}`, auth, 400, "invalid_argument"},
+		{"a flip to a missing version is 404", "POST", base + "/v1/churn:flip", `{"version":"20200101T000000Z"}`, auth, 404, "not_found"},
+		{"a rollback with no previous version is 404", "POST", base + "/v1/churn:rollback", "", auth, 404, "not_found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := call(t, tt.method, tt.url, tt.body, tt.header...)
+			e, _ := r.body["error"].(map[string]any)
+			if r.status != tt.status || e == nil || e["code"] != tt.code || e["message"] == "" {
+				t.Errorf("got %d %s, want %d with code %s", r.status, r.raw, tt.status, tt.code)
+			}
+			if strings.Contains(r.raw, "s3cret") {
+				t.Errorf("the answer echoes the admin token: %s", r.raw)
+			}
+		})
+	}
+	t.Run("the live version still answers", func(t *testing.T) {
+		if r := call(t, "GET", base+"/v1/churn/u000000001", ""); r.status != 200 || r.body["version"] != m.Version {
+			t.Errorf("got %d %s", r.status, r.raw)
+		}
+	})
+}
+
+// TestServingFromPebbleWhileARunFlips: the service answers from a Pebble directory while
+// another store handle on the same directory (as `staticref run` would) publishes and
+// flips a new version; the service follows within about a second.
+func TestServingFromPebbleWhileARunFlips(t *testing.T) {
+	s, url := pebbleStore(t)
+	v1 := publish(t, s, false)
+	s.Close()
+	_, base := service(t, "namespaces:\n  churn:\n    store: "+url+"\n")
+	if r := call(t, "GET", base+"/v1/churn/u000000001", ""); r.body["version"] != v1.Version {
+		t.Fatalf("before: got %s, want version %s", r.raw, v1.Version)
+	}
+
+	dir := strings.TrimPrefix(url, "pebble:")
+	w, err := writers.OpenPebble(dir) // the run's own handle: the service holds no lock
+	if err != nil {
+		t.Fatalf("a run cannot open the store while serve answers from it: %v", err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad []string
+	wg.Add(1)
+	go func() { // keep asking during the run: never an error
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := http.Get(base + "/v1/churn/u000000002")
+			if err != nil {
+				bad = append(bad, err.Error())
+				continue
+			}
+			if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 {
+				bad = append(bad, string(b))
+			}
+			resp.Body.Close()
+		}
+	}()
+	v2 := publish(t, w, false)
+	w.Close()
+	flipped := time.Now()
+	for {
+		r := call(t, "GET", base+"/v1/churn/u000000001", "")
+		if r.body["version"] == v2.Version {
+			t.Logf("serving %s %s after the run closed the store", v2.Version, time.Since(flipped).Round(time.Millisecond))
+			break
+		}
+		if time.Since(flipped) > 1500*time.Millisecond {
+			t.Fatalf("still answering %v 1.5s after the flip to %s", r.body["version"], v2.Version)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if len(bad) > 0 {
+		t.Errorf("%d failed answers during the run, e.g. %s", len(bad), bad[0])
+	}
+}
+
+// redisVersions publishes two versions into a real Redis and returns the store.
+func redisVersions(t *testing.T) (writers.Store, string, string, string) {
+	url := redistest.Standalone(t)
+	s, err := writers.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	v1 := publish(t, s, false)
+	v2 := publish(t, s, false)
+	return s, url, v1.Version, v2.Version
+}
+
+func TestAdminFlipAndRollbackOnRedis(t *testing.T) {
+	_, url, v1, v2 := redisVersions(t)
+	_, base := service(t, "admin_token_file: token\nnamespaces:\n  churn:\n    store: "+url+"\n")
+	auth := []string{"Authorization", "Bearer s3cret-admin-token-0123456789"}
+	version := func() any { return call(t, "GET", base+"/v1/churn/u000000001", "").body["version"] }
+	if v := version(); v != v2 {
+		t.Fatalf("live: got %v, want %s", v, v2)
+	}
+	r := call(t, "POST", base+"/v1/churn:rollback", "", auth...)
+	if r.status != 200 || r.body["version"] != v1 || r.body["previous"] != v2 || version() != v1 {
+		t.Fatalf("rollback: got %d %s, then answering %v; want %s", r.status, r.raw, version(), v1)
+	}
+	st := call(t, "GET", base+"/v1/churn", "")
+	if st.body["version"] != v1 || !strings.Contains(st.raw, `"previous":["`+v2+`"]`) {
+		t.Errorf("status after rollback: %s", st.raw)
+	}
+	r = call(t, "POST", base+"/v1/churn:flip", `{"version":"`+v2+`"}`, auth...)
+	if r.status != 200 || version() != v2 {
+		t.Fatalf("flip: got %d %s, then answering %v; want %s", r.status, r.raw, version(), v2)
+	}
+}
+
+// TestFlipsUnderLoad is a short `make loadtest`: 20 flips in 3s against real Redis, with
+// zero failed answers for existing keys and zero batches that mix versions.
+func TestFlipsUnderLoad(t *testing.T) {
+	s, url, v1, v2 := redisVersions(t)
+	_, base := service(t, "namespaces:\n  churn:\n    store: "+url+"\ncache_entries: 500\n")
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = shardgen.RowAt(spec, int64(i)).Key
+	}
+	ctx := context.Background()
+	rep, err := loadtest.Run(ctx, loadtest.Config{
+		BaseURL: base, Namespace: "churn", Keys: keys, Clients: 8, BatchSize: 20, BatchEvery: 2,
+		Duration: 3 * time.Second, Flips: 20,
+		Flip: func(ctx context.Context, i int) error {
+			_, err := writers.Flip(ctx, s, "churn", []string{v1, v2}[i%2])
+			return err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(rep)
+	if rep.Errors != 0 || rep.Mixed != 0 || rep.Flips < 20 || rep.Requests == 0 {
+		t.Errorf("got %d errors (%v), %d mixed batches, %d flips; want 0, 0, 20", rep.Errors, rep.Samples, rep.Mixed, rep.Flips)
+	}
+	m := call(t, "GET", base+"/metrics", "").raw
+	if !strings.Contains(m, `staticref_flips_seen_total{namespace="churn"}`) {
+		t.Errorf("metrics lack flips seen")
+	}
+}
+
+func logOut() io.Writer {
+	if os.Getenv("LOOKUP_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
+}
