@@ -29,8 +29,11 @@ import (
 // Job is one batch job: where features come from, which model scores them, where the
 // predictions go, and how the new version is released.
 type Job struct {
-	Name     string   `yaml:"name"`
-	Schedule string   `yaml:"schedule"`
+	Name     string `yaml:"name"`
+	Schedule string `yaml:"schedule"`
+	// CatchUp is what `staticref schedule` does about runs missed while it was down:
+	// skip them, or run once at start.
+	CatchUp  string   `yaml:"catch_up"`
 	Source   Source   `yaml:"source"`
 	Model    Model    `yaml:"model"`
 	Sink     Sink     `yaml:"sink"`
@@ -279,6 +282,11 @@ func (j *Job) Validate() error {
 		if _, err := ParseSchedule(j.Schedule); err != nil {
 			add("schedule: %v", err)
 		}
+	}
+	switch j.CatchUp {
+	case "", "skip", "once":
+	default:
+		add("catch_up: %q: use skip or once", j.CatchUp)
 	}
 	if j.Source.URI == "" {
 		add("source.uri: required (a glob of Parquet shards)")

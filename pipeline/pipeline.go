@@ -35,6 +35,7 @@ import (
 
 	"github.com/staticref/staticref/inference"
 	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/readers"
 	"github.com/staticref/staticref/writers"
 )
@@ -66,6 +67,8 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Holder names this writer in the lease (default host:pid).
 	Holder string
+	// Progress is told about the run as it goes (default: a log line every 5 seconds).
+	Progress progress.Reporter
 	// ShardIndex and ShardCount split the work of one version over ShardCount processes
 	// (a Kubernetes Indexed Job): each writes its share of the row groups into the same
 	// Version, and the one that commits the last shard completes and flips the version.
@@ -91,12 +94,18 @@ type Result struct {
 // Run executes cfg.Job. On success the new version is complete and, unless release.flip is
 // manual or NoFlip is set, live. A failed gate returns an error wrapping ErrGateFailed with
 // the complete (not live) version in the result.
-func Run(ctx context.Context, cfg Config) (*Result, error) {
+func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	r, err := newRun(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer r.close()
+	start := r.now()
+	defer func() {
+		sum := progress.FromManifest(r.job.Name, r.m, r.now().Sub(start), err)
+		sum.Shard, sum.ShardCount = r.cfg.ShardIndex, r.cfg.ShardCount
+		r.cfg.Progress.Finish(sum)
+	}()
 	if err := r.check(); err != nil {
 		return nil, err
 	}
@@ -159,6 +168,9 @@ func newRun(cfg Config) (*run, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = progress.NewLog(cfg.Log, 5*time.Second)
 	}
 	j := cfg.Job
 	r := &run{cfg: cfg, job: j, store: cfg.Store, ns: j.Sink.Namespace, log: cfg.Log, now: cfg.Now}
@@ -441,6 +453,11 @@ func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	if len(committed) > 0 {
 		r.log.Info("resuming", "version", r.m.Version, "shards_committed", len(committed), "shards_left", len(tasks))
 	}
+	var rows int64
+	for _, t := range tasks {
+		rows += t.rows
+	}
+	r.cfg.Progress.Start(rows)
 	w := newWriterStage(r, tasks)
 	if err := r.stages(ctx, tasks, w); err != nil {
 		return 0, err
@@ -534,6 +551,9 @@ func (r *run) stages(ctx context.Context, tasks []task, w *writerStage) error {
 		})
 	}
 	g.Go(func() error { writersDone.Wait(); close(written); return nil })
+	w.queues = func() map[string]int {
+		return map[string]int{"infer": len(packed), "write": len(encoded), "account": len(written)}
+	}
 	g.Go(func() error { return w.run(ctx, written, free) })
 	g.Go(func() error { return w.commit(ctx) })
 	return g.Wait()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -32,7 +33,8 @@ type writerStage struct {
 	open     map[unit]*writers.Shard // row groups in progress
 	commits  chan writers.Shard      // row groups written, to the committer
 	rows     int64                   // rows written by this run, for progress
-	last     time.Time
+	skipped  int64
+	queues   func() map[string]int // stage queue depths, for progress
 }
 
 func newWriterStage(r *run, todo []task) *writerStage {
@@ -42,7 +44,6 @@ func newWriterStage(r *run, todo []task) *writerStage {
 		expected: map[unit]int64{},
 		open:     map[unit]*writers.Shard{},
 		commits:  make(chan writers.Shard, 64),
-		last:     r.now(),
 	}
 	for _, t := range todo {
 		w.expected[unit{t.file, t.rg}] = t.rows
@@ -110,10 +111,12 @@ func (w *writerStage) write(ctx context.Context, c *chunk) error {
 		}
 		delete(w.open, t)
 	}
-	if now := r.now(); now.Sub(w.last) >= 5*time.Second {
-		w.last = now
-		r.log.Info("progress", "version", r.m.Version, "rows_read", r.rowsRead.Load(), "rows_written", w.rows)
+	w.skipped += int64(c.nullKeys + c.nullFeats)
+	snap := progress.Snapshot{RowsRead: r.rowsRead.Load(), RowsWritten: w.rows, RowsSkipped: w.skipped}
+	if w.queues != nil {
+		snap.Queues = w.queues()
 	}
+	r.cfg.Progress.Update(snap)
 	return nil
 }
 

@@ -95,7 +95,7 @@ versions stay for instant rollback.`,
 		slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
 		return nil
 	}
-	root.AddCommand(newRunCmd(), newGetCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd())
+	root.AddCommand(newRunCmd(), newGetCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd(), newScheduleCmd(), newK8sCmd(), newServeCmd())
 	return root
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -59,12 +61,19 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 				return usageError{fmt.Errorf("sink.store: %w", err)}
 			}
 			defer s.Close()
+			start := time.Now()
 			res, err := pipeline.Run(c.Context(), pipeline.Config{
 				Job: job, Store: s, Version: version, NoFlip: noFlip, Wait: wait, LeaseTTL: leaseTTL, Log: slog.Default(),
 				ShardIndex: shardIndex, ShardCount: shardCount,
+				Progress: progress.Auto(os.Stderr, slog.Default()),
 			})
 			if res != nil && res.Manifest != nil {
 				printSummary(c, res, output, job.Sink.Store)
+			}
+			if url, _ := c.Flags().GetString("pushgateway"); url != "" {
+				sum := progress.FromManifest(job.Name, manifestOf(res), time.Since(start), err)
+				sum.Shard, sum.ShardCount = shardIndex, shardCount
+				pushRunMetrics(c.Context(), url, sum)
 			}
 			return err
 		},
@@ -80,7 +89,25 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.IntVar(&shardCount, "shard-count", envInt("STATICREF_SHARD_COUNT", 0), "processes sharing the run's version (default $STATICREF_SHARD_COUNT)")
 	f.DurationVar(&leaseTTL, "lease-ttl", pipeline.DefaultLeaseTTL, "writer lease lifetime: how long a killed run blocks the namespace")
 	f.StringVarP(&output, "output", "o", "text", "summary format: text or json (the manifest)")
+	f.String("pushgateway", os.Getenv(progress.PushEnv), "push the run's metrics to this Prometheus Pushgateway URL at the end (default $"+progress.PushEnv+")")
 	return c
+}
+
+func manifestOf(res *pipeline.Result) *writers.Manifest {
+	if res == nil {
+		return nil
+	}
+	return res.Manifest
+}
+
+// pushRunMetrics pushes, even after a cancelled run; a gateway that is down is logged,
+// and does not change the run's exit status.
+func pushRunMetrics(ctx context.Context, url string, s progress.Summary) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := progress.Push(ctx, url, s); err != nil {
+		slog.Warn("metrics not pushed", "err", err)
+	}
 }
 
 func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) {

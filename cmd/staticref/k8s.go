@@ -1,0 +1,80 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/staticref/staticref/deploy/k8s"
+	"github.com/staticref/staticref/jobs"
+)
+
+func newK8sCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "k8s",
+		Short: "Kubernetes manifests for a job",
+		Args:  args(0, 0),
+		RunE:  func(c *cobra.Command, _ []string) error { return usagef("k8s: use k8s render (see --help)") },
+	}
+	c.AddCommand(newK8sRenderCmd())
+	return c
+}
+
+func newK8sRenderCmd() *cobra.Command {
+	var (
+		jobFile string
+		o       k8s.Options
+	)
+	c := &cobra.Command{
+		Use:   "render --job FILE",
+		Short: "Print a CronJob (Indexed Jobs, one shard a pod) and a lookup Deployment as YAML",
+		Long: `render prints, as one YAML stream for kubectl apply -f -:
+  - a ConfigMap NAME-job holding the job file, mounted at ` + k8s.JobFile + `;
+  - a CronJob NAME on the job's schedule (concurrencyPolicy Forbid; a CRON_TZ= prefix
+    becomes spec.timeZone) whose Jobs are Indexed: --completions shards, --parallelism
+    pods at once, each shard retried --backoff-limit-per-index times. Every pod of one
+    Job writes the same version, named after the Job;
+  - a ConfigMap NAME-serve, a Deployment NAME-serve running staticref serve with
+    /readyz and /healthz probes, and a Service NAME on port 80.
+Store credentials come from the Secret --secret (default NAME-store) as environment
+variables; --store may refer to them, as in redis://:$(REDIS_PASSWORD)@redis:6379/0.
+Schedules with seconds cannot run as a CronJob.`,
+		Example: `  staticref k8s render --job jobs/churn.yaml --image registry.example.com/staticref:1.4 \
+      --completions 8 --parallelism 4 --cpu 2 --memory 4Gi \
+      --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' | kubectl apply -f -`,
+		Args: args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "job"); err != nil {
+				return err
+			}
+			job, err := jobs.Load(jobFile, nil)
+			if err != nil {
+				return err
+			}
+			if o.JobYAML, err = os.ReadFile(jobFile); err != nil {
+				return err
+			}
+			o.Job = job
+			if err := o.Validate(); err != nil {
+				return usageError{err}
+			}
+			if err := k8s.Render(c.OutOrStdout(), o); err != nil {
+				return usageError{err}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&jobFile, "job", "", "job file (YAML)")
+	f.StringVar(&o.Image, "image", k8s.DefaultImage, "container image (see deploy/Dockerfile)")
+	f.StringVarP(&o.Namespace, "namespace", "n", "", "Kubernetes namespace of the objects")
+	f.Int32Var(&o.Parallelism, "parallelism", 1, "pods of one run at once")
+	f.Int32Var(&o.Completions, "completions", 1, "shards of one run (one pod each)")
+	f.Int32Var(&o.BackoffLimitPerIndex, "backoff-limit-per-index", 3, "retries of one shard")
+	f.StringVar(&o.CPU, "cpu", "", "CPU request per pod (2, 500m)")
+	f.StringVar(&o.Memory, "memory", "", "memory request and limit per pod (4Gi)")
+	f.StringVar(&o.Store, "store", "", "store URL for the pods, overriding sink.store; may use $(VAR) from the secret")
+	f.StringVar(&o.Secret, "secret", "", "Secret with store credentials, as environment variables (default NAME-store)")
+	f.Int32Var(&o.ServeReplicas, "serve-replicas", 2, "replicas of the lookup Deployment")
+	return c
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const k8sJob = `name: churn_daily
+schedule: "CRON_TZ=Europe/Berlin 0 2 * * *"
+source: {uri: features/*.parquet, key: user_id, features: [f0, f1]}
+model: {path: models/churn.onnx}
+sink: {store: "redis://redis:6379/0", namespace: churn}
+`
+
+// renderK8s runs k8s render and decodes its four kinds of object strictly.
+func renderK8s(t *testing.T, job string, flags ...string) (cj batchv1.CronJob, dep appsv1.Deployment, svc corev1.Service, cms map[string]corev1.ConfigMap) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "churn.yaml")
+	if err := os.WriteFile(file, []byte(job), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := staticref(t, append([]string{"k8s", "render", "--job", file}, flags...)...)
+	if code != 0 {
+		t.Fatalf("k8s render: exit %d: %s", code, stderr)
+	}
+	cms = map[string]corev1.ConfigMap{}
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("document: %v\n%s", err, doc)
+		}
+		var err error
+		switch meta.Kind {
+		case "CronJob":
+			err = yaml.UnmarshalStrict([]byte(doc), &cj)
+		case "Deployment":
+			err = yaml.UnmarshalStrict([]byte(doc), &dep)
+		case "Service":
+			err = yaml.UnmarshalStrict([]byte(doc), &svc)
+		case "ConfigMap":
+			var cm corev1.ConfigMap
+			err = yaml.UnmarshalStrict([]byte(doc), &cm)
+			cms[cm.Name] = cm
+		default:
+			t.Fatalf("unexpected kind %q", meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("%s does not decode strictly: %v\n%s", meta.Kind, err, doc)
+		}
+	}
+	return cj, dep, svc, cms
+}
+
+func env(c corev1.Container, name string) *corev1.EnvVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	return nil
+}
+
+func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) {
+	cj, dep, svc, cms := renderK8s(t, k8sJob, "--image", "reg.example/staticref:1.4", "--completions", "8", "--parallelism", "4",
+		"--cpu", "2", "--memory", "4Gi", "--store", "redis://:$(REDIS_PASSWORD)@redis:6379/0")
+
+	t.Run("the CronJob runs on the job's schedule, in its time zone, never overlapping", func(t *testing.T) {
+		s := cj.Spec
+		if cj.Name != "churn-daily" || s.Schedule != "0 2 * * *" || s.TimeZone == nil || *s.TimeZone != "Europe/Berlin" {
+			t.Errorf("got name %q schedule %q tz %v, want churn-daily, 0 2 * * *, Europe/Berlin", cj.Name, s.Schedule, s.TimeZone)
+		}
+		if s.ConcurrencyPolicy != batchv1.ForbidConcurrent {
+			t.Errorf("concurrencyPolicy: got %q, want Forbid", s.ConcurrencyPolicy)
+		}
+	})
+
+	job := cj.Spec.JobTemplate.Spec
+	pod := job.Template.Spec
+	if len(pod.Containers) != 1 {
+		t.Fatalf("containers: got %d, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+
+	t.Run("its Jobs are Indexed, one shard a completion", func(t *testing.T) {
+		if job.CompletionMode == nil || *job.CompletionMode != batchv1.IndexedCompletion {
+			t.Errorf("completionMode: got %v, want Indexed", job.CompletionMode)
+		}
+		if *job.Completions != 8 || *job.Parallelism != 4 || job.BackoffLimitPerIndex == nil || *job.BackoffLimitPerIndex != 3 {
+			t.Errorf("completions/parallelism/backoffLimitPerIndex: got %d/%d/%v, want 8/4/3", *job.Completions, *job.Parallelism, job.BackoffLimitPerIndex)
+		}
+		if pod.RestartPolicy != corev1.RestartPolicyNever {
+			t.Errorf("restartPolicy: got %q, want Never (backoffLimitPerIndex needs it)", pod.RestartPolicy)
+		}
+		if e := env(c, "STATICREF_SHARD_COUNT"); e == nil || e.Value != "8" {
+			t.Errorf("STATICREF_SHARD_COUNT: got %v, want 8", e)
+		}
+	})
+
+	t.Run("every pod of a Job writes the version named after the Job", func(t *testing.T) {
+		want := []string{"run", "--job", "/etc/staticref/job.yaml", "--version", "$(STATICREF_VERSION)", "--store", "redis://:$(REDIS_PASSWORD)@redis:6379/0"}
+		if !slices.Equal(c.Args, want) {
+			t.Errorf("args: got %q, want %q", c.Args, want)
+		}
+		e := env(c, "STATICREF_VERSION")
+		if e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.labels['batch.kubernetes.io/job-name']" {
+			t.Errorf("STATICREF_VERSION: got %+v, want the job-name label through the downward API", e)
+		}
+	})
+
+	t.Run("the pod has resources, the ONNX Runtime library, secrets by reference and the job file", func(t *testing.T) {
+		if got := c.Resources.Requests.Cpu().String(); got != "2" {
+			t.Errorf("cpu request: got %s, want 2", got)
+		}
+		if got := c.Resources.Limits.Memory().String(); got != "4Gi" {
+			t.Errorf("memory limit: got %s, want 4Gi", got)
+		}
+		if e := env(c, "STATICREF_ORT_LIB"); e == nil || !strings.HasSuffix(e.Value, "libonnxruntime.so") {
+			t.Errorf("STATICREF_ORT_LIB: got %v", e)
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "churn-daily-store" {
+			t.Errorf("envFrom: got %+v, want secretRef churn-daily-store", c.EnvFrom)
+		}
+		if c.Image != "reg.example/staticref:1.4" {
+			t.Errorf("image: got %q", c.Image)
+		}
+		if len(pod.Volumes) != 1 || pod.Volumes[0].ConfigMap == nil || pod.Volumes[0].ConfigMap.Name != "churn-daily-job" {
+			t.Fatalf("volumes: got %+v, want the job ConfigMap", pod.Volumes)
+		}
+		if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/etc/staticref" {
+			t.Errorf("mounts: got %+v", c.VolumeMounts)
+		}
+		if got := cms["churn-daily-job"].Data["job.yaml"]; got != k8sJob {
+			t.Errorf("job ConfigMap: got %q, want the file as written", got)
+		}
+		if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+			t.Errorf("pod security context: got %+v, want runAsNonRoot", sc)
+		}
+	})
+
+	t.Run("the lookup Deployment has probes and a Service in front", func(t *testing.T) {
+		if *dep.Spec.Replicas != 2 || len(dep.Spec.Template.Spec.Containers) != 1 {
+			t.Fatalf("deployment: got %+v", dep.Spec)
+		}
+		sc := dep.Spec.Template.Spec.Containers[0]
+		if sc.Args[0] != "serve" || sc.ReadinessProbe.HTTPGet.Path != "/readyz" || sc.LivenessProbe.HTTPGet.Path != "/healthz" {
+			t.Errorf("serve container: args %q readiness %s liveness %s", sc.Args, sc.ReadinessProbe.HTTPGet.Path, sc.LivenessProbe.HTTPGet.Path)
+		}
+		for k, v := range dep.Spec.Selector.MatchLabels {
+			if dep.Spec.Template.Labels[k] != v || svc.Spec.Selector[k] != v {
+				t.Errorf("label %s=%s: not on the pods or the Service selector", k, v)
+			}
+		}
+		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort.String() != "http" {
+			t.Errorf("service ports: got %+v", svc.Spec.Ports)
+		}
+		serve := cms["churn-daily-serve"].Data["serve.yaml"]
+		if !strings.Contains(serve, "churn:") || !strings.Contains(serve, "$(REDIS_PASSWORD)") {
+			t.Errorf("serve config: got %q, want namespace churn on the --store URL", serve)
+		}
+	})
+}
+
+func TestK8sRenderRefusesWhatACronJobCannotRun(t *testing.T) {
+	for _, tc := range []struct{ name, schedule, flag, want string }{
+		{"a schedule with seconds", `"*/30 * * * * *"`, "", "no seconds"},
+		{"an @every schedule", `"@every 1h"`, "", "@every"},
+		{"no schedule", `""`, "", "no schedule"},
+		{"a bad quantity", `"@daily"`, "--memory=lots", "--memory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "j.yaml")
+			job := strings.Replace(k8sJob, `"CRON_TZ=Europe/Berlin 0 2 * * *"`, tc.schedule, 1)
+			os.WriteFile(file, []byte(job), 0o644)
+			a := []string{"k8s", "render", "--job", file}
+			if tc.flag != "" {
+				a = append(a, tc.flag)
+			}
+			code, _, stderr := staticref(t, a...)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("got exit %d %q, want 2 mentioning %q", code, stderr, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer that a running command and the test can share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
+	dir, _, store := workspace(t, 2000, "schedule: \"* * * * * *\"\n") // every second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut syncBuffer
+	exit := make(chan int, 1)
+	go func() {
+		exit <- Main(ctx, []string{"schedule", "--jobs", dir, "--addr", "127.0.0.1:0", "--state", t.TempDir()}, &out, &errOut)
+	}()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errOut.String(), "outcome=success") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no successful run in 30s:\n%s", errOut.String())
+		}
+		select {
+		case code := <-exit:
+			t.Fatalf("schedule exited early with %d:\n%s", code, errOut.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	select {
+	case code := <-exit:
+		if code != 0 {
+			t.Fatalf("schedule: exit %d after cancel:\n%s", code, errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("schedule did not stop after cancel")
+	}
+	if !strings.Contains(errOut.String(), "serving /metrics and /healthz") {
+		t.Errorf("no line about the HTTP address:\n%s", errOut.String())
+	}
+
+	code, listing, stderr := staticref(t, "versions", "list", "--store", store, "--namespace", "churn", "-o", "json")
+	if code != 0 {
+		t.Fatalf("versions list: exit %d: %s", code, stderr)
+	}
+	var vs []map[string]any
+	json.Unmarshal([]byte(listing), &vs)
+	live := 0
+	for _, v := range vs {
+		if v["state"] == "live" && v["rows_written"] == 2000.0 {
+			live++
+		}
+	}
+	if live != 1 {
+		t.Errorf("got %d live versions of 2000 rows, want 1: %s", live, listing)
+	}
+}
+
+func TestScheduleRejectsBadUsage(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"without --jobs", []string{"schedule"}, "--jobs is required"},
+		{"with an unknown catch-up policy", []string{"schedule", "--jobs", ".", "--catch-up", "twice"}, "skip or once"},
+		{"with a missing directory", []string{"schedule", "--jobs", "/nonexistent/jobs"}, "jobs directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := staticref(t, tc.args...)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("got exit %d %q, want 2 mentioning %q", code, stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunPushesItsMetricsToAPushgateway(t *testing.T) {
+	_, job, _ := workspace(t, 1000, "")
+	var (
+		mu     sync.Mutex
+		pushes []string
+	)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		pushes = append(pushes, r.Method+" "+r.URL.Path+" "+string(b))
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer gw.Close()
+
+	t.Setenv("STATICREF_PUSHGATEWAY", gw.URL)
+	if code, out, stderr := staticref(t, "run", "--job", job); code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, out, stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(pushes) != 1 {
+		t.Fatalf("got %d pushes, want 1", len(pushes))
+	}
+	p := pushes[0]
+	if !strings.HasPrefix(p, "POST /metrics/job/staticref/staticref_job/churn ") {
+		t.Errorf("push: got %.80q", p)
+	}
+	for _, name := range []string{"staticref_run_rows_written", "staticref_run_success", "staticref_run_last_success_timestamp_seconds"} {
+		if !strings.Contains(p, name) {
+			t.Errorf("push lacks %s", name)
+		}
+	}
+}

@@ -1,0 +1,391 @@
+// Package k8s renders Kubernetes manifests for a staticref job: a CronJob whose Jobs are
+// Indexed (one shard of the run per completion index), the ConfigMap holding the job
+// file, and a Deployment and Service for the lookup service.
+//
+// It only produces YAML from a job file and options; it never talks to a cluster.
+//
+// # One version per Job
+//
+// All pods of one Job must write the same version, or each shard would start its own.
+// Pods share nothing but the Job's name, so the version id comes from it: the downward
+// API puts the pod's batch.kubernetes.io/job-name label in STATICREF_VERSION, and the
+// container runs `staticref run --version $(STATICREF_VERSION)`. A CronJob names its
+// Jobs NAME-<scheduled minutes since the epoch>, so versions of one CronJob sort by
+// scheduled time, and a retried pod resumes the same version. The shard comes from
+// JOB_COMPLETION_INDEX (set by Kubernetes for Indexed Jobs) and STATICREF_SHARD_COUNT.
+package k8s
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/staticref/staticref/jobs"
+)
+
+// Paths and names inside the image and the pods.
+const (
+	// ORTLib is where deploy/Dockerfile puts libonnxruntime.so.
+	ORTLib = "/usr/local/lib/staticref/libonnxruntime.so"
+	// ConfigDir is where the job file and the serve config are mounted.
+	ConfigDir = "/etc/staticref"
+	// JobFile is the job file's path in a batch pod.
+	JobFile = ConfigDir + "/job.yaml"
+	// ServeConfig is the lookup service config's path in a serve pod.
+	ServeConfig = ConfigDir + "/serve.yaml"
+	// JobNameLabel is the label Kubernetes puts on a Job's pods.
+	JobNameLabel = "batch.kubernetes.io/job-name"
+
+	servePort = 8080
+	uid       = 10001 // the image's non-root user
+)
+
+// Options are what a render needs besides the job.
+type Options struct {
+	Job     *jobs.Job // loaded with jobs.Load; its name, schedule, namespace and store are used
+	JobYAML []byte    // the job file as written, for the ConfigMap
+
+	Image       string // default DefaultImage
+	Namespace   string // Kubernetes namespace; "" leaves it to kubectl
+	Parallelism int32  // pods at once (default 1)
+	Completions int32  // shards (default 1)
+	// BackoffLimitPerIndex is how often one shard is retried (default 3).
+	BackoffLimitPerIndex int32
+	CPU, Memory          string // per pod requests (memory is also the limit); "" for none
+	// Store, when set, is passed as --store: it may name variables from the secret, as in
+	// redis://:$(REDIS_PASSWORD)@redis:6379/0, which Kubernetes expands.
+	Store string
+	// Secret is the Secret every container takes its environment from (store
+	// credentials); default NAME-store. It is optional: a missing Secret is no error.
+	Secret        string
+	ServeReplicas int32 // default 2
+}
+
+// DefaultImage is the image used without --image.
+const DefaultImage = "ghcr.io/staticref/staticref:latest"
+
+// ErrSchedule is wrapped by errors about a schedule Kubernetes cannot run.
+var ErrSchedule = errors.New("k8s: schedule not supported by CronJob")
+
+var dnsUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// Name is the Kubernetes name derived from a job name (CronJob names are at most 52
+// characters, so that Job names with their 11-character suffix fit in 63).
+func Name(job string) string {
+	n := strings.Trim(dnsUnsafe.ReplaceAllString(strings.ToLower(job), "-"), "-")
+	if len(n) > 52 {
+		n = strings.TrimRight(n[:52], "-")
+	}
+	return n
+}
+
+// Schedule turns a job schedule into a CronJob's schedule and timeZone. CronJob takes
+// five fields or a descriptor, and its time zone in a field of its own.
+func Schedule(spec string) (schedule string, timeZone *string, err error) {
+	spec = strings.TrimSpace(spec)
+	if spec == "" {
+		return "", nil, fmt.Errorf("%w: the job has no schedule", ErrSchedule)
+	}
+	for _, prefix := range []string{"CRON_TZ=", "TZ="} {
+		if rest, ok := strings.CutPrefix(spec, prefix); ok {
+			tz, s, _ := strings.Cut(rest, " ")
+			timeZone, spec = &tz, strings.TrimSpace(s)
+			break
+		}
+	}
+	if strings.HasPrefix(spec, "@") {
+		switch spec {
+		case "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly":
+			return spec, timeZone, nil
+		}
+		return "", nil, fmt.Errorf("%w: %q: use five cron fields or @yearly, @monthly, @weekly, @daily or @hourly", ErrSchedule, spec)
+	}
+	if n := len(strings.Fields(spec)); n != 5 {
+		return "", nil, fmt.Errorf("%w: %q has %d fields: CronJob takes five (minute hour day month weekday), no seconds", ErrSchedule, spec, n)
+	}
+	return spec, timeZone, nil
+}
+
+// Render writes the manifests as one YAML stream: ConfigMaps, the CronJob, the
+// Deployment and the Service.
+func Render(w io.Writer, o Options) error {
+	if o.Job == nil {
+		return errors.New("k8s: no job")
+	}
+	schedule, tz, err := Schedule(o.Job.Schedule)
+	if err != nil {
+		return err
+	}
+	o.defaults()
+	name := Name(o.Job.Name)
+	objs := []any{
+		o.jobConfigMap(name),
+		o.cronJob(name, schedule, tz),
+		o.serveConfigMap(name),
+		o.deployment(name),
+		o.service(name),
+	}
+	var buf bytes.Buffer
+	for i, obj := range objs {
+		data, err := yaml.Marshal(obj)
+		if err != nil {
+			return fmt.Errorf("render: %w", err)
+		}
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		buf.Write(data)
+	}
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+func (o *Options) defaults() {
+	if o.Image == "" {
+		o.Image = DefaultImage
+	}
+	if o.Parallelism < 1 {
+		o.Parallelism = 1
+	}
+	if o.Completions < 1 {
+		o.Completions = 1
+	}
+	if o.BackoffLimitPerIndex < 1 {
+		o.BackoffLimitPerIndex = 3
+	}
+	if o.Secret == "" {
+		o.Secret = Name(o.Job.Name) + "-store"
+	}
+	if o.ServeReplicas < 1 {
+		o.ServeReplicas = 2
+	}
+}
+
+func (o *Options) meta(name, component string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: o.Namespace, Labels: o.labels(component)}
+}
+
+func (o *Options) labels(component string) map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":      "staticref",
+		"app.kubernetes.io/instance":  Name(o.Job.Name),
+		"app.kubernetes.io/component": component,
+	}
+}
+
+func (o *Options) jobConfigMap(name string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: o.meta(name+"-job", "batch"),
+		Data:       map[string]string{"job.yaml": string(o.JobYAML)},
+	}
+}
+
+func (o *Options) serveConfigMap(name string) *corev1.ConfigMap {
+	ns := o.Job.Sink.Namespace
+	if ns == "" {
+		ns = o.Job.Name
+	}
+	store := o.Store
+	if store == "" {
+		store = o.Job.Sink.Store
+	}
+	cfg := fmt.Sprintf("addr: \":%d\"\nnamespaces:\n  %s:\n    store: %q\n", servePort, ns, store)
+	return &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: o.meta(name+"-serve", "serve"),
+		Data:       map[string]string{"serve.yaml": cfg},
+	}
+}
+
+func (o *Options) resources() corev1.ResourceRequirements {
+	var r corev1.ResourceRequirements
+	if o.CPU == "" && o.Memory == "" {
+		return r
+	}
+	r.Requests = corev1.ResourceList{}
+	if o.CPU != "" {
+		r.Requests[corev1.ResourceCPU] = resource.MustParse(o.CPU)
+	}
+	if o.Memory != "" {
+		m := resource.MustParse(o.Memory)
+		r.Requests[corev1.ResourceMemory] = m
+		r.Limits = corev1.ResourceList{corev1.ResourceMemory: m}
+	}
+	return r
+}
+
+// Validate checks the options a user types (quantities), all at once.
+func (o *Options) Validate() error {
+	var errs []error
+	for flag, q := range map[string]string{"cpu": o.CPU, "memory": o.Memory} {
+		if q == "" {
+			continue
+		}
+		if _, err := resource.ParseQuantity(q); err != nil {
+			errs = append(errs, fmt.Errorf("--%s %q: use a Kubernetes quantity such as 2, 500m or 4Gi", flag, q))
+		}
+	}
+	if o.Parallelism < 0 || o.Completions < 0 {
+		errs = append(errs, errors.New("--parallelism and --completions must be positive"))
+	}
+	if o.Parallelism > o.Completions && o.Completions > 0 {
+		errs = append(errs, fmt.Errorf("--parallelism %d exceeds --completions %d: the extra pods would have no shard", o.Parallelism, o.Completions))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Options) envFrom() []corev1.EnvFromSource {
+	return []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: o.Secret},
+		Optional:             ptr(true),
+	}}}
+}
+
+func securityContext() (*corev1.PodSecurityContext, *corev1.SecurityContext) {
+	return &corev1.PodSecurityContext{
+			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(uid)), RunAsGroup: ptr(int64(uid)), FSGroup: ptr(int64(uid)),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		}, &corev1.SecurityContext{
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		}
+}
+
+func configVolume(configMap string) corev1.Volume {
+	return corev1.Volume{Name: "config", VolumeSource: corev1.VolumeSource{
+		ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: configMap}},
+	}}
+}
+
+var configMount = corev1.VolumeMount{Name: "config", MountPath: ConfigDir, ReadOnly: true}
+
+func (o *Options) cronJob(name, schedule string, tz *string) *batchv1.CronJob {
+	args := []string{"run", "--job", JobFile, "--version", "$(STATICREF_VERSION)"}
+	if o.Store != "" {
+		args = append(args, "--store", o.Store)
+	}
+	podSec, sec := securityContext()
+	labels := o.labels("batch")
+	return &batchv1.CronJob{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "batch/v1", Kind: "CronJob"},
+		ObjectMeta: o.meta(name, "batch"),
+		Spec: batchv1.CronJobSpec{
+			Schedule:          schedule,
+			TimeZone:          tz,
+			ConcurrencyPolicy: batchv1.ForbidConcurrent,
+			// A run missed by up to an hour (controller down) still starts, once.
+			StartingDeadlineSeconds:    ptr(int64(3600)),
+			SuccessfulJobsHistoryLimit: ptr(int32(3)),
+			FailedJobsHistoryLimit:     ptr(int32(3)),
+			JobTemplate: batchv1.JobTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: batchv1.JobSpec{
+					CompletionMode:       ptr(batchv1.IndexedCompletion),
+					Completions:          ptr(o.Completions),
+					Parallelism:          ptr(o.Parallelism),
+					BackoffLimitPerIndex: ptr(o.BackoffLimitPerIndex),
+					PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
+						// Exit 2 is bad usage or config: retrying cannot help.
+						{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
+							ContainerName: ptr("staticref"), Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{2},
+						}},
+						// A pod evicted or preempted is not the job's fault.
+						{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
+							{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue},
+						}},
+					}},
+					TTLSecondsAfterFinished: ptr(int32(7 * 24 * 3600)),
+					Template: corev1.PodTemplateSpec{
+						ObjectMeta: metav1.ObjectMeta{Labels: labels},
+						Spec: corev1.PodSpec{
+							RestartPolicy:   corev1.RestartPolicyNever,
+							SecurityContext: podSec,
+							Containers: []corev1.Container{{
+								Name:  "staticref",
+								Image: o.Image,
+								Args:  args,
+								Env: []corev1.EnvVar{
+									{Name: "STATICREF_VERSION", ValueFrom: &corev1.EnvVarSource{
+										FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['" + JobNameLabel + "']"},
+									}},
+									{Name: "STATICREF_SHARD_COUNT", Value: fmt.Sprint(o.Completions)},
+									{Name: "STATICREF_ORT_LIB", Value: ORTLib},
+								},
+								EnvFrom:         o.envFrom(),
+								Resources:       o.resources(),
+								VolumeMounts:    []corev1.VolumeMount{configMount},
+								SecurityContext: sec,
+							}},
+							Volumes: []corev1.Volume{configVolume(name + "-job")},
+						},
+					},
+				},
+			},
+		},
+	}
+}
+
+func (o *Options) deployment(name string) *appsv1.Deployment {
+	podSec, sec := securityContext()
+	labels := o.labels("serve")
+	probe := func(path string, period int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("http")}},
+			PeriodSeconds: period, FailureThreshold: 3,
+		}
+	}
+	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: o.meta(name+"-serve", "serve"),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(o.ServeReplicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+					"prometheus.io/scrape": "true", "prometheus.io/port": fmt.Sprint(servePort), "prometheus.io/path": "/metrics",
+				}},
+				Spec: corev1.PodSpec{
+					SecurityContext: podSec,
+					Containers: []corev1.Container{{
+						Name:            "staticref",
+						Image:           o.Image,
+						Args:            []string{"serve", "--config", ServeConfig, "--addr", fmt.Sprintf(":%d", servePort)},
+						Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: servePort, Protocol: corev1.ProtocolTCP}},
+						Env:             []corev1.EnvVar{{Name: "STATICREF_ORT_LIB", Value: ORTLib}},
+						EnvFrom:         o.envFrom(),
+						ReadinessProbe:  probe("/readyz", 5),
+						LivenessProbe:   probe("/healthz", 10),
+						VolumeMounts:    []corev1.VolumeMount{configMount},
+						SecurityContext: sec,
+					}},
+					Volumes: []corev1.Volume{configVolume(name + "-serve")},
+				},
+			},
+		},
+	}
+}
+
+func (o *Options) service(name string) *corev1.Service {
+	return &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: o.meta(name, "serve"),
+		Spec: corev1.ServiceSpec{
+			Selector: o.labels("serve"),
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}},
+		},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
