@@ -4,7 +4,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet demo testdata clean
+.PHONY: all build ort test vet demo testdata clean loadtest
 
 all: build
 
@@ -29,5 +29,14 @@ demo: ort build ## generate data, run the demo job into the embedded store, look
 testdata: build ## regenerate the small fixed copies under testdata/
 	$(BIN) testdata generate --out testdata --rows 2000 --shards 2 --row-group-rows 500
 
+loadtest: ort ## lookup service under load with flips, next to redis-benchmark GET (needs redis-server)
+	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30
+
 clean:
 	rm -rf bin .staticref
+
+.PHONY: bench
+BENCH_FLAGS ?= --repeat 3
+bench: ort ## batch throughput: scan, inference, store writes and the whole pipeline (docs/performance.md)
+	@mkdir -p docs/bench
+	$(GO) run ./cmd/bench --out docs/bench/bench.txt $(BENCH_FLAGS)

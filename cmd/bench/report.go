@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Report is one bench run's results.
+type Report struct {
+	Config       Config
+	Started      time.Time
+	Elapsed      time.Duration
+	RedisVersion string
+	Cases        []*caseResult
+}
+
+// Targets, printed as PASS/FAIL lines.
+const (
+	targetPipelineRatio = 0.8  // pipeline >= 0.8 x the slowest isolated stage
+	targetRedisRatio    = 0.7  // Redis write >= 0.7 x redis-benchmark -P 64 SET
+	targetAllocsPerRow  = 0.01 // reading + packing + encoding
+)
+
+var stages = []string{stageScan, stageInfer, stageWrite, stagePipeline}
+
+// slowest is the isolated stage (a, b or c) with the fewest rows/s.
+func (c *caseResult) slowest() (string, float64) {
+	name, rate := "", 0.0
+	for _, s := range stages[:3] {
+		if r := c.median(s).RowsPerSec(); name == "" || r < rate {
+			name, rate = s, r
+		}
+	}
+	return name, rate
+}
+
+// Ratio is d / min(a, b, c).
+func (c *caseResult) Ratio() float64 {
+	_, slow := c.slowest()
+	if slow == 0 {
+		return 0
+	}
+	return c.median(stagePipeline).RowsPerSec() / slow
+}
+
+// steadyAllocs is the allocations per row of reading, packing and encoding.
+func (c *caseResult) steadyAllocs() float64 {
+	m := c.median(stageScan)
+	if m.Rows == 0 {
+		return 0
+	}
+	return m.AllocsPerRow() + float64(c.EncodeMallocs)/float64(m.Rows)
+}
+
+type target struct {
+	ok   bool
+	line string
+}
+
+func (r *Report) targets() []target {
+	var ts []target
+	for _, c := range r.Cases {
+		name, slow := c.slowest()
+		d := c.median(stagePipeline).RowsPerSec()
+		ratio := c.Ratio()
+		ts = append(ts, target{ratio >= targetPipelineRatio, fmt.Sprintf(
+			"%s/%s: pipeline %.0f rows/s is %.2fx the slowest stage (%s, %.0f rows/s); target >= %.2fx",
+			c.Model, c.Store, d, ratio, name, slow, targetPipelineRatio)})
+	}
+	for _, c := range r.Cases {
+		if c.Store != "redis" {
+			continue
+		}
+		w := c.median(stageWrite).RowsPerSec()
+		if c.RedisBenchmark == 0 {
+			ts = append(ts, target{true, fmt.Sprintf("%s/redis: write path vs redis-benchmark SKIPPED (%s)", c.Model, c.RedisBenchNote)})
+			continue
+		}
+		ratio := w / c.RedisBenchmark
+		ts = append(ts, target{ratio >= targetRedisRatio, fmt.Sprintf(
+			"%s/redis: write path %.0f rows/s is %.2fx redis-benchmark -P 64 SET -d %.0f (%.0f req/s); target >= %.2fx",
+			c.Model, w, ratio, c.ValueBytes, c.RedisBenchmark, targetRedisRatio)})
+	}
+	for _, c := range r.Cases {
+		a := c.steadyAllocs()
+		ts = append(ts, target{a < targetAllocsPerRow, fmt.Sprintf(
+			"%s/%s: read+pack+encode %.4f allocs/row (scan %.4f + encode %.4f); target < %.2f",
+			c.Model, c.Store, a, c.median(stageScan).AllocsPerRow(), float64(c.EncodeMallocs)/float64(max(c.median(stageScan).Rows, 1)), targetAllocsPerRow)})
+	}
+	return ts
+}
+
+// Passed reports whether every target passed.
+func (r *Report) Passed() bool {
+	for _, t := range r.targets() {
+		if !t.ok {
+			return false
+		}
+	}
+	return true
+}
+
+func passFail(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+func rate(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.0fk", v/1e3)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func mib(kib int64) string {
+	if kib < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%d", kib>>10)
+}
+
+// Print writes the table and the target lines.
+func (r *Report) Print(w io.Writer) {
+	cfg := r.Config
+	host, _ := hostname()
+	fmt.Fprintf(w, "## staticref bench: %d rows, %d shards, batch %d, workers %d, intra-op threads %d, readers %d, encoding %s\n\n",
+		cfg.Rows, cfg.Shards, cfg.BatchSize, cfg.Workers, cfg.Threads, cfg.Readers, cfg.Encoding)
+	fmt.Fprintf(w, "machine: %s, %d CPUs (GOMAXPROCS %d), %s/%s, %s", host, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	if r.RedisVersion != "" {
+		fmt.Fprintf(w, ", redis-server %s", r.RedisVersion)
+	}
+	fmt.Fprintf(w, "\nrun: %s, took %s; rows/s are medians of %d run(s)\n\n", r.Started.UTC().Format(time.RFC3339), r.Elapsed.Round(time.Second), cfg.Repeat)
+
+	fmt.Fprintln(w, "| model | store | (a) scan rows/s | (b) infer rows/s | (c) write rows/s | (d) pipeline rows/s | d / min(a,b,c) | slowest | peak RSS MiB a/b/c/d | allocs/row a/b/c/d |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
+	for _, c := range r.Cases {
+		var rss, allocs []string
+		for _, s := range stages {
+			m := c.median(s)
+			rss = append(rss, mib(m.PeakRSSKiB))
+			allocs = append(allocs, fmt.Sprintf("%.3f", m.AllocsPerRow()))
+		}
+		name, _ := c.slowest()
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n", c.Model, c.Store,
+			rate(c.median(stageScan).RowsPerSec()), rate(c.median(stageInfer).RowsPerSec()),
+			rate(c.median(stageWrite).RowsPerSec()), rate(c.median(stagePipeline).RowsPerSec()),
+			c.Ratio(), name, strings.Join(rss, " / "), strings.Join(allocs, " / "))
+	}
+	fmt.Fprintln(w)
+	for _, c := range r.Cases {
+		if c.Store == "redis" && c.RedisBenchmark > 0 {
+			fmt.Fprintf(w, "redis-benchmark -P 64 -t set -d %.0f -n %d -q (%s values): %s SET/s\n", c.ValueBytes, cfg.Rows, c.Model, rate(c.RedisBenchmark))
+		}
+	}
+	fmt.Fprintln(w, "peak RSS: VmHWM read after each stage; the mark is reset (/proc/self/clear_refs) after a GC and")
+	fmt.Fprintln(w, "FreeOSMemory before each stage, so it is the stage's peak plus what the process already holds")
+	fmt.Fprintln(w, "(model, packed batches; for (c) the keys and values of every row).")
+	fmt.Fprintln(w)
+	for _, t := range r.targets() {
+		fmt.Fprintf(w, "%s %s\n", passFail(t.ok), t.line)
+	}
+	fmt.Fprintln(w, "---- memory bounded (4M vs 1M rows): run with --memcheck")
+}
