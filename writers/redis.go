@@ -263,6 +263,19 @@ func (r *Redis) WriteRows(ctx context.Context, ns, version string, rows Rows) er
 	for lo := 0; lo < len(rows.Keys); lo += size {
 		hi := min(lo+size, len(rows.Keys))
 		g.Go(func() error {
+			if r.cluster == nil {
+				// One MSET a chunk on a single server: a third of the client's allocations
+				// and far fewer commands for the server to dispatch than a pipeline of SETs.
+				args := make([]any, 0, 2*(hi-lo))
+				for i := lo; i < hi; i++ {
+					args = append(args, prefix+string(rows.Keys[i]), rows.Values[i])
+				}
+				return r.retry(gctx, func(ctx context.Context) error {
+					return r.client.MSet(ctx, args...).Err()
+				})
+			}
+			// A cluster spreads a version's keys over every slot: SETs in a pipeline, which
+			// go-redis splits by node (an MSET across slots would fail).
 			return r.retry(gctx, func(ctx context.Context) error {
 				pipe := r.client.Pipeline()
 				for i := lo; i < hi; i++ {
