@@ -4,7 +4,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet demo testdata clean loadtest
+.PHONY: all build ort test vet demo testdata clean loadtest bench
 
 all: build
 
@@ -35,7 +35,6 @@ loadtest: ort ## lookup service under load with flips, next to redis-benchmark G
 clean:
 	rm -rf bin .staticref
 
-.PHONY: bench
 BENCH_FLAGS ?= --repeat 3
 bench: ort ## batch throughput: scan, inference, store writes and the whole pipeline (docs/performance.md)
 	@mkdir -p docs/bench

@@ -2,9 +2,7 @@ package lookup
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,9 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -30,16 +25,17 @@ import (
 //  1. Every poll, it fingerprints the directory (names, sizes and modification times of
 //     its files). An unchanged fingerprint means no process has written since: nothing
 //     to do, and no file is opened.
-//  2. When the fingerprint changed, it opens the directory read-only *without* taking
-//     the lock (a vfs.FS whose Lock is a no-op), and reads the live pointer. A writer
+//  2. When the fingerprint changed, it reads the live pointer with
+//     writers.ReadPebbleLive, which opens the directory read-only *without* taking the
+//     lock. A writer
 //     may be running: Pebble's files are either immutable (sstables) or append-only
 //     (WAL, MANIFEST), and a read-only open replays what it finds, treating a torn tail
 //     as the end. If a concurrent compaction removed a file under it, the open or read
 //     fails; the snapshot in use stays, and the next poll tries again.
-//  3. When the pointer names another version, it copies what serving that version
-//     needs (the namespace's pointer and manifests, and the live version's rows) out of
-//     the read-only handle into a private Pebble database beside the store, closes the
-//     read-only handle, and opens the copy as an ordinary writers.Pebble. (Pebble's
+//  3. When the pointer names another version, writers.CopyPebbleVersion copies what
+//     serving that version needs (the namespace's pointer and manifests, and the live
+//     version's rows) into a private Pebble database beside the store and opens the copy
+//     as an ordinary writers.Pebble. (Pebble's
 //     Checkpoint would link files instead of copying rows, but it does not work from a
 //     read-only handle.) The copy is this process's alone, immune to the writer's
 //     compactions and deletions, and it holds every row of the live version, because a
@@ -54,11 +50,6 @@ import (
 // per flip (time and disk proportional to its rows), and, while a run is writing, one read-only open per poll
 // (a WAL replay). Redis or Bigtable are the stores for fleets of lookup replicas.
 const retireGrace = 30 * time.Second
-
-// pebblePointerKey is the live pointer's key in writers' Pebble layout (tagPointer,
-// see writers/pebble.go). It is read here from the lock-free read-only handle; if that
-// layout changes, TestServingFromPebbleWhileARunFlips fails.
-func pebblePointerKey(ns string) []byte { return append([]byte("p\x00"), ns...) }
 
 type pebbleSource struct {
 	dir string
@@ -89,26 +80,6 @@ func newPebbleSource(url string, log *slog.Logger) (*pebbleSource, error) {
 	return &pebbleSource{dir: dir, log: log}, nil
 }
 
-// noLockFS opens a Pebble directory without its lock file; only for read-only opens.
-type noLockFS struct{ vfs.FS }
-
-func (noLockFS) Lock(string) (io.Closer, error) { return io.NopCloser(nil), nil }
-
-// Open stands in the newest OPTIONS file for OPTIONS-000000: a read-only DB writes no
-// OPTIONS file of its own, and Checkpoint copies the one it would have written.
-func (f noLockFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
-	if filepath.Base(name) == "OPTIONS-000000" {
-		if _, err := os.Stat(name); err != nil {
-			matches, _ := filepath.Glob(filepath.Join(filepath.Dir(name), "OPTIONS-*"))
-			sort.Strings(matches)
-			if len(matches) > 0 {
-				name = matches[len(matches)-1]
-			}
-		}
-	}
-	return f.FS.Open(name, opts...)
-}
-
 func (p *pebbleSource) dirFingerprint() (string, error) {
 	ents, err := os.ReadDir(p.dir)
 	if err != nil {
@@ -137,12 +108,7 @@ func (p *pebbleSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*
 	if fp == p.fingerprint && p.fingerprint != "" {
 		return cur, nil
 	}
-	ro, err := pebble.Open(p.dir, &pebble.Options{ReadOnly: true, FS: noLockFS{vfs.Default}, Logger: quietPebbleLogger{}})
-	if err != nil {
-		return nil, fmt.Errorf("open pebble store %s read-only: %w", p.dir, err)
-	}
-	defer ro.Close()
-	live, err := readString(ro, pebblePointerKey(ns))
+	live, err := writers.ReadPebbleLive(p.dir, ns)
 	if err != nil {
 		return nil, fmt.Errorf("read live pointer of %s in %s: %w", ns, p.dir, err)
 	}
@@ -158,13 +124,8 @@ func (p *pebbleSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pebble store %s: %w", p.dir, err)
 	}
-	target := filepath.Join(ckpt, "db")
-	if err := copyVersion(ro, target, ns, live); err != nil {
-		os.RemoveAll(ckpt)
-		return nil, fmt.Errorf("copy version %s of %s out of pebble store %s: %w", live, ns, p.dir, err)
-	}
-	s, err := writers.OpenPebble(target)
-	if err != nil {
+	s, _, err := writers.CopyPebbleVersion(p.dir, filepath.Join(ckpt, "db"), ns)
+	if err != nil || s == nil {
 		os.RemoveAll(ckpt)
 		return nil, err
 	}
@@ -204,72 +165,6 @@ func (p *pebbleSource) reap(all bool) {
 	p.retired = keep
 }
 
-// copyVersion copies what serving one version needs (the namespace's pointer, its
-// manifests and the live version's rows) from src into a new Pebble database at dst.
-func copyVersion(src *pebble.DB, dst, ns, version string) error {
-	db, err := pebble.Open(dst, &pebble.Options{Logger: quietPebbleLogger{}, DisableWAL: true})
-	if err != nil {
-		return err
-	}
-	prefixes := [][]byte{
-		pebblePointerKey(ns),
-		append([]byte("m\x00"+ns), 0),
-		append([]byte("d\x00"+ns+"\x00"+version), 0),
-	}
-	for _, pre := range prefixes {
-		upper := append([]byte(nil), pre...)
-		upper[len(upper)-1]++
-		it, err := src.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: upper})
-		if err != nil {
-			db.Close()
-			return err
-		}
-		b := db.NewBatch()
-		for ok := it.First(); ok; ok = it.Next() {
-			v, err := it.ValueAndErr()
-			if err != nil {
-				it.Close()
-				db.Close()
-				return err
-			}
-			b.Set(it.Key(), v, nil)
-			if b.Len() > 8<<20 {
-				if err := b.Commit(pebble.NoSync); err != nil {
-					it.Close()
-					db.Close()
-					return err
-				}
-				b = db.NewBatch()
-			}
-		}
-		err = it.Close()
-		if err == nil {
-			err = b.Commit(pebble.NoSync)
-		}
-		if err != nil {
-			db.Close()
-			return err
-		}
-	}
-	if err := db.Flush(); err != nil {
-		db.Close()
-		return err
-	}
-	return db.Close()
-}
-
-func readString(db *pebble.DB, key []byte) (string, error) {
-	v, closer, err := db.Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	defer closer.Close()
-	return string(v), nil
-}
-
 // catalog opens the real directory, taking its lock, for a flip or a status read.
 func (p *pebbleSource) catalog(ctx context.Context) (writers.Store, func(), error) {
 	s, err := writers.OpenPebble(p.dir)
@@ -291,12 +186,4 @@ func (p *pebbleSource) close() error {
 		p.cur = nil
 	}
 	return nil
-}
-
-type quietPebbleLogger struct{}
-
-func (quietPebbleLogger) Infof(string, ...any)  {}
-func (quietPebbleLogger) Errorf(string, ...any) {}
-func (quietPebbleLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf(format, args...))
 }
