@@ -320,15 +320,23 @@ func TestMissedRunsAreCaughtUpPerPolicy(t *testing.T) {
 		flag     CatchUp
 		file     string
 		wantRuns int
+		jobField string // catch_up in the job file itself
 	}{
-		{"skip by default waits for the next time", "", "", 0},
-		{"once from the flag runs once at start-up", CatchUpOnce, "", 1},
-		{"once from schedule.yaml overrides the flag", CatchUpSkip, "jobs: {churn: {catch_up: once}}\n", 1},
-		{"skip from schedule.yaml overrides the flag", CatchUpOnce, "jobs:\n  churn:\n    catch_up: skip\n", 0},
+		{"skip by default waits for the next time", "", "", 0, ""},
+		{"once in the job file overrides schedule.yaml and the flag", CatchUpSkip, "jobs: {churn: {catch_up: skip}}\n", 1, "once"},
+		{"skip in the job file overrides the flag", CatchUpOnce, "", 0, "skip"},
+		{"once from the flag runs once at start-up", CatchUpOnce, "", 1, ""},
+		{"once from schedule.yaml overrides the flag", CatchUpSkip, "jobs: {churn: {catch_up: once}}\n", 1, ""},
+		{"skip from schedule.yaml overrides the flag", CatchUpOnce, "jobs:\n  churn:\n    catch_up: skip\n", 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, stateDir := t.TempDir(), t.TempDir()
 			writeJob(t, dir, "churn", "0 2 * * *")
+			if tc.jobField != "" {
+				f := filepath.Join(dir, "churn.yaml")
+				data, _ := os.ReadFile(f)
+				os.WriteFile(f, append(data, []byte("catch_up: "+tc.jobField+"\n")...), 0o644)
+			}
 			if tc.file != "" {
 				os.WriteFile(filepath.Join(dir, ConfigFile), []byte(tc.file), 0o644)
 			}
