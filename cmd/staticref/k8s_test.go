@@ -11,6 +11,8 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/staticref/staticref/deploy/k8s"
 )
 
 const k8sJob = `name: churn_daily
@@ -105,13 +107,22 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 	})
 
 	t.Run("every pod of a Job writes the version named after the Job", func(t *testing.T) {
-		want := []string{"run", "--job", "/etc/staticref/job.yaml", "--version", "$(STATICREF_VERSION)", "--store", "redis://:$(REDIS_PASSWORD)@redis:6379/0"}
+		want := []string{"run", "--job", "/etc/staticref/job.yaml", "--k8s-job", "$(STATICREF_JOB_NAME)", "--store", "redis://:$(REDIS_PASSWORD)@redis:6379/0"}
 		if !slices.Equal(c.Args, want) {
 			t.Errorf("args: got %q, want %q", c.Args, want)
 		}
-		e := env(c, "STATICREF_VERSION")
+		e := env(c, "STATICREF_JOB_NAME")
 		if e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.labels['batch.kubernetes.io/job-name']" {
-			t.Errorf("STATICREF_VERSION: got %+v, want the job-name label through the downward API", e)
+			t.Errorf("STATICREF_JOB_NAME: got %+v, want the job-name label through the downward API", e)
+		}
+		for job, want := range map[string]string{
+			"churn-29407680":        "20251130T000000Z", // a CronJob's Job: minute 29407680 of the epoch (date -u -d @1764460800)
+			"churn-manual-x7":       "churn-manual-x7",  // a Job made by hand: its name
+			"churn-scores-29407681": "20251130T000100Z",
+		} {
+			if got := k8s.VersionID(job); got != want {
+				t.Errorf("VersionID(%q): got %q, want %q", job, got, want)
+			}
 		}
 	})
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/staticref/staticref/deploy/k8s"
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/pipeline/progress"
@@ -25,6 +26,7 @@ func newRunCmd() *cobra.Command {
 		noFlip, wait                    bool
 		leaseTTL                        time.Duration
 		shardIndex, shardCount          int
+		k8sJob                          string
 	)
 	c := &cobra.Command{
 		Use:   "run --job FILE",
@@ -51,6 +53,12 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			}
 			if store != "" {
 				sets = append(sets, "sink.store="+store)
+			}
+			if k8sJob != "" {
+				if version != "" {
+					return usagef("--k8s-job and --version: give one")
+				}
+				version = k8s.VersionID(k8sJob)
 			}
 			job, err := jobs.Load(jobFile, sets)
 			if err != nil {
@@ -83,6 +91,7 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.StringArrayVar(&sets, "set", nil, "override a job field for this run: FIELD=VALUE (dotted path, repeatable)")
 	f.StringVar(&store, "store", "", "store URL, overriding sink.store")
 	f.StringVar(&version, "version", "", "version id to write, or of a failed run to resume (default: the start time, 20261127T020000Z)")
+	f.StringVar(&k8sJob, "k8s-job", "", "write the version of this Kubernetes Job (its pods share it; see k8s render)")
 	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for `versions flip`")
 	f.BoolVar(&wait, "wait", false, "wait for another run of the namespace to finish instead of failing")
 	f.IntVar(&shardIndex, "shard-index", envInt("JOB_COMPLETION_INDEX", 0), "this process's share of a sharded run (default $JOB_COMPLETION_INDEX)")

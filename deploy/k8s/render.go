@@ -8,10 +8,11 @@
 //
 // All pods of one Job must write the same version, or each shard would start its own.
 // Pods share nothing but the Job's name, so the version id comes from it: the downward
-// API puts the pod's batch.kubernetes.io/job-name label in STATICREF_VERSION, and the
-// container runs `staticref run --version $(STATICREF_VERSION)`. A CronJob names its
-// Jobs NAME-<scheduled minutes since the epoch>, so versions of one CronJob sort by
-// scheduled time, and a retried pod resumes the same version. The shard comes from
+// API puts the pod's batch.kubernetes.io/job-name label in STATICREF_JOB_NAME, and the
+// container runs `staticref run --k8s-job $(STATICREF_JOB_NAME)`. A CronJob names its
+// Jobs NAME-<scheduled minutes since the epoch>; VersionID turns that into the id of
+// the scheduled time (20261127T020000Z), so versions sort by time like any other run's,
+// and a retried pod resumes the same version. The shard comes from
 // JOB_COMPLETION_INDEX (set by Kubernetes for Indexed Jobs) and STATICREF_SHARD_COUNT.
 package k8s
 
@@ -21,7 +22,9 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -32,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/writers"
 )
 
 // Paths and names inside the image and the pods.
@@ -272,7 +276,7 @@ func configVolume(configMap string) corev1.Volume {
 var configMount = corev1.VolumeMount{Name: "config", MountPath: ConfigDir, ReadOnly: true}
 
 func (o *Options) cronJob(name, schedule string, tz *string) *batchv1.CronJob {
-	args := []string{"run", "--job", JobFile, "--version", "$(STATICREF_VERSION)"}
+	args := []string{"run", "--job", JobFile, "--k8s-job", "$(STATICREF_JOB_NAME)"}
 	if o.Store != "" {
 		args = append(args, "--store", o.Store)
 	}
@@ -317,7 +321,7 @@ func (o *Options) cronJob(name, schedule string, tz *string) *batchv1.CronJob {
 								Image: o.Image,
 								Args:  args,
 								Env: []corev1.EnvVar{
-									{Name: "STATICREF_VERSION", ValueFrom: &corev1.EnvVarSource{
+									{Name: "STATICREF_JOB_NAME", ValueFrom: &corev1.EnvVarSource{
 										FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['" + JobNameLabel + "']"},
 									}},
 									{Name: "STATICREF_SHARD_COUNT", Value: fmt.Sprint(o.Completions)},
@@ -389,3 +393,16 @@ func (o *Options) service(name string) *corev1.Service {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// VersionID is the version a Kubernetes Job's pods write. A Job a CronJob created is
+// named NAME-N, N its scheduled time in minutes since the epoch: the version is that
+// time as a version id (20261127T020000Z), so it sorts with every other run's. Any other
+// Job name (a Job created by hand) is the version id as it is.
+func VersionID(job string) string {
+	if i := strings.LastIndexByte(job, '-'); i > 0 {
+		if n, err := strconv.ParseInt(job[i+1:], 10, 64); err == nil && n > 0 && n < 1<<40 {
+			return time.Unix(n*60, 0).UTC().Format(writers.VersionIDLayout)
+		}
+	}
+	return job
+}
