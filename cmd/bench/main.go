@@ -36,7 +36,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.IntVar(&cfg.Rows, "rows", cfg.Rows, "rows in the generated data set")
 	fs.IntVar(&cfg.Shards, "shards", cfg.Shards, "Parquet shards in the generated data set")
-	fs.IntVar(&cfg.RowGroupRows, "row-group-rows", 0, "rows per Parquet row group (0: shardgen's default, 10000)")
+	fs.IntVar(&cfg.RowGroupRows, "row-group-rows", 200_000, "rows per Parquet row group (Spark and parquet-mr write 128 MiB row groups, millions of these rows; the scan's allocations are per row group)")
 	fs.StringVar(&cfg.Cache, "cache", cfg.Cache, "directory the data sets and models are generated into (reused when present)")
 	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "model.batch_size")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "model.workers (inference sessions)")

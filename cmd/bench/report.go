@@ -157,7 +157,7 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintln(w)
 	for _, c := range r.Cases {
 		if c.Store == "redis" && c.RedisBenchmark > 0 {
-			fmt.Fprintf(w, "redis-benchmark -P 64 -t set -d %.0f -n %d -q (%s values): %s SET/s\n", c.ValueBytes, cfg.Rows, c.Model, rate(c.RedisBenchmark))
+			fmt.Fprintf(w, "redis-benchmark -P 64 -t set -d %.0f -n %d -r %d -q (%s values): %s SET/s\n", c.ValueBytes, cfg.Rows, cfg.Rows, c.Model, rate(c.RedisBenchmark))
 		}
 	}
 	fmt.Fprintln(w, "peak RSS: VmHWM read after each stage; the mark is reset (/proc/self/clear_refs) after a GC and")
