@@ -118,16 +118,19 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 	if r.m.State != writers.StateWriting {
-		// A sharded run that arrives after the version was completed: nothing to do.
-		r.log.Info("version already complete", "version", r.m.Version, "state", r.m.State)
-		return &Result{Manifest: r.m}, nil
+		// A shard retried after another completed the version.
+		return r.completed(ctx)
 	}
 	waiting, err := r.execute(ctx)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause // the lease was lost: say so, not "context canceled"
 		}
-		r.fail(err)
+		if !errors.Is(err, writers.ErrLeaseLost) {
+			// A writer that lost its lease must not touch the version: another run may
+			// have resumed it.
+			r.fail(err)
+		}
 		return &Result{Manifest: r.m}, err
 	}
 	if waiting > 0 {
@@ -289,13 +292,19 @@ func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 				return
 			case <-tick.C:
 				next, err := r.store.RenewLease(ctx, l, ttl)
-				if err != nil {
-					if ctx.Err() == nil {
-						cancel(fmt.Errorf("renew the writer lease of %s: %w", r.ns, err))
-					}
+				switch {
+				case err == nil:
+					l = next
+				case ctx.Err() != nil:
 					return
+				case errors.Is(err, writers.ErrLeaseLost) || !r.now().Before(l.Expires):
+					cancel(fmt.Errorf("renew the writer lease of %s: %w", r.ns, err))
+					return
+				default:
+					// A transient store error: the lease still holds until l.Expires, and
+					// the next tick tries again.
+					r.log.Warn("could not renew the writer lease; retrying", "namespace", r.ns, "err", err)
 				}
-				l = next
 			}
 		}
 	}()
@@ -372,6 +381,12 @@ func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 	}
 	if old.Encoding != r.job.Sink.Encoding {
 		problems = append(problems, fmt.Sprintf("encoding %s, now %s", old.Encoding, r.job.Sink.Encoding))
+	}
+	if old.Key != r.job.Source.Key || !slices.Equal(old.Features, r.job.Source.Features) {
+		problems = append(problems, fmt.Sprintf("key %s and features %v, now %s and %v", old.Key, old.Features, r.job.Source.Key, r.job.Source.Features))
+	}
+	if !slices.Equal(old.Outputs, r.model.Outputs) {
+		problems = append(problems, fmt.Sprintf("outputs %v, now %v", old.Outputs, r.model.Outputs))
 	}
 	var now []writers.Source
 	for _, f := range r.files {
@@ -714,8 +729,46 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	r.log.Info("flipped", "namespace", r.ns, "live", r.m.Version, "previous", live)
 	res.Removed, err = writers.GC(ctx, r.store, r.ns, r.job.Release.KeepVersions(), AbandonedAfter, r.now())
 	if err != nil {
-		return res, fmt.Errorf("gc %s: %w", r.ns, err)
+		// The new version is live: the run succeeded. The next run's gc tries again.
+		r.log.Warn("gc after the flip failed", "namespace", r.ns, "err", err)
 	}
+	return res, nil
+}
+
+// completed handles a sharded run whose version another shard already completed (a
+// retried pod): it reports the version's gates again, and flips it if the shard that
+// completed it died before its flip, so a retry never hides a failed gate or a version
+// left unflipped.
+func (r *run) completed(ctx context.Context) (*Result, error) {
+	res := &Result{Manifest: r.m}
+	if r.m.State != writers.StateComplete {
+		return res, fmt.Errorf("version %s of %s is %s", r.m.Version, r.ns, r.m.State)
+	}
+	for _, g := range r.m.Gates {
+		if !g.Passed {
+			return res, fmt.Errorf("%w: version %s is complete but not live: %s: %s", ErrGateFailed, r.m.Version, g.Name, g.Detail)
+		}
+	}
+	live, err := r.store.Live(ctx, r.ns)
+	if err != nil {
+		return res, fmt.Errorf("read live pointer: %w", err)
+	}
+	switch {
+	case live == r.m.Version || !r.m.LiveAt.IsZero():
+		r.log.Info("version already complete and released", "version", r.m.Version)
+		return res, nil
+	case r.cfg.NoFlip || r.job.Release.Flip == "manual":
+		return res, nil
+	case live != "" && !writers.VersionLess(live, r.m.Version):
+		// A newer version went live meanwhile: flipping this one would be a rollback.
+		r.log.Info("a newer version is live; not flipping", "version", r.m.Version, "live", live)
+		return res, nil
+	}
+	if err := writers.FlipFrom(ctx, r.store, r.ns, live, r.m.Version); err != nil {
+		return res, fmt.Errorf("flip %s to %s: %w", r.ns, r.m.Version, err)
+	}
+	res.Flipped, res.Previous = true, live
+	r.log.Info("flipped", "namespace", r.ns, "live", r.m.Version, "previous", live)
 	return res, nil
 }
 

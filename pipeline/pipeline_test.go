@@ -692,6 +692,30 @@ func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a retried shard of a version that failed its gate fails again", func(t *testing.T) {
+		d := generate(t, t.TempDir(), shardgen.Spec{Rows: 4000, Shards: 4, RowGroupRows: 500, Seed: 23})
+		s, url := openStore(t)
+		if _, err := run(t, s, newJob(t, d, url)); err != nil {
+			t.Fatal(err)
+		}
+		small := newJob(t, d, url, "source.uri="+d.files[0]) // a quarter of the live rows
+		var last error
+		for i := range 2 {
+			res, err := pipeline.Run(ctx, pipeline.Config{Job: small, Store: s, Log: quiet, Version: "v-small", ShardIndex: i, ShardCount: 2})
+			if i == 0 && (err != nil || res.Waiting == 0 || res.Manifest.RowsRead == 0) {
+				t.Fatalf("first shard: err %v, waiting %d, rows read %d; want its own rows counted and the version waiting", err, res.Waiting, res.Manifest.RowsRead)
+			}
+			last = err
+		}
+		if !errors.Is(last, pipeline.ErrGateFailed) {
+			t.Fatalf("last shard: got %v, want ErrGateFailed", last)
+		}
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: small, Store: s, Log: quiet, Version: "v-small", ShardIndex: 0, ShardCount: 2})
+		if !errors.Is(err, pipeline.ErrGateFailed) {
+			t.Errorf("retried shard: got %v, want ErrGateFailed again", err)
+		}
+	})
+
 	t.Run("a sharded run without --version is refused", func(t *testing.T) {
 		d := generate(t, t.TempDir(), shardgen.Spec{Rows: 100, Shards: 1, Seed: 1})
 		s, url := openStore(t)

@@ -128,18 +128,15 @@ func (w *writerStage) write(ctx context.Context, c *chunk) error {
 // A row group queued before the run failed is still committed (the writer closes the
 // queue when it stops), so a resume does not write it again.
 func (w *writerStage) commit(ctx context.Context) error {
-	var first error
 	for sh := range w.commits {
-		if first != nil {
-			continue // drain
-		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		if err := w.r.store.CommitShard(cctx, w.r.ns, w.r.m.Version, sh); err != nil {
-			first = fmt.Errorf("commit shard %s: %w", sh.ID, err)
-		}
+		err := w.r.store.CommitShard(cctx, w.r.ns, w.r.m.Version, sh)
 		cancel()
+		if err != nil {
+			return fmt.Errorf("commit shard %s: %w", sh.ID, err) // cancels every stage
+		}
 	}
-	return first
+	return nil
 }
 
 // finish totals the version from the records of every shard, committed by this run or
@@ -162,10 +159,6 @@ func (w *writerStage) finish(ctx context.Context, all []task) (waiting int, err 
 	for _, s := range shards {
 		byID[s.ID] = s
 	}
-	m.RowsRead, m.RowsWritten, m.RowsSkipped, m.NullOutputs = 0, 0, 0, 0
-	m.SkipReasons = nil
-	m.Shards = nil
-	total := &writers.Sums{}
 	for _, t := range all {
 		if _, ok := byID[shardID(t.file, t.rg)]; !ok {
 			waiting++
@@ -175,8 +168,15 @@ func (w *writerStage) finish(ctx context.Context, all []task) (waiting int, err 
 		if !r.sharded() {
 			return 0, fmt.Errorf("%d row groups were never committed", waiting)
 		}
+		// Not the last shard: report this process's own counts (the manifest is not
+		// stored; the shard that completes the version totals every shard's records).
+		m.RowsRead, m.RowsWritten, m.RowsSkipped = r.rowsRead.Load(), w.rows, w.skipped
 		return waiting, nil
 	}
+	m.RowsRead, m.RowsWritten, m.RowsSkipped, m.NullOutputs = 0, 0, 0, 0
+	m.SkipReasons = nil
+	m.Shards = nil
+	total := &writers.Sums{}
 	for _, t := range all {
 		s := byID[shardID(t.file, t.rg)]
 		if s.Rows != t.rows {

@@ -29,9 +29,9 @@ shape of the lookup API's answer. A key the live version lacks prints an object 
 			if err := writers.ValidateNamespace(ns); err != nil {
 				return usageError{err}
 			}
-			s, err := writers.Open(c.Context(), store)
+			s, err := openStore(c, store)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			defer s.Close()
 			snap, err := lookup.Resolve(c.Context(), s, ns)

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/writers"
 )
 
 // Exit codes.
@@ -117,4 +118,13 @@ func requireFlags(c *cobra.Command, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// openStore opens a store URL: a URL that cannot be right is bad usage (exit 2); a store
+// that cannot be reached or is locked is a failure (exit 1).
+func openStore(c *cobra.Command, url string) (writers.Store, error) {
+	if err := writers.CheckURL(url); err != nil {
+		return nil, usageError{fmt.Errorf("store: %w", err)}
+	}
+	return writers.Open(c.Context(), url)
 }

@@ -179,6 +179,8 @@ func TestExitCodes(t *testing.T) {
 		{"a namespace the store cannot hold in a job is bad config", []string{"run", "--job", job, "--set", "sink.namespace=a/b"}, 2, `sink.namespace: "a/b"`},
 		{"inspect of a file that is neither model nor Parquet is bad usage", []string{"inspect", job}, 2, "name an .onnx or .parquet file"},
 		{"inspect of a corrupt model fails", []string{"inspect", bad + ".onnx"}, 1, "not an ONNX model"},
+		{"a store that cannot be reached is a failure, not bad usage", []string{"get", "--store", "redis://127.0.0.1:1/0", "--namespace", "churn", "k"}, 1, "cannot reach redis at 127.0.0.1:1"},
+		{"a store URL that cannot be right is bad usage", []string{"versions", "list", "--store", "bigtable://only-project", "--namespace", "churn"}, 2, "store"},
 		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
 	}
 	for _, tt := range tests {

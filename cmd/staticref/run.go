@@ -64,9 +64,9 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			if err != nil {
 				return err
 			}
-			s, err := writers.Open(c.Context(), job.Sink.Store)
+			s, err := openStore(c, job.Sink.Store)
 			if err != nil {
-				return usageError{fmt.Errorf("sink.store: %w", err)}
+				return err
 			}
 			defer s.Close()
 			start := time.Now()

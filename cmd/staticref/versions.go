@@ -32,9 +32,9 @@ func newVersionsCmd() *cobra.Command {
 		if err := writers.ValidateNamespace(ns); err != nil {
 			return nil, usageError{err}
 		}
-		s, err := writers.Open(c.Context(), store)
+		s, err := openStore(c, store)
 		if err != nil {
-			return nil, usageError{err}
+			return nil, err
 		}
 		return s, nil
 	}
