@@ -230,6 +230,11 @@ type caseResult struct {
 	// RedisBenchmark is redis-benchmark -P 64 SET's requests/s at ValueBytes (0: not run).
 	RedisBenchmark float64
 	RedisBenchNote string
+	// ScanPerBatch and ScanPerRow split the scan's allocations into those made per
+	// batch (Arrow builds each record's arrays) and those that grow with rows, from two
+	// scans at batch sizes B and 2B: per batch = (A_B - A_2B) / (batches_B - batches_2B).
+	// Per-file and per-row-group set-up is constant and lands, amortised, in ScanPerRow.
+	ScanPerBatch, ScanPerRow float64
 }
 
 // median returns the run of stage with the median rows/s.
@@ -300,6 +305,26 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		m, err := measure(rows, func() error { return scan(ctx, cfg, d) })
 		if err := add(stageScan, m, err); err != nil {
 			return nil, err
+		}
+	}
+
+	// The same scan at twice the batch size separates per-batch from per-row allocations.
+	{
+		wide := cfg
+		wide.BatchSize = 2 * cfg.BatchSize
+		m2, err := measure(rows, func() error { return scan(ctx, wide, d) })
+		if err != nil {
+			return nil, err
+		}
+		m1 := c.median(stageScan)
+		n1, err := d.batches(cfg.BatchSize)
+		if err != nil {
+			return nil, err
+		}
+		n2, _ := d.batches(wide.BatchSize)
+		if n1 > n2 {
+			c.ScanPerBatch = max(0, (float64(m1.Mallocs)-float64(m2.Mallocs))/float64(n1-n2))
+			c.ScanPerRow = max(0, (float64(m1.Mallocs)-c.ScanPerBatch*float64(n1))/float64(rows))
 		}
 	}
 
@@ -771,4 +796,20 @@ func runPipeline(ctx context.Context, job *jobs.Job, st writers.Store, nReaders 
 		return fmt.Errorf("pipeline wrote %d of %d rows", got, want)
 	}
 	return nil
+}
+
+// batches is how many reader batches of size b the data set's row groups make.
+func (d *dataset) batches(b int) (int64, error) {
+	var n int64
+	for _, p := range d.files {
+		f, err := readers.Open(p, d.readerOptions(b))
+		if err != nil {
+			return 0, err
+		}
+		for _, rg := range f.Info().RowGroups {
+			n += (rg.Rows + int64(b) - 1) / int64(b)
+		}
+		f.Close()
+	}
+	return n, nil
 }
