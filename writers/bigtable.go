@@ -381,15 +381,9 @@ func (b *Bigtable) CountKeys(ctx context.Context, ns, version string) (int64, er
 
 // PutManifest implements Store.
 func (b *Bigtable) PutManifest(ctx context.Context, m *Manifest) error {
-	if m == nil {
-		return fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
-	}
-	if err := validateNV(m.Namespace, m.Version); err != nil {
-		return fmt.Errorf("put manifest: %w", err)
-	}
-	data, err := json.Marshal(m)
+	data, err := manifestJSON(m)
 	if err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
+		return err
 	}
 	b.catalog.Lock()
 	defer b.catalog.Unlock()

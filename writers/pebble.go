@@ -206,15 +206,9 @@ func (p *Pebble) CountKeys(ctx context.Context, ns, version string) (int64, erro
 
 // PutManifest implements Store; the manifest is written with sync.
 func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
-	if m == nil {
-		return fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
-	}
-	if err := validateNV(m.Namespace, m.Version); err != nil {
-		return fmt.Errorf("put manifest: %w", err)
-	}
-	data, err := json.Marshal(m)
+	data, err := manifestJSON(m)
 	if err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
+		return err
 	}
 	p.catalog.Lock()
 	defer p.catalog.Unlock()

@@ -448,17 +448,11 @@ func (r *Redis) scanVersion(ctx context.Context, ns, version string, fn func(ctx
 
 // PutManifest implements Store.
 func (r *Redis) PutManifest(ctx context.Context, m *Manifest) error {
-	if m == nil {
-		return fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
-	}
-	if err := validateNV(m.Namespace, m.Version); err != nil {
-		return fmt.Errorf("put manifest: %w", err)
+	data, err := manifestJSON(m)
+	if err != nil {
+		return err
 	}
 	if err := r.checkOpen(); err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
-	}
-	data, err := json.Marshal(m)
-	if err != nil {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
 	}
 	r.forget(m.Namespace, m.Version)

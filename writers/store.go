@@ -10,6 +10,7 @@ package writers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -347,4 +348,19 @@ func validateSwap(ns, old, next string) error {
 		}
 	}
 	return nil
+}
+
+// manifestJSON checks a manifest's names and encodes it, the same way in every store.
+func manifestJSON(m *Manifest) ([]byte, error) {
+	if m == nil {
+		return nil, fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
+	}
+	if err := validateNV(m.Namespace, m.Version); err != nil {
+		return nil, fmt.Errorf("put manifest: %w", err)
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
+	}
+	return data, nil
 }
