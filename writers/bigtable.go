@@ -41,10 +41,6 @@ const (
 // so the client library may retry failed ApplyBulk entries.
 const btCellTime = bigtable.Timestamp(0)
 
-// btWritingTTL is how long WriteRows trusts a manifest read that said "writing" before
-// reading it again. See Bigtable.
-const btWritingTTL = time.Second
-
 // Bigtable is the store for bigtable://PROJECT/INSTANCE/TABLE: one table holds every
 // namespace. Row keys, all in the column family "p":
 //
@@ -72,7 +68,7 @@ const btWritingTTL = time.Second
 // because ApplyBulk applies entries in no particular order.
 //
 // WriteRows checks that the version's manifest is in state writing, and then trusts that
-// answer for btWritingTTL (one second) before reading the manifest again. Only "writing"
+// answer for writingTTL (one second) before reading the manifest again. Only "writing"
 // is cached, and every PutManifest and DeleteVersion through this *Bigtable forgets the
 // cached answer first. So within one process a version stops taking rows as soon as its
 // manifest leaves writing, exactly as with Pebble (an in-process lock orders the two); a
@@ -126,8 +122,7 @@ type Bigtable struct {
 	catalog sync.RWMutex
 	closed  atomic.Bool
 
-	writingMu sync.Mutex
-	writing   map[string]time.Time // "ns#version" -> when the manifest last said writing
+	writing writingCache
 }
 
 var _ Store = (*Bigtable)(nil)
@@ -153,7 +148,6 @@ func OpenBigtable(ctx context.Context, url string, opts ...option.ClientOption) 
 	b := &Bigtable{
 		project: project, instance: instance, tableID: table,
 		client: client, admin: admin, tbl: client.Open(table),
-		writing: make(map[string]time.Time),
 	}
 	if err := b.ensureTable(ctx); err != nil {
 		b.closeClients()
@@ -309,39 +303,14 @@ func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows)
 	return nil
 }
 
-// checkWriting returns nil if the manifest of ns/version is in state writing, trusting a
-// recent "writing" answer for btWritingTTL.
+// checkWriting returns nil if the manifest of ns/version is in state writing.
 func (b *Bigtable) checkWriting(ctx context.Context, ns, version string) error {
-	id := ns + "#" + version
-	b.writingMu.Lock()
-	at, ok := b.writing[id]
-	b.writingMu.Unlock()
-	if ok && time.Since(at) < btWritingTTL {
-		return nil
-	}
-	m, err := b.manifest(ctx, ns, version)
-	if err != nil {
-		return err
-	}
-	if m.State != StateWriting {
-		return fmt.Errorf("version is %s, rows go only into a version in state writing", m.State)
-	}
-	b.writingMu.Lock()
-	if len(b.writing) > 1024 {
-		clear(b.writing) // bounded; old entries are worthless after btWritingTTL anyway
-	}
-	b.writing[id] = time.Now()
-	b.writingMu.Unlock()
-	return nil
+	return b.writing.check(ctx, ns, version, func(ctx context.Context) (*Manifest, error) {
+		return b.manifest(ctx, ns, version)
+	})
 }
 
-// forgetWriting drops the cached state check of ns/version; the caller holds catalog
-// exclusively, so no WriteRows is between its check and its write.
-func (b *Bigtable) forgetWriting(ns, version string) {
-	b.writingMu.Lock()
-	delete(b.writing, ns+"#"+version)
-	b.writingMu.Unlock()
-}
+func (b *Bigtable) forgetWriting(ns, version string) { b.writing.forget(ns, version) }
 
 // Get implements Store. The returned slice is the caller's.
 func (b *Bigtable) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {

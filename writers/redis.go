@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -44,10 +43,6 @@ const (
 	// with a transient error before it gives up.
 	DefaultRedisRetryFor = 30 * time.Second
 )
-
-// redisWritingTTL is how long WriteRows trusts a version's manifest to still be in state
-// writing after it last read it. See Redis.
-const redisWritingTTL = time.Second
 
 // redisScanCount is the COUNT hint of the SCANs that count and delete a version's keys.
 const redisScanCount = 1000
@@ -88,7 +83,7 @@ const redisScanCount = 1000
 // exponential back-off for up to RetryFor; SET is idempotent, so a resend is safe. Rows
 // are not written atomically with the manifest check (in a cluster they cannot be: they
 // live on every master), so WriteRows reads the manifest first and refuses a version not
-// in state writing. It remembers a positive answer for redisWritingTTL (one second) per
+// in state writing. It remembers a positive answer for writingTTL (one second) per
 // version, which spares a large manifest read per batch; PutManifest and DeleteVersion
 // in this process forget it at once, so only another process's change can take up to a
 // second to be seen. That is harmless under the contract: a version is written by the
@@ -113,8 +108,7 @@ type Redis struct {
 	cluster *redis.ClusterClient // nil for a standalone server
 	addr    string               // for error messages: host:port[,host:port…]
 
-	mu      sync.Mutex
-	writing map[string]time.Time // ns\x00version -> when it was last seen in state writing
+	writing writingCache
 	closed  atomic.Bool
 }
 
@@ -134,7 +128,6 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 		PipelineSize: DefaultRedisPipelineSize,
 		MaxInFlight:  DefaultRedisMaxInFlight,
 		RetryFor:     DefaultRedisRetryFor,
-		writing:      make(map[string]time.Time),
 	}
 	if rawURL, err = r.takeWriteOptions(rawURL); err != nil {
 		return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
@@ -292,41 +285,19 @@ func (r *Redis) WriteRows(ctx context.Context, ns, version string, rows Rows) er
 	return nil
 }
 
-// checkWriting refuses a version whose manifest is missing or not in state writing,
-// trusting a positive answer for redisWritingTTL (see Redis).
+// checkWriting refuses a version whose manifest is missing or not in state writing.
 func (r *Redis) checkWriting(ctx context.Context, ns, version string) error {
-	id := ns + "\x00" + version
-	r.mu.Lock()
-	seen, ok := r.writing[id]
-	r.mu.Unlock()
-	if ok && time.Since(seen) < redisWritingTTL {
-		return nil
-	}
-	var m *Manifest
-	err := r.retry(ctx, func(ctx context.Context) error {
-		var err error
-		m, err = r.manifest(ctx, ns, version)
-		return err
+	return r.writing.check(ctx, ns, version, func(ctx context.Context) (m *Manifest, err error) {
+		err = r.retry(ctx, func(ctx context.Context) error {
+			m, err = r.manifest(ctx, ns, version)
+			return err
+		})
+		return m, err
 	})
-	if err != nil {
-		return err
-	}
-	if m.State != StateWriting {
-		r.forget(ns, version)
-		return fmt.Errorf("version is %s, rows go only into a version in state writing", m.State)
-	}
-	r.mu.Lock()
-	r.writing[id] = time.Now()
-	r.mu.Unlock()
-	return nil
 }
 
 // forget drops the cached writing state of a version.
-func (r *Redis) forget(ns, version string) {
-	r.mu.Lock()
-	delete(r.writing, ns+"\x00"+version)
-	r.mu.Unlock()
-}
+func (r *Redis) forget(ns, version string) { r.writing.forget(ns, version) }
 
 // retry runs op until it succeeds, fails with an error that is not transient, ctx ends,
 // or r.RetryFor has passed; back-off doubles from 20ms to 1s between attempts. Each
