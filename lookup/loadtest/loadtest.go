@@ -183,19 +183,26 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 
 func doGet(ctx context.Context, c *http.Client, cfg Config, key string) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.BaseURL+"/v1/"+cfg.Namespace+"/"+key, nil)
+	_, err := call(c, req, "GET "+key)
+	return err
+}
+
+// call sends req and returns the body of a 200 answer; any other status is an error
+// carrying what the service said.
+func call(c *http.Client, req *http.Request, what string) ([]byte, error) {
 	resp, err := c.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d %s", key, resp.StatusCode, bytes.TrimSpace(body))
+		return nil, fmt.Errorf("%s: %d %s", what, resp.StatusCode, bytes.TrimSpace(body))
 	}
-	return nil
+	return body, nil
 }
 
 func doBatch(ctx context.Context, c *http.Client, cfg Config, rng *rand.Rand, mu *sync.Mutex, rep *Report) error {
@@ -206,17 +213,9 @@ func doBatch(ctx context.Context, c *http.Client, cfg Config, rng *rand.Rand, mu
 	b, _ := json.Marshal(map[string][]string{"keys": keys})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, cfg.BaseURL+"/v1/"+cfg.Namespace+":batchGet", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
+	body, err := call(c, req, "batchGet")
 	if err != nil {
 		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("batchGet: %d %s", resp.StatusCode, bytes.TrimSpace(body))
 	}
 	var ba batchAnswer
 	if err := json.Unmarshal(body, &ba); err != nil {
