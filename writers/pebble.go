@@ -98,6 +98,7 @@ func OpenPebble(dir string) (*Pebble, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open pebble store %s: %w", dir, err)
 	}
+	fixCMalloc()
 	opts := &pebble.Options{
 		MemTableSize:                pebbleMemTableSize,
 		MemTableStopWritesThreshold: pebbleMemTableStopWrites,

@@ -69,6 +69,7 @@ func CopyPebbleVersion(dir, dst, ns string) (*Pebble, string, error) {
 }
 
 func openUnlocked(dir string) (*pebble.DB, error) {
+	fixCMalloc()
 	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, FS: noLockFS{vfs.Default}, Logger: quietLogger{}})
 	if err != nil {
 		return nil, fmt.Errorf("open pebble store %s read-only: %w", dir, err)
@@ -98,6 +99,7 @@ func (f noLockFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
 
 // copyPrefixes copies every key under each prefix from src into a new database at dst.
 func copyPrefixes(src *pebble.DB, dst string, prefixes [][]byte) (err error) {
+	fixCMalloc()
 	db, err := pebble.Open(dst, &pebble.Options{Logger: quietLogger{}, DisableWAL: true})
 	if err != nil {
 		return err
