@@ -82,6 +82,11 @@ type Pebble struct {
 	catalog sync.RWMutex
 	closed  atomic.Bool
 
+	// writing spares WriteRows a manifest read (a Pebble Get and a JSON decode) per
+	// batch. It is exact here: only this process can change a manifest (Pebble's lock
+	// file), and PutManifest and DeleteVersion forget a version under catalog's write lock.
+	writing writingCache
+
 	// lease serialises the lease's read-compare-write (see AcquireLease).
 	lease sync.Mutex
 	// now is the lease clock; tests may replace it before first use.
@@ -133,12 +138,8 @@ func (p *Pebble) WriteRows(ctx context.Context, ns, version string, rows Rows) e
 	if p.closed.Load() {
 		return fmt.Errorf("write rows %s/%s: %w", ns, version, errClosed)
 	}
-	m, err := p.manifest(ns, version)
-	if err != nil {
+	if err := p.writing.check(ctx, ns, version, func(context.Context) (*Manifest, error) { return p.manifest(ns, version) }); err != nil {
 		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
-	}
-	if m.State != StateWriting {
-		return fmt.Errorf("write rows %s/%s: version is %s, rows go only into a version in state writing", ns, version, m.State)
 	}
 
 	prefix := dataPrefix(ns, version)
@@ -216,6 +217,7 @@ func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
 	if p.closed.Load() {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, errClosed)
 	}
+	p.writing.forget(m.Namespace, m.Version)
 	if err := p.db.Set(manifestKey(m.Namespace, m.Version), data, pebble.Sync); err != nil {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
 	}
@@ -293,6 +295,7 @@ func (p *Pebble) DeleteVersion(ctx context.Context, ns, version string) error {
 	if err != nil {
 		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
 	}
+	p.writing.forget(ns, version)
 	b := p.db.NewBatch()
 	defer b.Close()
 	for _, lower := range [][]byte{dataPrefix(ns, version), shardPrefix(ns, version)} {
@@ -673,3 +676,4 @@ func randomToken() (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+

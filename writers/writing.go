@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// writingTTL is how long a remote store trusts that a version's manifest is still in
-// state writing after it last read it, sparing a manifest read per batch. Within one
-// process PutManifest and DeleteVersion forget the answer at once, so only another
-// process's change can take up to writingTTL to be seen; that is harmless, because a
-// version is written only by the run that holds its namespace's lease.
+// writingTTL is how long a store trusts that a version's manifest is still in state
+// writing after it last read it, sparing a manifest read per batch. Within one process
+// PutManifest and DeleteVersion forget the answer at once, so only another process's
+// change (Redis and Bigtable; Pebble admits one process) can take up to writingTTL to be
+// seen; that is harmless, because a version is written only by the run that holds its
+// namespace's lease.
 const writingTTL = time.Second
 
 // writingCache remembers which versions were recently seen in state writing.
