@@ -49,10 +49,24 @@ const (
 // more than 4 x 16 MiB of memtables plus the 32 MiB block cache, whatever the data size.
 // 64 MiB memtables were no faster (make bench: 1.05M vs 1.09M rows/s at 1M rows) but let
 // a 4M-row run peak at 1.31x the RSS of a 1M-row one, against 1.13x with 16 MiB.
+//
+// A load's keys come in no order, so every flushed L0 file spans the whole version, and
+// Pebble's default of compacting L0 once it is 4 files deep rewrites the same rows into
+// Lbase again and again while the load goes on. Instead, L0 may grow to
+// pebbleL0CompactionThreshold files before a compaction starts (writes stall at
+// pebbleL0StopWrites, which bounds both the files a compaction merges and its memory),
+// and when a version is complete PutManifest merges its whole range into the bottom
+// level in one compaction (compactWritten). The run pays for its own compaction, the
+// complete version is one sorted run, and the next run inherits no compaction debt. make
+// bench (2M rows): the pipeline ran at 1.14M rows/s leaving ~20 L0 files behind,
+// against 0.83-0.89M rows/s including the final compaction (0.65-0.9 s); the default
+// thresholds plus the final compaction gave 0.61M.
 const (
-	pebbleMemTableSize       = 16 << 20
-	pebbleMemTableStopWrites = 4
-	pebbleCacheSize          = 32 << 20
+	pebbleMemTableSize          = 16 << 20
+	pebbleMemTableStopWrites    = 4
+	pebbleCacheSize             = 32 << 20
+	pebbleL0CompactionThreshold = 16
+	pebbleL0StopWrites          = 40
 )
 
 // errClosed is returned by every method of a closed Pebble store.
@@ -108,6 +122,8 @@ func OpenPebble(dir string) (*Pebble, error) {
 		MemTableSize:                pebbleMemTableSize,
 		MemTableStopWritesThreshold: pebbleMemTableStopWrites,
 		CacheSize:                   pebbleCacheSize,
+		L0CompactionThreshold:       pebbleL0CompactionThreshold,
+		L0StopWritesThreshold:       pebbleL0StopWrites,
 		Logger:                      quietLogger{},
 	}
 	db, err := pebble.Open(dir, opts)
@@ -206,11 +222,17 @@ func (p *Pebble) CountKeys(ctx context.Context, ns, version string) (int64, erro
 	return n, nil
 }
 
-// PutManifest implements Store; the manifest is written with sync.
+// PutManifest implements Store; the manifest is written with sync. A manifest that
+// completes a version still writing first compacts the version's rows (compactWritten).
 func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
 	data, err := manifestJSON(m)
 	if err != nil {
 		return err
+	}
+	if m.State == StateComplete {
+		if err := p.compactWritten(ctx, m.Namespace, m.Version); err != nil {
+			return fmt.Errorf("put manifest %s/%s: compact the version's rows: %w", m.Namespace, m.Version, err)
+		}
 	}
 	p.catalog.Lock()
 	defer p.catalog.Unlock()
@@ -222,6 +244,26 @@ func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
 	}
 	return nil
+}
+
+// compactWritten merges the rows of ns/version, if it is still writing, into the bottom
+// level of the LSM in one compaction (see pebbleL0CompactionThreshold). It holds the
+// catalog shared, like WriteRows, so Close waits for it.
+func (p *Pebble) compactWritten(ctx context.Context, ns, version string) error {
+	p.catalog.RLock()
+	defer p.catalog.RUnlock()
+	if p.closed.Load() {
+		return errClosed
+	}
+	m, err := p.manifest(ns, version)
+	if errors.Is(err, ErrNotFound) || (err == nil && m.State != StateWriting) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	lo := dataPrefix(ns, version)
+	return p.db.Compact(ctx, lo, prefixEnd(lo), true)
 }
 
 // Manifest implements Store.
@@ -676,4 +718,3 @@ func randomToken() (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
-

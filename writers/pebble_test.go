@@ -324,3 +324,57 @@ func BenchmarkPebbleWriteRows(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
 }
+
+// TestPebbleCompleteCompactsTheVersion: rows a load flushed into L0 are merged into the
+// bottom level when the version is completed, and every row reads back the same after.
+func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
+	ctx := context.Background()
+	s, err := writers.OpenPebble(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	const batches, per = 4, 2000
+	value := func(i int) []byte { return []byte(fmt.Sprintf(`{"score":%d}`, i*7)) }
+	for b := range batches {
+		var rows writers.Rows
+		for i := b; i < batches*per; i += batches { // keys in no order within a flush
+			rows.Keys = append(rows.Keys, []byte(fmt.Sprintf("k%06d", i)))
+			rows.Values = append(rows.Values, value(i))
+		}
+		if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.FlushForTest(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.L0TablesForTest(); n < batches {
+		t.Fatalf("after %d flushes L0 holds %d tables, want >= %d (the test needs an L0 to compact)", batches, n, batches)
+	}
+
+	m.State = writers.StateComplete
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.L0TablesForTest(); n != 0 {
+		t.Errorf("after completing the version L0 holds %d tables, want 0", n)
+	}
+	if n, err := s.CountKeys(ctx, "ns", "v1"); err != nil || n != batches*per {
+		t.Errorf("CountKeys = %d, %v; want %d", n, err, batches*per)
+	}
+	for i := range batches * per {
+		got, err := s.Get(ctx, "ns", "v1", []byte(fmt.Sprintf("k%06d", i)))
+		if err != nil || !bytes.Equal(got, value(i)) {
+			t.Fatalf("Get(k%06d) = %q, %v; want %q", i, got, err, value(i))
+		}
+	}
+	got, err := s.Manifest(ctx, "ns", "v1")
+	if err != nil || got.State != writers.StateComplete {
+		t.Errorf("manifest after complete: %+v, %v", got, err)
+	}
+}
