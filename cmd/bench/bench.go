@@ -180,6 +180,25 @@ type measurement struct {
 	Mallocs     uint64 // runtime.MemStats.Mallocs delta
 	PeakRSSKiB  int64  // VmHWM after the stage
 	PeakIsStage bool   // VmHWM was reset before the stage
+	// CPU is the process's user+system time during the stage (getrusage), all threads,
+	// cgo's included: CPU/Elapsed is how many cores the stage kept busy.
+	CPU time.Duration
+}
+
+// Cores is the mean number of cores the stage kept busy.
+func (m measurement) Cores() float64 {
+	if m.Elapsed <= 0 {
+		return 0
+	}
+	return m.CPU.Seconds() / m.Elapsed.Seconds()
+}
+
+// CPUPerRow is the stage's CPU time per row.
+func (m measurement) CPUPerRow() time.Duration {
+	if m.Rows == 0 {
+		return 0
+	}
+	return m.CPU / time.Duration(m.Rows)
 }
 
 func (m measurement) RowsPerSec() float64 {
@@ -206,11 +225,14 @@ func measure(rows int64, fn func() error) (measurement, error) {
 	reset := resetPeakRSS() == nil
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu0 := cpuTime()
 	start := time.Now()
 	err := fn()
 	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
 	runtime.ReadMemStats(&after)
 	return measurement{
+		CPU:         cpu,
 		Rows:        rows,
 		Elapsed:     elapsed,
 		Mallocs:     after.Mallocs - before.Mallocs,
@@ -230,11 +252,14 @@ type caseResult struct {
 	// RedisBenchmark is redis-benchmark -P 64 SET's requests/s at ValueBytes (0: not run).
 	RedisBenchmark float64
 	RedisBenchNote string
-	// ScanPerBatch and ScanPerRow split the scan's allocations into those made per
-	// batch (Arrow builds each record's arrays) and those that grow with rows, from two
-	// scans at batch sizes B and 2B: per batch = (A_B - A_2B) / (batches_B - batches_2B).
-	// Per-file and per-row-group set-up is constant and lands, amortised, in ScanPerRow.
+	// ScanAllocs is where a one-reader scan at the job's batch size allocates, and
+	// ScanPerBatch and ScanPerRow split its steady state (see allocSplit).
+	ScanAllocs               allocSplit
 	ScanPerBatch, ScanPerRow float64
+	// Pages is the data set's pages in the scanned columns, PerPage the mallocs Arrow's
+	// page reader makes for each (see pageAllocs).
+	Pages   int64
+	PerPage float64
 }
 
 // median returns the run of stage with the median rows/s.
@@ -295,7 +320,7 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		if err != nil {
 			return fmt.Errorf("%s: %w", stage, err)
 		}
-		cfg.logf("  %-8s %12.0f rows/s  %6.3f allocs/row  peak %d MiB", stage, m.RowsPerSec(), m.AllocsPerRow(), m.PeakRSSKiB>>10)
+		cfg.logf("  %-8s %12.0f rows/s  %4.2f cores  %6.3f allocs/row  peak %d MiB", stage, m.RowsPerSec(), m.Cores(), m.AllocsPerRow(), m.PeakRSSKiB>>10)
 		c.Stages[stage] = append(c.Stages[stage], m)
 		return nil
 	}
@@ -308,23 +333,20 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		}
 	}
 
-	// The same scan at twice the batch size separates per-batch from per-row allocations.
+	// Where the scan's allocations fall: set-up, per batch, per row (see allocSplit).
 	{
-		wide := cfg
-		wide.BatchSize = 2 * cfg.BatchSize
-		m2, err := measure(rows, func() error { return scan(ctx, wide, d) })
+		small, err := scanAllocs(ctx, d, cfg.BatchSize)
 		if err != nil {
 			return nil, err
 		}
-		m1 := c.median(stageScan)
-		n1, err := d.batches(cfg.BatchSize)
+		large, err := scanAllocs(ctx, d, 2*cfg.BatchSize)
 		if err != nil {
 			return nil, err
 		}
-		n2, _ := d.batches(wide.BatchSize)
-		if n1 > n2 {
-			c.ScanPerBatch = max(0, (float64(m1.Mallocs)-float64(m2.Mallocs))/float64(n1-n2))
-			c.ScanPerRow = max(0, (float64(m1.Mallocs)-c.ScanPerBatch*float64(n1))/float64(rows))
+		c.ScanAllocs = small
+		c.ScanPerBatch, c.ScanPerRow = splitAllocs(small, large)
+		if c.Pages, c.PerPage, err = pageAllocs(d); err != nil {
+			return nil, err
 		}
 	}
 
@@ -341,7 +363,8 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		}
 	}
 
-	// (c) store writes alone: the same keys and values the pipeline writes.
+	// (c) store writes alone: the same keys and values the pipeline writes, then the
+	// version completed.
 	wb, err := newWriteBench(cfg, d, inf)
 	inf.close()
 	if err != nil {
@@ -353,7 +376,9 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		if err != nil {
 			return nil, err
 		}
-		m, err := measure(rows, func() error { return wb.run(ctx, st, fmt.Sprintf("benchw%d", i)) })
+		m, err := measure(rows, func() error {
+			return profiled(cfg.profilePath(stageWrite, model, store, i), func() error { return wb.run(ctx, st, fmt.Sprintf("benchw%d", i)) })
+		})
 		st.Close()
 		cleanup()
 		if err := add(stageWrite, m, err); err != nil {
@@ -374,17 +399,15 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		if err != nil {
 			return nil, err
 		}
-		profile := ""
-		if cfg.ProfileDir != "" && i == 0 {
-			profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("pipeline-%s-%s.pprof", model, store))
-		}
 		job, err := pipelineJob(d, model, "benchp", cfg, storeURLFor(cfg, store, st))
 		if err != nil {
 			st.Close()
 			cleanup()
 			return nil, err
 		}
-		m, err := measure(rows, func() error { return runPipeline(ctx, job, st, cfg.Readers, profile) })
+		m, err := measure(rows, func() error {
+			return profiled(cfg.profilePath(stagePipeline, model, store, i), func() error { return runPipeline(ctx, job, st, cfg.Readers) })
+		})
 		st.Close()
 		cleanup()
 		if err := add(stagePipeline, m, err); err != nil {
@@ -670,7 +693,10 @@ func newWriteBench(cfg Config, d *dataset, ib *inferBench) (*writeBench, error) 
 func (wb *writeBench) meanValue() float64 { return float64(len(wb.vals)) / float64(wb.rows) }
 
 // run writes every row into a new version of ns in batches of cfg.BatchSize, from one
-// goroutine, as the pipeline's writer stage does.
+// goroutine, and completes the version (PutManifest, state complete), as the pipeline
+// does at its end: a store's write of a version includes what completing it costs
+// (Pebble merges the version's rows into the bottom level then), and the pipeline (d)
+// pays for it too.
 func (wb *writeBench) run(ctx context.Context, st writers.Store, ns string) error {
 	version, err := writers.NewVersionID(ctx, st, ns, time.Now())
 	if err != nil {
@@ -697,7 +723,8 @@ func (wb *writeBench) run(ctx context.Context, st writers.Store, ns string) erro
 			return err
 		}
 	}
-	return nil
+	m.State = writers.StateComplete
+	return st.PutManifest(ctx, m)
 }
 
 // openStore opens a fresh store of the given kind: a new Pebble directory, or the
@@ -760,29 +787,44 @@ release:
 	return jobs.Parse([]byte(yaml), filepath.Join(d.dir, "bench-job.yaml"), nil)
 }
 
-// runPipeline runs the job once, optionally under the CPU profiler.
-func runPipeline(ctx context.Context, job *jobs.Job, st writers.Store, nReaders int, profile string) error {
-	if profile != "" {
-		if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
-			return err
-		}
-		f, err := os.Create(profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if strings.HasSuffix(profile, ".trace") {
-			if err := trace.Start(f); err != nil {
-				return err
-			}
-			defer trace.Stop()
-		} else {
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return err
-			}
-			defer pprof.StopCPUProfile()
-		}
+// profiled runs fn under the CPU profiler writing to path (an execution trace when path
+// ends in .trace), or just runs it when path is empty.
+func profiled(path string, fn func() error) error {
+	if path == "" {
+		return fn()
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if strings.HasSuffix(path, ".trace") {
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	} else {
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	return fn()
+}
+
+// profilePath is where --cpuprofile puts the profile of a stage's first run ("" for none).
+func (c *Config) profilePath(stage, model, store string, run int) string {
+	if c.ProfileDir == "" || run > 0 {
+		return ""
+	}
+	return filepath.Join(c.ProfileDir, fmt.Sprintf("%s-%s-%s.pprof", stage, model, store))
+}
+
+// runPipeline runs the job once.
+func runPipeline(ctx context.Context, job *jobs.Job, st writers.Store, nReaders int) error {
 	res, err := pipeline.Run(ctx, pipeline.Config{
 		Job:     job,
 		Store:   st,
@@ -796,20 +838,4 @@ func runPipeline(ctx context.Context, job *jobs.Job, st writers.Store, nReaders 
 		return fmt.Errorf("pipeline wrote %d of %d rows", got, want)
 	}
 	return nil
-}
-
-// batches is how many reader batches of size b the data set's row groups make.
-func (d *dataset) batches(b int) (int64, error) {
-	var n int64
-	for _, p := range d.files {
-		f, err := readers.Open(p, d.readerOptions(b))
-		if err != nil {
-			return 0, err
-		}
-		for _, rg := range f.Info().RowGroups {
-			n += (rg.Rows + int64(b) - 1) / int64(b)
-		}
-		f.Close()
-	}
-	return n, nil
 }

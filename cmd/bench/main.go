@@ -46,7 +46,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	models := fs.String("models", strings.Join(cfg.Models, ","), "models to measure: logistic, mlp")
 	stores := fs.String("stores", strings.Join(cfg.Stores, ","), "stores to measure: pebble, redis")
 	fs.IntVar(&cfg.Repeat, "repeat", cfg.Repeat, "runs of each stage; the table shows medians")
-	fs.StringVar(&cfg.ProfileDir, "cpuprofile", "", "write a CPU profile of each whole-pipeline run into this directory")
+	fs.StringVar(&cfg.ProfileDir, "cpuprofile", "", "write CPU profiles of the first store-write (c) and whole-pipeline (d) run of each case into this directory")
 	fs.StringVar(&cfg.Out, "out", "", "also write the report to this file")
 	fs.BoolVar(&cfg.Strict, "strict", false, "exit 1 when a target FAILs")
 	sweep := fs.Bool("sweep", false, "measure the pipeline against batch size and workers (first of --models and --stores)")
