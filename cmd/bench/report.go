@@ -192,9 +192,10 @@ func (r *Report) Print(w io.Writer) {
 			c.Ratio(), name, strings.Join(cores, " / "), strings.Join(cpu, " / "), strings.Join(rss, " / "), strings.Join(allocs, " / "))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "CPU ceiling (%d cores / CPU a row of a+b+c: the bound when every stage is CPU work on the same cores):", runtime.NumCPU())
+	fmt.Fprintln(w, "cores busy and CPU ns/row: this process's user+system time (getrusage), so not redis-server's.")
+	fmt.Fprintf(w, "CPU ceiling of the in-process store (%d cores / CPU a row of a+b+c: the bound when every stage is CPU work on the same cores):", runtime.NumCPU())
 	for _, c := range r.Cases {
-		if ceil := c.cpuCeiling(); ceil > 0 {
+		if ceil := c.cpuCeiling(); ceil > 0 && c.Store == "pebble" {
 			fmt.Fprintf(w, " %s/%s %s rows/s, pipeline at %.2f of it;", c.Model, c.Store, rate(ceil), c.median(stagePipeline).RowsPerSec()/ceil)
 		}
 	}
