@@ -89,6 +89,11 @@ type Release struct {
 type Gates struct {
 	MinRowsRatio    *float64 `yaml:"min_rows_ratio"`
 	MaxNullFraction *float64 `yaml:"max_null_fraction"`
+	// UniqueKeys fails a version whose store holds fewer distinct keys than rows written:
+	// two input rows with one key (the last write wins, in no set order across
+	// concurrent writers). Off by default: it counts the version's keys in the store
+	// (a scan: cheap on Pebble, a SCAN of the keyspace on Redis).
+	UniqueKeys *bool `yaml:"unique_keys"`
 }
 
 // Defaults applied to fields a job file leaves out.
@@ -124,6 +129,9 @@ func (g Gates) MaxNulls() float64 {
 	}
 	return *g.MaxNullFraction
 }
+
+// Unique is the unique_keys gate with its default (off).
+func (g Gates) Unique() bool { return g.UniqueKeys != nil && *g.UniqueKeys }
 
 // NullFill reports whether nulls are filled, and with what.
 func (s Source) NullFill() (float32, bool) {

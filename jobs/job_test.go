@@ -35,6 +35,7 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"release.keep", j.Release.KeepVersions(), 3},
 			{"min_rows_ratio", j.Release.Gates.MinRows(), 0.5},
 			{"max_null_fraction", j.Release.Gates.MaxNulls(), 0.01},
+			{"unique_keys", j.Release.Gates.Unique(), true},
 		}
 		for _, c := range checks {
 			if c.got != c.want {
@@ -68,6 +69,7 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"release.keep", j.Release.KeepVersions(), DefaultKeep},
 			{"min_rows_ratio", j.Release.Gates.MinRows(), DefaultMinRowsRatio},
 			{"max_null_fraction", j.Release.Gates.MaxNulls(), DefaultMaxNullFraction},
+			{"unique_keys", j.Release.Gates.Unique(), false},
 		}
 		for _, c := range checks {
 			if c.got != c.want {

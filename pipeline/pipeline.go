@@ -696,7 +696,9 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 		}
 		liveRows = lm.RowsWritten
 	}
-	r.m.Gates = r.gates(liveRows, live)
+	if r.m.Gates, err = r.gates(ctx, liveRows, live); err != nil {
+		return res, err
+	}
 	r.m.State = writers.StateComplete
 	r.m.CompletedAt = r.now().UTC()
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
@@ -772,7 +774,7 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
-func (r *run) gates(liveRows int64, live string) []writers.GateResult {
+func (r *run) gates(ctx context.Context, liveRows int64, live string) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
 	minRows := writers.GateResult{Name: "min_rows_ratio", Limit: g.MinRows(), Passed: true, Value: 1}
 	if liveRows > 0 {
@@ -792,5 +794,18 @@ func (r *run) gates(liveRows int64, live string) []writers.GateResult {
 		r.m.NullOutputs, r.m.RowsWritten, nulls.Value, nulls.Limit)
 	empty := writers.GateResult{Name: "not_empty", Limit: 1, Value: float64(r.m.RowsWritten), Passed: r.m.RowsWritten > 0,
 		Detail: fmt.Sprintf("%d rows written", r.m.RowsWritten)}
-	return []writers.GateResult{empty, minRows, nulls}
+	results := []writers.GateResult{empty, minRows, nulls}
+	if g.Unique() {
+		// CountKeys may count a key twice (a Redis SCAN during a rehash), never miss one,
+		// so a shortfall is certain to be duplicates.
+		n, err := r.store.CountKeys(ctx, r.ns, r.m.Version)
+		if err != nil {
+			return nil, fmt.Errorf("unique_keys gate: count the keys of version %s: %w", r.m.Version, err)
+		}
+		dups := max(0, r.m.RowsWritten-n)
+		results = append(results, writers.GateResult{Name: "unique_keys", Limit: 0, Value: float64(dups), Passed: dups == 0,
+			Detail: fmt.Sprintf("%d rows written, %d distinct keys in the store: %d rows repeat a key of another row (one of them wins, in no set order)",
+				r.m.RowsWritten, min(n, r.m.RowsWritten), dups)})
+	}
+	return results, nil
 }

@@ -725,3 +725,60 @@ func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
 		}
 	})
 }
+
+// TestDuplicateKeysFailTheUniqueKeysGate: input rows that share a key are written (one of
+// them wins) unless release.gates.unique_keys is on; then the version is complete but not
+// live, the run fails with ErrGateFailed naming how many rows repeat a key, and the live
+// version stays.
+func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
+	ctx := context.Background()
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 200, Shards: 1, Seed: 9})
+	dir := t.TempDir()
+	model := onnxgen1(t, dir)
+	unique := filepath.Join(dir, "unique.parquet")
+	writeKeys(t, unique, []string{"a", "b", "c", "d"})
+	dups := filepath.Join(dir, "dups.parquet")
+	writeKeys(t, dups, []string{"a", "b", "a", "c", "b", "d", "a"})
+	s, url := openStore(t)
+	job := func(uri string, sets ...string) *jobs.Job {
+		return newJob(t, d, url, append([]string{"source.uri=" + uri, "source.features=[f0]", "model.path=" + model}, sets...)...)
+	}
+
+	good, err := run(t, s, job(unique, "release.gates.unique_keys=true"))
+	if err != nil {
+		t.Fatalf("unique keys with the gate on: %v", err)
+	}
+	if g := good.Manifest.Gates[len(good.Manifest.Gates)-1]; g.Name != "unique_keys" || !g.Passed || g.Value != 0 {
+		t.Errorf("unique_keys gate on unique keys: %+v, want passed with 0", g)
+	}
+
+	res, err := run(t, s, job(dups, "release.gates.unique_keys=true"))
+	if !errors.Is(err, pipeline.ErrGateFailed) {
+		t.Fatalf("duplicate keys with the gate on: got %v, want ErrGateFailed", err)
+	}
+	for _, w := range []string{"unique_keys", "7 rows written, 4 distinct keys", "3 rows repeat a key"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q: %v", w, err)
+		}
+	}
+	if live, _ := s.Live(ctx, "scores"); live != good.Manifest.Version {
+		t.Errorf("live is %q after the failed gate, want %q untouched", live, good.Manifest.Version)
+	}
+	if m, _ := s.Manifest(ctx, "scores", res.Manifest.Version); m == nil || m.State != writers.StateComplete {
+		t.Errorf("the gated version: %+v, want complete (and not live)", m)
+	}
+
+	// Off (the default), the same input is written: 7 rows, 4 keys, no gate.
+	res, err = run(t, s, job(dups))
+	if err != nil {
+		t.Fatalf("duplicate keys with the gate off: %v", err)
+	}
+	if n, _ := s.CountKeys(ctx, "scores", res.Manifest.Version); res.Manifest.RowsWritten != 7 || n != 4 {
+		t.Errorf("gate off: %d rows written, %d keys stored; want 7 and 4", res.Manifest.RowsWritten, n)
+	}
+	for _, g := range res.Manifest.Gates {
+		if g.Name == "unique_keys" {
+			t.Errorf("gate off, yet the manifest has %+v", g)
+		}
+	}
+}
