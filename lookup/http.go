@@ -52,9 +52,32 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/{namespace}/{key...}", s.handleGet)
 	mux.HandleFunc("POST /v1/{namespace}/{key...}", s.handleGet)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			s.writeError(w, errorf(CodeMethod, "method %s is not allowed on %s: use %s (see docs/lookup.md)",
+				r.Method, r.URL.Path, strings.Join(allow, " or ")))
+			return
+		}
 		s.writeError(w, errorf(CodeNotFound, "no such endpoint: %s %s (see docs/lookup.md)", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// allowedMethods lists the methods that have a route for r's path, when r's own method
+// has none: the catch-all "/" would otherwise turn a wrong method into a 404.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // namespace finds a served namespace, or answers 404.

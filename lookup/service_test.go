@@ -352,6 +352,9 @@ namespaces:
 		{"features that are not numbers are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":"x"}}`, nil, 400, "invalid_argument"},
 		{"an unknown action is 404", "POST", base + "/v1/churn:delete", `{}`, nil, 404, "not_found"},
 		{"an unknown endpoint is 404", "GET", base + "/v2/churn/k", "", nil, 404, "not_found"},
+		{"a lookup with a wrong method is 405", "DELETE", base + "/v1/churn/k", "", nil, 405, "method_not_allowed"},
+		{"a status with a wrong method is 405", "PUT", base + "/v1/churn", `{}`, nil, 405, "method_not_allowed"},
+		{"a health check with a wrong method is 405", "POST", base + "/healthz", "", nil, 405, "method_not_allowed"},
 		{"admin without a token file is 403", "POST", noAdmin + "/v1/churn:rollback", "", auth, 403, "permission_denied"},
 		{"admin without a token is 401", "POST", base + "/v1/churn:rollback", "", nil, 401, "unauthenticated"},
 		{"admin with a wrong token is 401", "POST", base + "/v1/churn:flip", `{"version":"x"}`, []string{"Authorization", "Bearer nope"}, 401, "unauthenticated"},
@@ -365,6 +368,9 @@ namespaces:
 			e, _ := r.body["error"].(map[string]any)
 			if r.status != tt.status || e == nil || e["code"] != tt.code || e["message"] == "" {
 				t.Errorf("got %d %s, want %d with code %s", r.status, r.raw, tt.status, tt.code)
+			}
+			if tt.status == 405 && r.header.Get("Allow") == "" {
+				t.Errorf("405 without an Allow header: %v", r.header)
 			}
 			if strings.Contains(r.raw, "s3cret") {
 				t.Errorf("the answer echoes the admin token: %s", r.raw)
