@@ -29,3 +29,21 @@ func TestCPUOnlyRuntimeRefusesTheCUDAProvider(t *testing.T) {
 		t.Fatalf("got a CUDA session from a CPU-only runtime, want an error")
 	}
 }
+
+// Every session has thread-pool spinning off (it takes the cores the pipeline's other
+// stages need) and the intra-op threads asked for.
+func TestSessionOptionsTurnSpinningOff(t *testing.T) {
+	if err := Init(); err != nil {
+		t.Fatal(err)
+	}
+	so, err := sessionOptions(2, DeviceCPU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer so.Destroy()
+	for _, key := range spinKeys {
+		if v, err := so.GetSessionConfigEntry(key); err != nil || v != "0" {
+			t.Errorf("%s = %q, %v; want \"0\"", key, v, err)
+		}
+	}
+}
