@@ -378,3 +378,42 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 		t.Errorf("manifest after complete: %+v, %v", got, err)
 	}
 }
+
+// TestPebbleCloseDuringTheFinalCompaction: Close waits for a completing version's
+// compaction (Pebble panics on a closed database) rather than racing it; whichever
+// comes first, neither panics and Close succeeds.
+func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
+	ctx := context.Background()
+	s, err := writers.OpenPebble(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for b := range 4 {
+		var rows writers.Rows
+		for i := b; i < 20000; i += 4 {
+			rows.Keys = append(rows.Keys, []byte(fmt.Sprintf("k%06d", i)))
+			rows.Values = append(rows.Values, []byte("v"))
+		}
+		if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.FlushForTest(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		m.State = writers.StateComplete
+		done <- s.PutManifest(ctx, m)
+	}()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close during the compaction: %v", err)
+	}
+	if err := <-done; err != nil && !strings.Contains(err.Error(), "closed") {
+		t.Errorf("PutManifest racing Close: %v, want success or a closed-store error", err)
+	}
+}
