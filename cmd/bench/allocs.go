@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 
 	"github.com/apache/arrow/go/v17/parquet/file"
@@ -10,56 +11,115 @@ import (
 	"github.com/staticref/staticref/readers"
 )
 
-// allocSplit is where the allocations of reading and packing one data set fall, from
-// one pass with a single reader that counts mallocs at every batch.
+// Where reading and packing allocate. A one-reader pass (scanAllocs) counts mallocs at
+// every batch. Each row group's first batch carries the row group's set-up (column
+// chunk readers, page readers, the first pages), and opening a file parses its footer;
+// that is set-up. Every later batch of a row group is steady state: the mallocs between
+// two batches of one row group are what it takes to decode and build the next batch and
+// to pack the one before it. Steady state is then fitted (fitAllocs) as
 //
-// Each row group's first batch carries the row group's set-up (column chunk readers,
-// page readers, the first pages' headers), and opening a file parses its footer; that
-// is SetupMallocs. Every later batch of a row group is steady state: the mallocs between
-// two batches of the same row group are what it takes to decode and build the next
-// batch and to pack the one before it. Their mean per batch at two batch sizes B and 2B
-// separates a constant per batch from a part that grows with the rows in a batch:
+//	mallocs = perBatch x batches + perDoubling x batches x log2(rows a batch)
+//	        + perPage x pages + perRow x rows
 //
-//	per batch at B  = perBatch + perRow x B
-//	per batch at 2B = perBatch + perRow x 2B
-//
-// perRow is what the zero-allocation target is about. It also takes in, amortised, the
-// allocations Arrow makes once per data page (Thrift-decoding the page header and its
-// statistics), since pages are not aligned with batches; pages of ~100k values put those
-// at well under 0.001 a row, where an allocation per row would show as 1 or more.
+// over passes at batch sizes from B/2 to 8B of the same rows written with two page
+// sizes: batch size moves batches against rows, page size moves pages against rows.
+// Arrow allocates per batch (each record's arrays), a few more per batch as batches
+// double (its builders grow their buffers by doubling), and per page (Thrift-decoding
+// each page header and its statistics, the page's value decoders). perRow is what the
+// zero-allocation target is about: an allocation per row would show as 1 or more.
+
+// allocSplit is one pass's count.
 type allocSplit struct {
+	Batch            int
 	Files, RowGroups int
 	SetupMallocs     uint64 // file opens, and each row group's first batch and end
 	SteadyBatches    int64
 	SteadyRows       int64
 	SteadyMallocs    uint64
+	SteadyPages      int // pages starting after a row group's first batch (pageStarts)
 }
 
-// perBatch is the mean mallocs of one steady-state batch.
-func (a allocSplit) perBatch() float64 {
-	if a.SteadyBatches == 0 {
-		return 0
-	}
-	return float64(a.SteadyMallocs) / float64(a.SteadyBatches)
+// allocFit is the fitted steady state.
+type allocFit struct {
+	PerBatch, PerDoubling, PerPage, PerRow float64
+	// SetupPerRowGroup is set-up of the pass at the job's batch size, per row group.
+	SetupPerRowGroup float64
+	Passes           []allocSplit
 }
 
-// rowsPerBatch is the mean rows of one steady-state batch.
-func (a allocSplit) rowsPerBatch() float64 {
-	if a.SteadyBatches == 0 {
-		return 0
+// allocBatchShifts are the batch sizes of the passes, as shifts of the job's: B/2 .. 8B.
+var allocBatchShifts = []int{-1, 0, 1, 2, 3}
+
+// fitAllocs fits the model above to the passes' steady states by least squares (normal
+// equations with columns scaled to 1, solved by Gaussian elimination).
+func fitAllocs(passes []allocSplit) allocFit {
+	fit := allocFit{Passes: passes}
+	const k = 4
+	cols := func(p allocSplit) [k]float64 {
+		n := float64(p.SteadyBatches)
+		return [k]float64{n, n * math.Log2(float64(p.SteadyRows)/max(n, 1)), float64(p.SteadyPages), float64(p.SteadyRows)}
 	}
-	return float64(a.SteadyRows) / float64(a.SteadyBatches)
+	if len(passes) < k {
+		return fit
+	}
+	var scale [k]float64
+	for _, p := range passes {
+		for j, v := range cols(p) {
+			scale[j] = max(scale[j], math.Abs(v))
+		}
+	}
+	var a [k][k + 1]float64 // normal equations, augmented
+	for _, p := range passes {
+		x := cols(p)
+		for j := range x {
+			if scale[j] > 0 {
+				x[j] /= scale[j]
+			}
+		}
+		for i := range k {
+			for j := range k {
+				a[i][j] += x[i] * x[j]
+			}
+			a[i][k] += x[i] * float64(p.SteadyMallocs)
+		}
+	}
+	for c := range k { // Gauss-Jordan elimination with partial pivoting
+		piv := c
+		for r := c + 1; r < k; r++ {
+			if math.Abs(a[r][c]) > math.Abs(a[piv][c]) {
+				piv = r
+			}
+		}
+		if math.Abs(a[piv][c]) < 1e-12 {
+			return fit
+		}
+		a[c], a[piv] = a[piv], a[c]
+		for r := range k {
+			if r != c {
+				f := a[r][c] / a[c][c]
+				for j := c; j <= k; j++ {
+					a[r][j] -= f * a[c][j]
+				}
+			}
+		}
+	}
+	var beta [k]float64
+	for i := range k {
+		beta[i] = a[i][k] / a[i][i] / scale[i]
+	}
+	fit.PerBatch, fit.PerDoubling, fit.PerPage, fit.PerRow = beta[0], beta[1], beta[2], beta[3]
+	return fit
 }
 
-// splitAllocs fits perBatch + perRow x rows to the steady state of two passes at
-// different batch sizes.
-func splitAllocs(small, large allocSplit) (perBatch, perRow float64) {
-	dr := large.rowsPerBatch() - small.rowsPerBatch()
-	if dr <= 0 {
-		return small.perBatch(), 0
+// batch is the smallest (or, with largest, the largest) batch size of the passes.
+func (f allocFit) batch(largest bool) int {
+	b := 0
+	for _, p := range f.Passes {
+		if b == 0 || (p.Batch > b) == largest {
+			b = p.Batch
+		}
 	}
-	perRow = max(0, (large.perBatch()-small.perBatch())/dr)
-	return max(0, small.perBatch()-perRow*small.rowsPerBatch()), perRow
+	return b
 }
 
 // mallocs is the process's malloc count so far (exact: ReadMemStats stops the world).
@@ -70,10 +130,21 @@ func mallocs() uint64 {
 }
 
 // scanAllocs reads and packs every row group of d with one reader at the given batch
-// size, as scan does, counting mallocs at each batch (see allocSplit).
+// size, as scan does, counting mallocs at each batch.
 func scanAllocs(ctx context.Context, d *dataset, batch int) (allocSplit, error) {
+	a := allocSplit{Batch: batch}
+	starts, err := pageStarts(d)
+	if err != nil {
+		return a, err
+	}
+	for _, chunk := range starts {
+		for _, row := range chunk {
+			if row >= int64(batch) {
+				a.SteadyPages++
+			}
+		}
+	}
 	var (
-		a        allocSplit
 		keys     = make([]byte, 0, batch*16)
 		feats    = make([]float32, batch*len(features))
 		valid    = make([]bool, batch)
@@ -126,18 +197,16 @@ func scanAllocs(ctx context.Context, d *dataset, batch int) (allocSplit, error) 
 	return a, nil
 }
 
-// pageAllocs reads every page of the columns scan decodes (the key and the features)
-// with Arrow's page reader alone, each header decoded and each page decompressed but no
-// value decoded, and returns the number of pages and the mallocs made per page beyond
-// a column chunk's first (whose own count includes the chunk reader's set-up).
-func pageAllocs(d *dataset) (pages int64, perPage float64, err error) {
+// pageStarts returns, for every column chunk that scan decodes (the key and the
+// features of every row group), the row (within the row group) each of its pages
+// starts at, read with Arrow's page reader alone; a dictionary page starts at 0.
+func pageStarts(d *dataset) ([][]int64, error) {
 	cols := append([]string{"user_id"}, features...)
-	var later int64
-	var m uint64
+	var out [][]int64
 	for _, p := range d.files {
 		r, err := file.OpenParquetFile(p, false)
 		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %w", p, err)
+			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 		sc := r.MetaData().Schema
 		for rg := range r.NumRowGroups() {
@@ -146,36 +215,29 @@ func pageAllocs(d *dataset) (pages int64, perPage float64, err error) {
 				i := sc.ColumnIndexByName(name)
 				if i < 0 {
 					r.Close()
-					return 0, 0, fmt.Errorf("%s: no column %q", p, name)
+					return nil, fmt.Errorf("%s: no column %q", p, name)
 				}
 				pr, err := rgr.GetColumnPageReader(i)
 				if err != nil {
 					r.Close()
-					return 0, 0, fmt.Errorf("%s: column %q: %w", p, name, err)
+					return nil, fmt.Errorf("%s: column %q: %w", p, name, err)
 				}
-				first := true
-				for {
-					before := mallocs()
-					if !pr.Next() {
-						break
+				var starts []int64
+				var row int64
+				for pr.Next() {
+					starts = append(starts, row)
+					if _, dict := pr.Page().(*file.DictionaryPage); !dict {
+						row += int64(pr.Page().NumValues()) // flat columns: one value a row
 					}
-					pages++
-					if !first {
-						m += mallocs() - before
-						later++
-					}
-					first = false
 				}
 				if err := pr.Err(); err != nil {
 					r.Close()
-					return 0, 0, fmt.Errorf("%s: column %q: %w", p, name, err)
+					return nil, fmt.Errorf("%s: column %q: %w", p, name, err)
 				}
+				out = append(out, starts)
 			}
 		}
 		r.Close()
 	}
-	if later > 0 {
-		perPage = float64(m) / float64(later)
-	}
-	return pages, perPage, nil
+	return out, nil
 }

@@ -114,21 +114,34 @@ func (d *dataset) model(name string) string {
 	return filepath.Join(d.dir, "models", name+".onnx")
 }
 
+// allocsPageBytes is the page size of the data set that the allocation split reads
+// beside the default one (parquet-go's 256 KiB pages): 4x fewer pages for the same rows.
+const allocsPageBytes = 1 << 20
+
 // modelSeed is the seed of both models, as in the pipeline tests.
 const modelSeed = 7
 
 // ensureDataset generates rows x shards into cache/rROWS-sSHARDS unless a complete copy
 // is there already (a marker file is written last).
 func ensureDataset(cfg Config, rows, shards int) (*dataset, error) {
+	return ensureDatasetPages(cfg, rows, shards, 0)
+}
+
+// ensureDatasetPages is ensureDataset with pages of pageBytes (the writer's default when
+// 0), for the allocation split's second page density.
+func ensureDatasetPages(cfg Config, rows, shards, pageBytes int) (*dataset, error) {
 	name := fmt.Sprintf("r%d-s%d", rows, shards)
 	if cfg.RowGroupRows > 0 {
 		name += fmt.Sprintf("-g%d", cfg.RowGroupRows)
+	}
+	if pageBytes > 0 {
+		name += fmt.Sprintf("-p%d", pageBytes)
 	}
 	dir, err := filepath.Abs(filepath.Join(cfg.Cache, name))
 	if err != nil {
 		return nil, err
 	}
-	d := &dataset{spec: shardgen.Spec{Rows: rows, Shards: shards, RowGroupRows: cfg.RowGroupRows, Seed: 1}, dir: dir}
+	d := &dataset{spec: shardgen.Spec{Rows: rows, Shards: shards, RowGroupRows: cfg.RowGroupRows, Seed: 1, PageBytes: pageBytes}, dir: dir}
 	marker := filepath.Join(dir, "COMPLETE")
 	if _, err := os.Stat(marker); err != nil {
 		cfg.logf("generating %d rows in %d shards into %s", rows, shards, dir)
@@ -252,14 +265,9 @@ type caseResult struct {
 	// RedisBenchmark is redis-benchmark -P 64 SET's requests/s at ValueBytes (0: not run).
 	RedisBenchmark float64
 	RedisBenchNote string
-	// ScanAllocs is where a one-reader scan at the job's batch size allocates, and
-	// ScanPerBatch and ScanPerRow split its steady state (see allocSplit).
-	ScanAllocs               allocSplit
-	ScanPerBatch, ScanPerRow float64
-	// Pages is the data set's pages in the scanned columns, PerPage the mallocs Arrow's
-	// page reader makes for each (see pageAllocs).
-	Pages   int64
-	PerPage float64
+	// Allocs splits the steady-state allocations of reading and packing into per
+	// batch, per page and per row (allocs.go).
+	Allocs allocFit
 }
 
 // median returns the run of stage with the median rows/s.
@@ -299,6 +307,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.redisURL = srv.URL()
 		rep.RedisVersion = srv.Version
 	}
+	cfg.logf("splitting the scan's allocations")
+	allocs, err := splitScanAllocs(ctx, cfg, d)
+	if err != nil {
+		return rep, err
+	}
 	for _, model := range cfg.Models {
 		for _, store := range cfg.Stores {
 			cfg.logf("measuring %s / %s", model, store)
@@ -306,11 +319,40 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if err != nil {
 				return rep, fmt.Errorf("%s/%s: %w", model, store, err)
 			}
+			c.Allocs = allocs
 			rep.Cases = append(rep.Cases, c)
 		}
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	return rep, nil
+}
+
+// splitScanAllocs fits where reading and packing d allocate (allocs.go), from one-reader
+// passes over d and over the same rows in larger pages, at several batch sizes.
+func splitScanAllocs(ctx context.Context, cfg Config, d *dataset) (allocFit, error) {
+	bigPages, err := ensureDatasetPages(cfg, cfg.Rows, cfg.Shards, allocsPageBytes)
+	if err != nil {
+		return allocFit{}, err
+	}
+	var passes []allocSplit
+	for _, ds := range []*dataset{d, bigPages} {
+		for _, shift := range allocBatchShifts {
+			b := cfg.BatchSize << max(shift, 0) >> max(-shift, 0)
+			p, err := scanAllocs(ctx, ds, b)
+			if err != nil {
+				return allocFit{}, err
+			}
+			passes = append(passes, p)
+		}
+	}
+	fit := fitAllocs(passes)
+	for _, p := range passes {
+		if p.Batch == cfg.BatchSize {
+			fit.SetupPerRowGroup = float64(p.SetupMallocs) / float64(max(p.RowGroups, 1))
+			break
+		}
+	}
+	return fit, nil
 }
 
 func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (*caseResult, error) {
@@ -329,23 +371,6 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 	for range cfg.Repeat {
 		m, err := measure(rows, func() error { return scan(ctx, cfg, d) })
 		if err := add(stageScan, m, err); err != nil {
-			return nil, err
-		}
-	}
-
-	// Where the scan's allocations fall: set-up, per batch, per row (see allocSplit).
-	{
-		small, err := scanAllocs(ctx, d, cfg.BatchSize)
-		if err != nil {
-			return nil, err
-		}
-		large, err := scanAllocs(ctx, d, 2*cfg.BatchSize)
-		if err != nil {
-			return nil, err
-		}
-		c.ScanAllocs = small
-		c.ScanPerBatch, c.ScanPerRow = splitAllocs(small, large)
-		if c.Pages, c.PerPage, err = pageAllocs(d); err != nil {
 			return nil, err
 		}
 	}

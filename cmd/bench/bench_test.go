@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -123,4 +124,40 @@ func BenchmarkScan(b *testing.B) {
 	}
 	rows := float64(b.N) * float64(d.spec.Rows)
 	b.ReportMetric(rows/b.Elapsed().Seconds(), "rows/s")
+}
+
+// TestFitAllocsRecoversKnownCoefficients: passes made from known per-batch, per-doubling,
+// per-page and per-row counts give those counts back, so a per-row allocation cannot
+// hide in the other terms.
+func TestFitAllocsRecoversKnownCoefficients(t *testing.T) {
+	for _, want := range []allocFit{
+		{PerBatch: 64, PerDoubling: 1, PerPage: 35, PerRow: 0},
+		{PerBatch: 60, PerDoubling: 0, PerPage: 30, PerRow: 1},
+	} {
+		var passes []allocSplit
+		for _, pages := range []int{288, 40} {
+			for _, b := range []int{4096, 8192, 16384, 32768, 65536} {
+				n := int64(2_000_000 / b)
+				rows := n * int64(b)
+				m := want.PerBatch*float64(n) + want.PerDoubling*float64(n)*math.Log2(float64(b)) +
+					want.PerPage*float64(pages) + want.PerRow*float64(rows)
+				passes = append(passes, allocSplit{Batch: b, SteadyBatches: n, SteadyRows: rows, SteadyPages: pages, SteadyMallocs: uint64(math.Round(m))})
+			}
+		}
+		got := fitAllocs(passes)
+		for _, c := range []struct {
+			name      string
+			got, want float64
+			tol       float64
+		}{
+			{"per batch", got.PerBatch, want.PerBatch, 0.05},
+			{"per doubling", got.PerDoubling, want.PerDoubling, 0.05},
+			{"per page", got.PerPage, want.PerPage, 0.05},
+			{"per row", got.PerRow, want.PerRow, 1e-5},
+		} {
+			if math.Abs(c.got-c.want) > c.tol {
+				t.Errorf("%s: got %v, want %v (fit %+v)", c.name, c.got, c.want, got)
+			}
+		}
+	}
 }

@@ -21,9 +21,9 @@ type Report struct {
 const (
 	targetPipelineRatio = 0.8 // pipeline >= 0.8 x the slowest isolated stage
 	targetRedisRatio    = 0.7 // Redis write >= 0.7 x redis-benchmark -P 64 SET
-	// targetAllocsPerRow: reading + packing + encoding make no allocation per row. An
-	// allocation per row measures 1 or more; what Arrow allocates once per data page
-	// (~100k values) lands, amortised, far below this (see allocSplit).
+	// targetAllocsPerRow: reading + packing + encoding make no allocation per row, once
+	// the allocations made per batch and per page are taken out (see allocSplit); an
+	// allocation per row measures 1 or more.
 	targetAllocsPerRow = 0.001
 )
 
@@ -58,23 +58,14 @@ func (c *caseResult) encodePerRow() float64 {
 	return float64(c.EncodeMallocs) / float64(rows)
 }
 
-// pagesPerRow is the share of the steady state's allocations per row that Arrow makes
-// once per page (page headers), amortised over the rows.
-func (c *caseResult) pagesPerRow() float64 {
-	rows := c.median(stageScan).Rows
-	if rows == 0 {
-		return 0
-	}
-	return c.PerPage * float64(c.Pages) / float64(rows)
-}
+func (c *caseResult) batchMin() int { return c.Allocs.batch(false) }
+func (c *caseResult) batchMax() int { return c.Allocs.batch(true) }
 
 // steadyAllocs is the allocations per row of reading, packing and encoding in steady
 // state, beyond those made per batch and per page (which the target allows).
-func (c *caseResult) steadyAllocs() float64 {
-	return max(0, c.ScanPerRow-c.pagesPerRow()) + c.encodePerRow()
-}
+func (c *caseResult) steadyAllocs() float64 { return max(0, c.Allocs.PerRow) + c.encodePerRow() }
 
-// cpuCeiling is the most rows/s the machine's cores could give a pipeline that does the
+// cpuCeiling is the most rows/s the process's cores (GOMAXPROCS) could give a pipeline that does the
 // work of stages a, b and c and nothing else: cores / (CPU a row of a + b + c). It is
 // the bound when every stage is CPU work on the same cores, as with Pebble.
 func (c *caseResult) cpuCeiling() float64 {
@@ -85,7 +76,7 @@ func (c *caseResult) cpuCeiling() float64 {
 	if perRow <= 0 {
 		return 0
 	}
-	return float64(runtime.NumCPU()) / perRow.Seconds()
+	return float64(runtime.GOMAXPROCS(0)) / perRow.Seconds()
 }
 
 type target struct {
@@ -118,12 +109,13 @@ func (r *Report) targets() []target {
 			c.Model, w, ratio, c.ValueBytes, c.RedisBenchmark, targetRedisRatio)})
 	}
 	for _, c := range r.Cases {
-		a, sa := c.steadyAllocs(), c.ScanAllocs
+		a, f := c.steadyAllocs(), c.Allocs
 		ts = append(ts, target{a < targetAllocsPerRow, fmt.Sprintf(
-			"%s/%s: read+pack+encode %.4f allocs/row (target < %g): steady-state scan %.4f/row less %.4f/row of page headers "+
-				"(%d pages x %.1f), plus encode %.4f/row; besides, %.1f per batch and %.0f per row group of set-up (%d row groups); all in %.4f/row",
-			c.Model, c.Store, a, targetAllocsPerRow, c.ScanPerRow, c.pagesPerRow(), c.Pages, c.PerPage, c.encodePerRow(),
-			c.ScanPerBatch, float64(sa.SetupMallocs)/float64(max(sa.RowGroups, 1)), sa.RowGroups, c.median(stageScan).AllocsPerRow())})
+			"%s/%s: read+pack+encode %.5f allocs/row (target < %g): steady-state scan %.5f/row beside %.1f per batch, %.1f more per doubling "+
+				"of the batch and %.1f per page (fitted over %d passes: batch %d-%d, pages of 256 KiB and 1 MiB), encode %.5f/row; "+
+				"set-up %.0f per row group; all in %.4f/row",
+			c.Model, c.Store, a, targetAllocsPerRow, f.PerRow, f.PerBatch, f.PerDoubling, f.PerPage, len(f.Passes), c.batchMin(), c.batchMax(),
+			c.encodePerRow(), f.SetupPerRowGroup, c.median(stageScan).AllocsPerRow())})
 	}
 	return ts
 }
@@ -193,7 +185,7 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "cores busy and CPU ns/row: this process's user+system time (getrusage), so not redis-server's.")
-	fmt.Fprintf(w, "CPU ceiling of the in-process store (%d cores / CPU a row of a+b+c: the bound when every stage is CPU work on the same cores):", runtime.NumCPU())
+	fmt.Fprintf(w, "CPU ceiling of the in-process store (%d cores / CPU a row of a+b+c: the bound when every stage is CPU work on the same cores):", runtime.GOMAXPROCS(0))
 	for _, c := range r.Cases {
 		if ceil := c.cpuCeiling(); ceil > 0 && c.Store == "pebble" {
 			fmt.Fprintf(w, " %s/%s %s rows/s, pipeline at %.2f of it;", c.Model, c.Store, rate(ceil), c.median(stagePipeline).RowsPerSec()/ceil)

@@ -40,6 +40,9 @@ type Spec struct {
 	Seed         uint64 // selects the values
 	Codec        string // "zstd" (default) | "snappy"
 	NullEvery    int    // >0: f2 is null on rows where row % NullEvery == NullEvery-1
+	// PageBytes is the writer's page buffer size (parquet-go's 256 KiB when 0): larger
+	// pages, fewer of them, for the same rows.
+	PageBytes int
 }
 
 // Row is one row exactly as written.
@@ -113,6 +116,8 @@ func Generate(dir string, spec Spec) ([]string, error) {
 		return nil, fmt.Errorf("%w: row group rows %d, want >= 1", ErrSpec, spec.RowGroupRows)
 	case spec.NullEvery < 0:
 		return nil, fmt.Errorf("%w: null every %d, want >= 0", ErrSpec, spec.NullEvery)
+	case spec.PageBytes < 0:
+		return nil, fmt.Errorf("%w: page bytes %d, want >= 0", ErrSpec, spec.PageBytes)
 	}
 	codec, err := spec.codec()
 	if err != nil {
@@ -144,11 +149,15 @@ func writeShard(path string, spec Spec, codec compress.Codec, lo, hi int64) (err
 			os.Remove(tmp)
 		}
 	}()
-	w := parquet.NewGenericWriter[shardRow](out,
+	opts := []parquet.WriterOption{
 		parquet.Compression(codec),
 		parquet.MaxRowsPerRowGroup(int64(spec.RowGroupRows)),
 		parquet.CreatedBy("staticref shardgen", "1", ""),
-	)
+	}
+	if spec.PageBytes > 0 {
+		opts = append(opts, parquet.PageBufferSize(spec.PageBytes))
+	}
+	w := parquet.NewGenericWriter[shardRow](out, opts...)
 	buf := make([]shardRow, 0, min(spec.RowGroupRows, 4096))
 	embeddings := make([]float32, cap(buf)*EmbeddingDim)
 	f2s := make([]int32, cap(buf))
