@@ -308,8 +308,8 @@ func sessionOptions(threads int, device string) (_ *ort.SessionOptions, err erro
 	// cores are shared with the readers, the encoders, the store and the other workers'
 	// sessions, and the spinning takes CPU from all of them: make bench, MLP on Pebble
 	// with intra_op_threads 2 and 2 workers, ran the pipeline at 545-584k rows/s
-	// spinning and 788-793k without (2.0 against 3.0 µs of CPU a row). With one thread
-	// (the default) there is no pool and this changes nothing.
+	// spinning and 788-793k without (3.0 µs of CPU a row spinning, 2.0 without). With
+	// one thread (the default) there is no pool and this changes nothing.
 	for _, key := range spinKeys {
 		if err := so.AddSessionConfigEntry(key, "0"); err != nil {
 			return nil, fmt.Errorf("set %s: %w", key, err)

@@ -91,8 +91,9 @@ type Gates struct {
 	MaxNullFraction *float64 `yaml:"max_null_fraction"`
 	// UniqueKeys fails a version whose store holds fewer distinct keys than rows written:
 	// two input rows with one key (the last write wins, in no set order across
-	// concurrent writers). Off by default: it counts the version's keys in the store
-	// (a scan: cheap on Pebble, a SCAN of the keyspace on Redis).
+	// concurrent writers). Off by default: it counts the version's keys in the store,
+	// a scan of the version (of the whole keyspace on Redis, whose server must not
+	// evict keys: an evicted key would count as a duplicate).
 	UniqueKeys *bool `yaml:"unique_keys"`
 }
 

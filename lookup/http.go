@@ -75,6 +75,9 @@ func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
 		probe.Method = m
 		if _, pattern := mux.Handler(probe); pattern != "/" {
 			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead) // net/http serves HEAD with GET's handler
+			}
 		}
 	}
 	return allow
