@@ -191,6 +191,9 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 	start := time.Now()
 	var body struct {
 		Keys []string `json:"keys"`
+		// Features are, per key, the features an online prediction of that key uses when
+		// the version lacks it (as a single lookup's body sends them).
+		Features map[string]map[string]float64 `json:"features"`
 	}
 	if !s.decode(w, r, &body) {
 		return
@@ -203,9 +206,17 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 		s.writeError(w, errorf(CodeInvalid, "batch of %d keys: at most %d (max_batch)", len(body.Keys), s.cfg.MaxBatch))
 		return
 	}
+	asked := make(map[string]bool, len(body.Keys))
 	for i, k := range body.Keys {
 		if err := writers.ValidateKey([]byte(k)); err != nil {
 			s.writeError(w, errorf(CodeInvalid, "keys[%d]: %v", i, trimInvalid(err)))
+			return
+		}
+		asked[k] = true
+	}
+	for k := range body.Features {
+		if !asked[k] {
+			s.writeError(w, errorf(CodeInvalid, "features[%q]: the key is not among keys", k))
 			return
 		}
 	}
@@ -217,7 +228,7 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 	if sn == nil {
 		return
 	}
-	answers, aerr := s.batch(r.Context(), n, sn, body.Keys, req)
+	answers, aerr := s.batch(r.Context(), n, sn, body.Keys, req, body.Features)
 	if aerr != nil {
 		s.writeError(w, aerr)
 		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())

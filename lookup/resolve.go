@@ -187,9 +187,11 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 // batchParallelism bounds the store reads one batch keeps in flight.
 const batchParallelism = 16
 
-// batch answers keys from one snapshot. A key that nothing answers is an Answer with an
-// error in its place; any other failure fails the batch.
-func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []string, req request) ([]Answer, *apiError) {
+// batch answers keys from one snapshot, a missing key from its features (features[key])
+// when it has some, as a single lookup would. A key that nothing answers is an Answer
+// with an error in its place; any other failure, a key's invalid features included,
+// fails the batch.
+func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
 		return nil, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
@@ -227,8 +229,11 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			out[i] = a
 			continue
 		}
-		a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment}, now, stale)
+		a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment, features: features[k]}, now, stale)
 		if err != nil {
+			if err.code == CodeInvalid {
+				return nil, errorf(CodeInvalid, "features[%q]: %s", k, err.message)
+			}
 			if err.code != CodeNotFound {
 				return nil, err
 			}

@@ -221,6 +221,26 @@ namespaces:
 		}
 	})
 
+	t.Run("batchGet predicts a missing key online from its features", func(t *testing.T) {
+		body := `{"keys":["u000000001","nobody","stranger"],"features":{"nobody":{"f0":1.5,"f1":-0.25,"f2":3,"f3":10}}}`
+		r := call(t, "POST", base+"/v1/churn:batchGet?country=XX", body) // no segment default for XX
+		answers, _ := r.body["answers"].([]any)
+		if r.status != 200 || r.body["version"] != m.Version || len(answers) != 3 {
+			t.Fatalf("got %d %s", r.status, r.raw)
+		}
+		var srcs []string
+		for _, a := range answers {
+			srcs = append(srcs, a.(map[string]any)["source"].(string))
+		}
+		if strings.Join(srcs, ",") != "precomputed,online,fallback:default" {
+			t.Errorf("sources: got %v, want precomputed,online,fallback:default", srcs)
+		}
+		v := answers[1].(map[string]any)["value"].(map[string]any)
+		if got := v["score"].(float64); abs(got-want["score"][0]) > 1e-5 {
+			t.Errorf("online score in a batch: got %v, want %v", got, want["score"][0])
+		}
+	})
+
 	t.Run("status shows the live version and its manifest", func(t *testing.T) {
 		r := call(t, "GET", base+"/v1/churn", "")
 		man, _ := r.body["manifest"].(map[string]any)
@@ -232,7 +252,7 @@ namespaces:
 	t.Run("metrics count answers by source and report the live version", func(t *testing.T) {
 		r := call(t, "GET", base+"/metrics", "")
 		for _, want := range []string{
-			`staticref_answers_total{namespace="churn",source="online"} 2`,
+			`staticref_answers_total{namespace="churn",source="online"} 3`,
 			`staticref_fallbacks_total{namespace="churn",source="fallback:segment"}`,
 			`staticref_live_version{namespace="churn",version="` + m.Version + `"} 1`,
 			`staticref_namespace_age_seconds{namespace="churn"}`,
@@ -347,6 +367,8 @@ namespaces:
 		{"an invalid key in a batch is 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a",""]}`, nil, 400, "invalid_argument"},
 		{"a body that is not JSON is 400", "POST", base + "/v1/churn:batchGet", `keys=a`, nil, 400, "invalid_argument"},
 		{"an unknown body field is 400", "POST", base + "/v1/churn:batchGet", `{"kees":["a"]}`, nil, 400, "invalid_argument"},
+		{"batch features for a key not asked are 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a"],"features":{"b":{"f0":1}}}`, nil, 400, "invalid_argument"},
+		{"batch features that miss one the model needs are 400", "POST", base + "/v1/churn:batchGet", `{"keys":["nobody"],"features":{"nobody":{"f0":1}}}`, nil, 400, "invalid_argument"},
 		{"a body over max_body_bytes is 413", "POST", base + "/v1/churn:batchGet", `{"keys":["` + strings.Repeat("a", 300) + `"]}`, nil, 413, "too_large"},
 		{"features that miss one the model needs are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":1}}`, nil, 400, "invalid_argument"},
 		{"features that are not numbers are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":"x"}}`, nil, 400, "invalid_argument"},
