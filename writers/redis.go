@@ -368,7 +368,7 @@ func (r *Redis) Get(ctx context.Context, ns, version string, key []byte) ([]byte
 	return v, nil
 }
 
-// CountKeys implements Store: a SCAN of the version's pattern on every master.
+// CountKeys implements Store: SCANs of the version's pattern on every master.
 func (r *Redis) CountKeys(ctx context.Context, ns, version string) (int64, error) {
 	if err := validateNV(ns, version); err != nil {
 		return 0, fmt.Errorf("count keys: %w", err)
@@ -376,16 +376,33 @@ func (r *Redis) CountKeys(ctx context.Context, ns, version string) (int64, error
 	if err := r.checkOpen(); err != nil {
 		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
 	}
-	var n atomic.Int64
-	err := r.scanVersion(ctx, ns, version, func(ctx context.Context, c *redis.Client, keys []string) error {
-		n.Add(int64(len(keys)))
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("count keys %s/%s in redis %s: %w", ns, version, r.addr, err)
+	// SCAN returns a key twice when the server resizes its table during the scan (as it
+	// does right after gc unlinks a big version), and never misses a key that exists
+	// throughout. So count until two scans agree, at most countScans times, and return
+	// the smallest count: a resize is over within a cron tick or two.
+	best, prev := int64(-1), int64(-1)
+	for range countScans {
+		var n atomic.Int64
+		err := r.scanVersion(ctx, ns, version, func(ctx context.Context, c *redis.Client, keys []string) error {
+			n.Add(int64(len(keys)))
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("count keys %s/%s in redis %s: %w", ns, version, r.addr, err)
+		}
+		if best < 0 || n.Load() < best {
+			best = n.Load()
+		}
+		if n.Load() == prev {
+			break
+		}
+		prev = n.Load()
 	}
-	return n.Load(), nil
+	return best, nil
 }
+
+// countScans bounds the scans of CountKeys.
+const countScans = 4
 
 // scanVersion calls fn with each page of SCAN MATCH sr:NS:VERSION:* on every master (the
 // one server when standalone), together with the client of the master the keys live on.
