@@ -2,12 +2,14 @@ package writers
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,6 +112,8 @@ type Redis struct {
 
 	writing writingCache
 	closed  atomic.Bool
+
+	tlsCA string // the URL's tls_ca: a PEM file of CAs a rediss:// server is checked against
 }
 
 var _ Store = (*Redis)(nil)
@@ -118,7 +122,9 @@ var _ Store = (*Redis)(nil)
 // redis+cluster:// URL names and pings it. Query parameters are go-redis options
 // (redis.ParseURL), e.g. ?dial_timeout=3s&pool_size=20, and staticref's own write
 // settings: pipeline=N (commands per pipeline), max_in_flight=N (pipelines at once) and
-// retry_for=DURATION (how long a failed pipeline is retried).
+// retry_for=DURATION (how long a failed pipeline is retried). A rediss:// server's
+// certificate is checked against the system's CAs, or against those in the PEM file that
+// tls_ca=PATH names (a private CA).
 func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	u, err := parseURL(rawURL)
 	if err != nil {
@@ -138,8 +144,19 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
 		}
+		if r.tlsCA != "" {
+			if opt.TLSConfig == nil {
+				return nil, fmt.Errorf("open redis store %s: tls_ca=%q: only a rediss:// URL uses TLS", redactURL(rawURL), r.tlsCA)
+			}
+			if opt.TLSConfig.RootCAs, err = loadCAs(r.tlsCA); err != nil {
+				return nil, fmt.Errorf("open redis store %s: tls_ca: %w", redactURL(rawURL), err)
+			}
+		}
 		r.client, r.addr = redis.NewClient(opt), opt.Addr
 	case "redis+cluster":
+		if r.tlsCA != "" {
+			return nil, fmt.Errorf("open redis store %s: tls_ca: TLS is supported on a rediss:// server, not on redis+cluster://", redactURL(rawURL))
+		}
 		opt, err := redis.ParseClusterURL(clusterURL(rawURL))
 		if err != nil {
 			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
@@ -836,7 +853,7 @@ func (r *Redis) checkOpen() error {
 }
 
 // takeWriteOptions sets r's write settings from the URL's pipeline, max_in_flight and
-// retry_for parameters and returns the URL without them, for go-redis.
+// retry_for parameters, and its tls_ca, and returns the URL without them, for go-redis.
 func (r *Redis) takeWriteOptions(rawURL string) (string, error) {
 	base, query, ok := strings.Cut(rawURL, "?")
 	if !ok {
@@ -853,6 +870,7 @@ func (r *Redis) takeWriteOptions(rawURL string) (string, error) {
 			r.RetryFor, err = time.ParseDuration(v)
 			return
 		},
+		"tls_ca": func(v string) error { r.tlsCA = v; return nil },
 	} {
 		if v := q.Get(name); v != "" {
 			if err := set(v); err != nil {
@@ -865,6 +883,19 @@ func (r *Redis) takeWriteOptions(rawURL string) (string, error) {
 		return base, nil
 	}
 	return base + "?" + q.Encode(), nil
+}
+
+// loadCAs reads the PEM certificates in path into a pool.
+func loadCAs(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", path)
+	}
+	return pool, nil
 }
 
 func positive(v string) (int, error) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -352,5 +354,44 @@ func TestRedisURLCarriesWriteSettings(t *testing.T) {
 	}
 	if _, err := writers.OpenRedis(context.Background(), url+"?pipeline=0"); err == nil || !strings.Contains(err.Error(), "pipeline") {
 		t.Errorf("pipeline=0: got %v, want an error naming pipeline", err)
+	}
+}
+
+// TestRedisTLS runs the store contract over rediss:// against a server whose certificate
+// a test CA signed, trusted through the URL's tls_ca; and shows what a wrong TLS set-up
+// gets: an untrusted certificate, tls_ca on a plain or cluster URL, an unreadable CA file.
+func TestRedisTLS(t *testing.T) {
+	ctx := context.Background()
+	url, ca := redistest.TLS(t)
+	trusted := url + "?tls_ca=" + ca
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("conformance", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) writers.Store { return openRedis(t, trusted) })
+	})
+	for _, tt := range []struct {
+		name, url string
+		want      []string
+	}{
+		{"a certificate no trusted CA signed", url, []string{"cannot reach redis", "certificate"}},
+		{"tls_ca on a plain redis URL", "redis://127.0.0.1:1/0?tls_ca=" + ca, []string{"tls_ca", "rediss://"}},
+		{"tls_ca on a cluster URL", "redis+cluster://127.0.0.1:1,127.0.0.1:2?tls_ca=" + ca, []string{"tls_ca", "redis+cluster"}},
+		{"a tls_ca file that is missing", url + "?tls_ca=/nonexistent/ca.pem", []string{"tls_ca", "/nonexistent/ca.pem"}},
+		{"a tls_ca file with no certificate", url + "?tls_ca=" + notPEM, []string{"tls_ca", "not.pem", "no PEM certificate"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := writers.OpenRedis(ctx, tt.url)
+			if err == nil {
+				s.Close()
+				t.Fatalf("OpenRedis(%s) succeeded, want an error", tt.url)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+		})
 	}
 }
