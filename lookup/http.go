@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -214,7 +216,7 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 		}
 		asked[k] = true
 	}
-	for k := range body.Features {
+	for _, k := range slices.Sorted(maps.Keys(body.Features)) {
 		if !asked[k] {
 			s.writeError(w, errorf(CodeInvalid, "features[%q]: the key is not among keys", k))
 			return
@@ -227,6 +229,22 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 	sn := s.snapshot(w, n)
 	if sn == nil {
 		return
+	}
+	if n.online != nil { // features are used, so checked before anything is read
+		for _, k := range body.Keys {
+			f, ok := body.Features[k]
+			switch {
+			case !ok:
+			case f == nil:
+				s.writeError(w, errorf(CodeInvalid, `features[%q]: want an object of feature values, {"f0": 1.5, ...}`, k))
+				return
+			default:
+				if err := checkFeatures(sn.Manifest, f); err != nil {
+					s.writeError(w, errorf(CodeInvalid, "features[%q]: %v", k, err))
+					return
+				}
+			}
+		}
 	}
 	answers, aerr := s.batch(r.Context(), n, sn, body.Keys, req, body.Features)
 	if aerr != nil {

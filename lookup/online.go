@@ -42,11 +42,8 @@ type errFeatures struct{ msg string }
 
 func (e errFeatures) Error() string { return e.msg }
 
-// predict answers one row. feats must hold every feature of the manifest.
-func (o *online) predict(ctx context.Context, m *writers.Manifest, feats map[string]float64) (json.RawMessage, error) {
-	if len(m.Features) == 0 {
-		return nil, fmt.Errorf("version %s records no feature names", m.Version)
-	}
+// checkFeatures returns an errFeatures naming what feats lacks of m's features.
+func checkFeatures(m *writers.Manifest, feats map[string]float64) error {
 	var missing []string
 	for _, f := range m.Features {
 		if _, ok := feats[f]; !ok {
@@ -54,7 +51,18 @@ func (o *online) predict(ctx context.Context, m *writers.Manifest, feats map[str
 		}
 	}
 	if len(missing) > 0 {
-		return nil, errFeatures{fmt.Sprintf("features: missing %s (version %s needs %s)", strings.Join(missing, ", "), m.Version, strings.Join(m.Features, ", "))}
+		return errFeatures{fmt.Sprintf("missing %s (version %s needs %s)", strings.Join(missing, ", "), m.Version, strings.Join(m.Features, ", "))}
+	}
+	return nil
+}
+
+// predict answers one row. feats must hold every feature of the manifest.
+func (o *online) predict(ctx context.Context, m *writers.Manifest, feats map[string]float64) (json.RawMessage, error) {
+	if len(m.Features) == 0 {
+		return nil, fmt.Errorf("version %s records no feature names", m.Version)
+	}
+	if err := checkFeatures(m, feats); err != nil {
+		return nil, errFeatures{"features: " + err.Error()}
 	}
 	om, err := o.load(m)
 	if err != nil {

@@ -187,10 +187,10 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 // batchParallelism bounds the store reads one batch keeps in flight.
 const batchParallelism = 16
 
-// batch answers keys from one snapshot, a missing key from its features (features[key])
-// when it has some, as a single lookup would. A key that nothing answers is an Answer
-// with an error in its place; any other failure, a key's invalid features included,
-// fails the batch.
+// batch answers keys from one snapshot, a missing key from its features (features[key],
+// checked by the caller) when it has some, as a single lookup would. A key that nothing
+// answers, or whose online prediction is unavailable, is an Answer with the error in its
+// place; any other failure fails the batch.
 func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
@@ -234,7 +234,7 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			if err.code == CodeInvalid {
 				return nil, errorf(CodeInvalid, "features[%q]: %s", k, err.message)
 			}
-			if err.code != CodeNotFound {
+			if err.code != CodeNotFound && err.code != CodeUnavailable {
 				return nil, err
 			}
 			a.Error = &Error{Code: err.code, Message: err.message}

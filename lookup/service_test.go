@@ -369,6 +369,7 @@ namespaces:
 		{"an unknown body field is 400", "POST", base + "/v1/churn:batchGet", `{"kees":["a"]}`, nil, 400, "invalid_argument"},
 		{"batch features for a key not asked are 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a"],"features":{"b":{"f0":1}}}`, nil, 400, "invalid_argument"},
 		{"batch features that miss one the model needs are 400", "POST", base + "/v1/churn:batchGet", `{"keys":["nobody"],"features":{"nobody":{"f0":1}}}`, nil, 400, "invalid_argument"},
+		{"batch features that are null are 400", "POST", base + "/v1/churn:batchGet", `{"keys":["nobody"],"features":{"nobody":null}}`, nil, 400, "invalid_argument"},
 		{"a body over max_body_bytes is 413", "POST", base + "/v1/churn:batchGet", `{"keys":["` + strings.Repeat("a", 300) + `"]}`, nil, 413, "too_large"},
 		{"features that miss one the model needs are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":1}}`, nil, 400, "invalid_argument"},
 		{"features that are not numbers are 400", "POST", base + "/v1/churn/nobody", `{"features":{"f0":"x"}}`, nil, 400, "invalid_argument"},
