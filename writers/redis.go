@@ -135,14 +135,16 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 		MaxInFlight:  DefaultRedisMaxInFlight,
 		RetryFor:     DefaultRedisRetryFor,
 	}
-	if rawURL, err = r.takeWriteOptions(rawURL); err != nil {
+	goRedisURL, err := r.takeWriteOptions(rawURL)
+	if err != nil {
 		return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
 	}
+	rawURL = goRedisURL
 	switch u.scheme {
 	case "redis", "rediss":
 		opt, err := redis.ParseURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
+			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), withoutURL(err))
 		}
 		if r.tlsCA != "" {
 			if opt.TLSConfig == nil {
@@ -159,7 +161,7 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 		}
 		opt, err := redis.ParseClusterURL(clusterURL(rawURL))
 		if err != nil {
-			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
+			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), withoutURL(err))
 		}
 		r.cluster = redis.NewClusterClient(opt)
 		r.client, r.addr = r.cluster, strings.Join(opt.Addrs, ",")
@@ -218,6 +220,16 @@ func clusterURL(raw string) string {
 }
 
 // redactURL drops a password from a URL for error messages.
+// withoutURL drops the URL that a *url.Error quotes in full, password included, and
+// keeps what went wrong.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
+}
+
 func redactURL(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
@@ -394,11 +406,19 @@ func (r *Redis) CountKeys(ctx context.Context, ns, version string) (int64, error
 		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
 	}
 	// SCAN returns a key twice when the server resizes its table during the scan (as it
-	// does right after gc unlinks a big version), and never misses a key that exists
-	// throughout. So count until two scans agree, at most countScans times, and return
-	// the smallest count: a resize is over within a cron tick or two.
+	// does after gc unlinks a big version), and never misses a key that exists
+	// throughout. So count until two scans agree, at most countScans times, pausing
+	// between scans that disagree to let the resize progress, and return the smallest
+	// count: after countScans, still at least the true count.
 	best, prev := int64(-1), int64(-1)
-	for range countScans {
+	for i := range countScans {
+		if i > 1 {
+			select {
+			case <-time.After(countPause):
+			case <-ctx.Done():
+				return 0, fmt.Errorf("count keys %s/%s in redis %s: %w", ns, version, r.addr, ctx.Err())
+			}
+		}
 		var n atomic.Int64
 		err := r.scanVersion(ctx, ns, version, func(ctx context.Context, c *redis.Client, keys []string) error {
 			n.Add(int64(len(keys)))
@@ -418,8 +438,12 @@ func (r *Redis) CountKeys(ctx context.Context, ns, version string) (int64, error
 	return best, nil
 }
 
-// countScans bounds the scans of CountKeys.
-const countScans = 4
+// countScans bounds the scans of CountKeys, countPause spaces those after the second
+// (a server's cron, which advances a resize, ticks every 100 ms by default).
+const (
+	countScans = 4
+	countPause = 200 * time.Millisecond
+)
 
 // scanVersion calls fn with each page of SCAN MATCH sr:NS:VERSION:* on every master (the
 // one server when standalone), together with the client of the master the keys live on.
@@ -872,12 +896,17 @@ func (r *Redis) takeWriteOptions(rawURL string) (string, error) {
 		},
 		"tls_ca": func(v string) error { r.tlsCA = v; return nil },
 	} {
-		if v := q.Get(name); v != "" {
-			if err := set(v); err != nil {
-				return "", fmt.Errorf("%s=%q: %w", name, v, err)
-			}
-			q.Del(name)
+		if !q.Has(name) {
+			continue
 		}
+		v := q.Get(name)
+		if v == "" {
+			return "", fmt.Errorf("%s: empty value", name)
+		}
+		if err := set(v); err != nil {
+			return "", fmt.Errorf("%s=%q: %w", name, v, err)
+		}
+		q.Del(name)
 	}
 	if len(q) == 0 {
 		return base, nil

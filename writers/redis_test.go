@@ -395,3 +395,25 @@ func TestRedisTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisURLErrorsNameTheParameterAndHideThePassword: a bad URL parameter or escape is
+// an error that says which, and never shows the password.
+func TestRedisURLErrorsNameTheParameterAndHideThePassword(t *testing.T) {
+	for _, tt := range []struct {
+		url  string
+		want string
+	}{
+		{"redis://u:s3cret@127.0.0.1:1/0?pipeline=0", `pipeline="0"`},
+		{"redis://u:s3cret@127.0.0.1:1/0?retry_for=soon", "retry_for"},
+		{"rediss://u:s3cret@127.0.0.1:1/0?tls_ca=", "tls_ca: empty value"},
+		{"rediss://u:s3%zzcret@127.0.0.1:1/0", "invalid URL escape"},
+	} {
+		_, err := writers.OpenRedis(context.Background(), tt.url)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("OpenRedis(%s): %v, want an error with %q", tt.url, err, tt.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "s3%zzcret")) {
+			t.Errorf("OpenRedis(%s): the error shows the password: %v", tt.url, err)
+		}
+	}
+}
