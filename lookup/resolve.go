@@ -221,6 +221,11 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			return nil, err.(*apiError)
 		}
 	}
+	// Keys the version lacks are answered concurrently: an online prediction runs the
+	// model, and the namespace's session pool bounds how many run at once.
+	fatal := make([]*apiError, len(keys))
+	g := new(errgroup.Group)
+	g.SetLimit(batchParallelism)
 	for i, k := range keys {
 		a := Answer{Namespace: n.name, Key: k}
 		if found[i] {
@@ -229,20 +234,28 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			out[i] = a
 			continue
 		}
-		a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment, features: features[k]}, now, stale)
+		g.Go(func() error {
+			a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment, features: features[k]}, now, stale)
+			switch {
+			case err == nil:
+				s.met.answers.WithLabelValues(n.name, a.Source).Inc()
+			case err.code == CodeInvalid:
+				fatal[i] = errorf(CodeInvalid, "features[%q]: %s", k, err.message)
+			case err.code != CodeNotFound && err.code != CodeUnavailable:
+				fatal[i] = err
+			default:
+				a.Error = &Error{Code: err.code, Message: err.message}
+				a.Version = sn.Manifest.Version
+			}
+			out[i] = a
+			return nil
+		})
+	}
+	_ = g.Wait() // the goroutines report through fatal
+	for _, err := range fatal {
 		if err != nil {
-			if err.code == CodeInvalid {
-				return nil, errorf(CodeInvalid, "features[%q]: %s", k, err.message)
-			}
-			if err.code != CodeNotFound && err.code != CodeUnavailable {
-				return nil, err
-			}
-			a.Error = &Error{Code: err.code, Message: err.message}
-			a.Version = sn.Manifest.Version
-		} else {
-			s.met.answers.WithLabelValues(n.name, a.Source).Inc()
+			return nil, err
 		}
-		out[i] = a
 	}
 	return out, nil
 }

@@ -3,12 +3,14 @@ package lookup_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -241,6 +243,29 @@ namespaces:
 		}
 	})
 
+	t.Run("batchGet predicts many missing keys, each from its own features", func(t *testing.T) {
+		var keys, feats []string
+		for i := range 40 {
+			k := fmt.Sprintf("new-%02d", i)
+			keys = append(keys, strconv.Quote(k))
+			feats = append(feats, fmt.Sprintf(`%q:{"f0":%d,"f1":%d,"f2":1,"f3":-2}`, k, i, -i))
+		}
+		body := `{"keys":[` + strings.Join(keys, ",") + `],"features":{` + strings.Join(feats, ",") + `}}`
+		r := call(t, "POST", base+"/v1/churn:batchGet", body)
+		answers, _ := r.body["answers"].([]any)
+		if r.status != 200 || len(answers) != 40 {
+			t.Fatalf("got %d %s", r.status, r.raw)
+		}
+		for i, a := range answers {
+			a := a.(map[string]any)
+			want := model.Predict([]float64{float64(i), float64(-i), 1, -2})["score"][0]
+			got, _ := a["value"].(map[string]any)["score"].(float64)
+			if a["key"] != fmt.Sprintf("new-%02d", i) || a["source"] != lookup.SourceOnline || abs(got-want) > 1e-5 {
+				t.Errorf("answer %d: %v, want key new-%02d online with score %v", i, a, i, want)
+			}
+		}
+	})
+
 	t.Run("status shows the live version and its manifest", func(t *testing.T) {
 		r := call(t, "GET", base+"/v1/churn", "")
 		man, _ := r.body["manifest"].(map[string]any)
@@ -252,7 +277,7 @@ namespaces:
 	t.Run("metrics count answers by source and report the live version", func(t *testing.T) {
 		r := call(t, "GET", base+"/metrics", "")
 		for _, want := range []string{
-			`staticref_answers_total{namespace="churn",source="online"} 3`,
+			`staticref_answers_total{namespace="churn",source="online"} 43`,
 			`staticref_fallbacks_total{namespace="churn",source="fallback:segment"}`,
 			`staticref_live_version{namespace="churn",version="` + m.Version + `"} 1`,
 			`staticref_namespace_age_seconds{namespace="churn"}`,
