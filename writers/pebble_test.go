@@ -325,24 +325,23 @@ func BenchmarkPebbleWriteRows(b *testing.B) {
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
 }
 
-// TestPebbleCompleteCompactsTheVersion: rows a load flushed into L0 are merged into the
-// bottom level when the version is completed, and every row reads back the same after.
-func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
+// loadIntoL0 opens a Pebble store holding version ns/v1, still writing, whose
+// batches x per rows (key k%06d, value value(i), keys in no order within a batch) were
+// each flushed into an L0 file, as a long load does.
+func loadIntoL0(t *testing.T, batches, per int, value func(int) []byte) (*writers.Pebble, *writers.Manifest) {
+	t.Helper()
 	ctx := context.Background()
 	s, err := writers.OpenPebble(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
 	if err := s.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	const batches, per = 4, 2000
-	value := func(i int) []byte { return []byte(fmt.Sprintf(`{"score":%d}`, i*7)) }
 	for b := range batches {
 		var rows writers.Rows
-		for i := b; i < batches*per; i += batches { // keys in no order within a flush
+		for i := b; i < batches*per; i += batches {
 			rows.Keys = append(rows.Keys, []byte(fmt.Sprintf("k%06d", i)))
 			rows.Values = append(rows.Values, value(i))
 		}
@@ -353,9 +352,20 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := s.L0TablesForTest(); n < batches {
+	if n := s.L0TablesForTest(); n < int64(batches) {
 		t.Fatalf("after %d flushes L0 holds %d tables, want >= %d (the test needs an L0 to compact)", batches, n, batches)
 	}
+	return s, m
+}
+
+// TestPebbleCompleteCompactsTheVersion: rows a load flushed into L0 are merged into the
+// bottom level when the version is completed, and every row reads back the same after.
+func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
+	ctx := context.Background()
+	const batches, per = 4, 2000
+	value := func(i int) []byte { return []byte(fmt.Sprintf(`{"score":%d}`, i*7)) }
+	s, m := loadIntoL0(t, batches, per, value)
+	defer s.Close()
 
 	m.State = writers.StateComplete
 	if err := s.PutManifest(ctx, m); err != nil {
@@ -383,32 +393,11 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 // compaction (Pebble panics on a closed database) rather than racing it; whichever
 // comes first, neither panics and Close succeeds.
 func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
-	ctx := context.Background()
-	s, err := writers.OpenPebble(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
-	if err := s.PutManifest(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	for b := range 4 {
-		var rows writers.Rows
-		for i := b; i < 20000; i += 4 {
-			rows.Keys = append(rows.Keys, []byte(fmt.Sprintf("k%06d", i)))
-			rows.Values = append(rows.Values, []byte("v"))
-		}
-		if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.FlushForTest(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, m := loadIntoL0(t, 4, 5000, func(int) []byte { return []byte("v") })
 	done := make(chan error, 1)
 	go func() {
 		m.State = writers.StateComplete
-		done <- s.PutManifest(ctx, m)
+		done <- s.PutManifest(context.Background(), m)
 	}()
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close during the compaction: %v", err)
