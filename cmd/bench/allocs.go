@@ -130,13 +130,9 @@ func mallocs() uint64 {
 }
 
 // scanAllocs reads and packs every row group of d with one reader at the given batch
-// size, as scan does, counting mallocs at each batch.
-func scanAllocs(ctx context.Context, d *dataset, batch int) (allocSplit, error) {
+// size, as scan does, counting mallocs at each batch; starts are d's pageStarts.
+func scanAllocs(ctx context.Context, d *dataset, starts [][]int64, batch int) (allocSplit, error) {
 	a := allocSplit{Batch: batch}
-	starts, err := pageStarts(d)
-	if err != nil {
-		return a, err
-	}
 	for _, chunk := range starts {
 		for _, row := range chunk {
 			if row >= int64(batch) {

@@ -336,9 +336,13 @@ func splitScanAllocs(ctx context.Context, cfg Config, d *dataset) (allocFit, err
 	}
 	var passes []allocSplit
 	for _, ds := range []*dataset{d, bigPages} {
+		starts, err := pageStarts(ds)
+		if err != nil {
+			return allocFit{}, err
+		}
 		for _, shift := range allocBatchShifts {
 			b := cfg.BatchSize << max(shift, 0) >> max(-shift, 0)
-			p, err := scanAllocs(ctx, ds, b)
+			p, err := scanAllocs(ctx, ds, starts, b)
 			if err != nil {
 				return allocFit{}, err
 			}
