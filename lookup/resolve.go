@@ -239,8 +239,6 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			switch {
 			case err == nil:
 				s.met.answers.WithLabelValues(n.name, a.Source).Inc()
-			case err.code == CodeInvalid:
-				fatal[i] = errorf(CodeInvalid, "features[%q]: %s", k, err.message)
 			case err.code != CodeNotFound && err.code != CodeUnavailable:
 				fatal[i] = err
 			default:

@@ -111,15 +111,15 @@ func fitAllocs(passes []allocSplit) allocFit {
 	return fit
 }
 
-// batch is the smallest (or, with largest, the largest) batch size of the passes.
-func (f allocFit) batch(largest bool) int {
-	b := 0
+// batchRange is the smallest and the largest batch size of the passes.
+func (f allocFit) batchRange() (lo, hi int) {
 	for _, p := range f.Passes {
-		if b == 0 || (p.Batch > b) == largest {
-			b = p.Batch
+		if lo == 0 || p.Batch < lo {
+			lo = p.Batch
 		}
+		hi = max(hi, p.Batch)
 	}
-	return b
+	return lo, hi
 }
 
 // mallocs is the process's malloc count so far (exact: ReadMemStats stops the world).

@@ -22,7 +22,7 @@ const (
 	targetPipelineRatio = 0.8 // pipeline >= 0.8 x the slowest isolated stage
 	targetRedisRatio    = 0.7 // Redis write >= 0.7 x redis-benchmark -P 64 SET
 	// targetAllocsPerRow: reading + packing + encoding make no allocation per row, once
-	// the allocations made per batch and per page are taken out (see allocSplit); an
+	// the allocations made per batch and per page are taken out (allocs.go); an
 	// allocation per row measures 1 or more.
 	targetAllocsPerRow = 0.001
 )
@@ -58,16 +58,14 @@ func (c *caseResult) encodePerRow() float64 {
 	return float64(c.EncodeMallocs) / float64(rows)
 }
 
-func (c *caseResult) batchMin() int { return c.Allocs.batch(false) }
-func (c *caseResult) batchMax() int { return c.Allocs.batch(true) }
-
 // steadyAllocs is the allocations per row of reading, packing and encoding in steady
 // state, beyond those made per batch and per page (which the target allows).
 func (c *caseResult) steadyAllocs() float64 { return max(0, c.Allocs.PerRow) + c.encodePerRow() }
 
-// cpuCeiling is the most rows/s the process's cores (GOMAXPROCS) could give a pipeline that does the
-// work of stages a, b and c and nothing else: cores / (CPU a row of a + b + c). It is
-// the bound when every stage is CPU work on the same cores, as with Pebble.
+// cpuCeiling is the most rows/s the process's cores (GOMAXPROCS) could give a pipeline
+// that does the work of stages a, b and c and nothing else: cores / (CPU a row of
+// a + b + c). It is the bound when every stage is CPU work on the same cores, as with
+// Pebble.
 func (c *caseResult) cpuCeiling() float64 {
 	var perRow time.Duration
 	for _, s := range stages[:3] {
@@ -110,11 +108,12 @@ func (r *Report) targets() []target {
 	}
 	for _, c := range r.Cases {
 		a, f := c.steadyAllocs(), c.Allocs
+		lo, hi := f.batchRange()
 		ts = append(ts, target{a < targetAllocsPerRow, fmt.Sprintf(
 			"%s/%s: read+pack+encode %.5f allocs/row (target < %g): steady-state scan %.5f/row beside %.1f per batch, %.1f more per doubling "+
 				"of the batch and %.1f per page (fitted over %d passes: batch %d-%d, pages of 256 KiB and 1 MiB), encode %.5f/row; "+
 				"set-up %.0f per row group; all in %.4f/row",
-			c.Model, c.Store, a, targetAllocsPerRow, f.PerRow, f.PerBatch, f.PerDoubling, f.PerPage, len(f.Passes), c.batchMin(), c.batchMax(),
+			c.Model, c.Store, a, targetAllocsPerRow, f.PerRow, f.PerBatch, f.PerDoubling, f.PerPage, len(f.Passes), lo, hi,
 			c.encodePerRow(), f.SetupPerRowGroup, c.median(stageScan).AllocsPerRow())})
 	}
 	return ts
