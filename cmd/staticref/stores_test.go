@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/bigtable/bttest"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/staticref/staticref/inference/onnxgen"
 	"github.com/staticref/staticref/lookup"
@@ -305,8 +306,7 @@ func TestProcessKilledMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitForShards(t, url, "churn", "v-9", 2)
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
+	kill(t, cmd)
 
 	code, _, stderr := exe(t, nil, "run", "--job", job, "--store", url, "--version", "v-9")
 	if code != 1 || !strings.Contains(stderr, "being written by") {
@@ -319,59 +319,144 @@ func TestProcessKilledMidRun(t *testing.T) {
 	d.checkVersion(t, nil, url, "churn")
 }
 
-// TestTwoRunsOfOneNamespace: never two writers; one fails at once, or waits with --wait.
+// TestTwoRunsOfOneNamespace: never two writers. The first two cases hold the lease in
+// the test itself, so the other writer is certainly there when the run starts (two runs
+// of 20k rows started together may well not overlap): without --wait the run fails at
+// once naming it and starts no version; with --wait it waits, then completes. Two real
+// runs with --wait both complete, one after the other.
 func TestTwoRunsOfOneNamespace(t *testing.T) {
-	dir, job, _ := workspace(t, 20_000, "")
-	_ = dir
+	_, job, _ := workspace(t, 20_000, "")
 	url := redistest.Standalone(t)
-	run := func(args ...string) *exec.Cmd {
-		cmd := exec.Command(binary(t), append([]string{"run", "--job", job, "--store", url, "--set", "model.batch_size=512"}, args...)...)
-		cmd.Stderr = &bytes.Buffer{}
-		if err := cmd.Start(); err != nil {
+	ctx := context.Background()
+	s := openFromEnv(t, nil, url)
+	defer s.Close()
+	args := []string{"run", "--job", job, "--store", url, "--set", "model.batch_size=512"}
+	const other = "other-host:4242"
+	hold := func(t *testing.T) writers.Lease {
+		t.Helper()
+		l, err := s.AcquireLease(ctx, "churn", other, time.Minute)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return cmd
+		return l
 	}
-	exit := func(c *exec.Cmd) int {
-		if err := c.Wait(); err != nil {
-			return err.(*exec.ExitError).ExitCode()
+	complete := func(t *testing.T) int {
+		t.Helper()
+		ms, err := s.Manifests(ctx, "churn")
+		if err != nil {
+			t.Fatal(err)
 		}
-		return 0
-	}
-
-	t.Run("without --wait one of two runs fails naming the other", func(t *testing.T) {
-		a, b := run(), run()
-		ca, cb := exit(a), exit(b)
-		if ca+cb != 1 {
-			t.Fatalf("exit codes %d and %d, want one 0 and one 1\n%s\n%s", ca, cb, a.Stderr, b.Stderr)
-		}
-		loser := a
-		if cb == 1 {
-			loser = b
-		}
-		if !strings.Contains(loser.Stderr.(*bytes.Buffer).String(), "being written by") {
-			t.Errorf("the failed run does not name the writer:\n%s", loser.Stderr)
-		}
-	})
-
-	t.Run("with --wait both runs complete, one after the other", func(t *testing.T) {
-		a, b := run("--wait"), run("--wait")
-		if ca, cb := exit(a), exit(b); ca != 0 || cb != 0 {
-			t.Fatalf("exit codes %d and %d, want 0 and 0\n%s\n%s", ca, cb, a.Stderr, b.Stderr)
-		}
-		s := openFromEnv(t, nil, url)
-		defer s.Close()
-		ms, _ := s.Manifests(context.Background(), "churn")
 		var done int // complete, or retired by the gc of release.keep: 1
 		for _, m := range ms {
 			if (m.State == writers.StateComplete || m.State == writers.StateRetired) && m.RowsWritten == 20_000 {
 				done++
 			}
 		}
-		if done != 3 {
-			t.Errorf("versions that completed with every row: got %d, want 3", done)
+		return done
+	}
+
+	t.Run("without --wait the run fails naming the writer", func(t *testing.T) {
+		l := hold(t)
+		defer s.ReleaseLease(ctx, l)
+		code, _, stderr := exe(t, nil, args...)
+		if code != 1 || !strings.Contains(stderr, "being written by "+other) {
+			t.Fatalf("got exit %d, want 1 naming %s:\n%s", code, other, stderr)
+		}
+		if ms, _ := s.Manifests(ctx, "churn"); len(ms) != 0 {
+			t.Errorf("the refused run started %d versions, want none", len(ms))
 		}
 	})
+
+	t.Run("with --wait the run waits for the writer, then completes", func(t *testing.T) {
+		l := hold(t)
+		cmd := exec.Command(binary(t), append(args, "--wait")...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		waiting := make(chan struct{})
+		copied := make(chan struct{})
+		go func() {
+			defer close(copied)
+			var once sync.Once
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				log.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), "waiting for the writer lease") && strings.Contains(sc.Text(), other) {
+					once.Do(func() { close(waiting) })
+				}
+			}
+		}()
+		select {
+		case <-waiting:
+		case <-copied:
+			cmd.Wait()
+			t.Fatalf("the run ended without waiting for %s:\n%s", other, log.String())
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-copied
+			cmd.Wait()
+			t.Fatalf("the run did not report waiting for %s in 30s:\n%s", other, log.String())
+		}
+		if n := complete(t); n != 0 {
+			t.Fatalf("%d versions completed while the lease was held by %s", n, other)
+		}
+		if err := s.ReleaseLease(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		<-copied
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("the waiting run: %v\n%s", err, log.String())
+		}
+		if n := complete(t); n != 1 {
+			t.Errorf("versions that completed with every row: got %d, want 1", n)
+		}
+	})
+
+	t.Run("two runs with --wait both complete", func(t *testing.T) {
+		var errs [2]error
+		var logs [2]bytes.Buffer
+		var wg sync.WaitGroup
+		for i := range errs {
+			cmd := exec.Command(binary(t), append(args, "--wait")...)
+			cmd.Stderr = &logs[i]
+			wg.Go(func() { errs[i] = cmd.Run() })
+		}
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("runs ended with %v and %v, want both to complete\n%s\n%s", errs[0], errs[1], &logs[0], &logs[1])
+		}
+		if n := complete(t); n != 3 {
+			t.Errorf("versions that completed with every row: got %d, want 3", n)
+		}
+	})
+}
+
+// kill sends SIGKILL to a running staticref and fails the test if the run had already
+// ended by itself, which would leave nothing to recover from.
+func kill(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the run ended (%v) before it could be killed; give it more rows", cmd.ProcessState)
+	}
+}
+
+// redisClient is a plain client of the server at url, closed with the test.
+func redisClient(t *testing.T, url string) *redis.Client {
+	t.Helper()
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opt)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // waitForShards polls until version has at least n committed shards.
@@ -426,14 +511,19 @@ func TestFourShardProcessesAgainstRedis(t *testing.T) {
 	})
 
 	t.Run("a killed shard re-run completes the version", func(t *testing.T) {
+		// Shard 3 is killed once its first rows are in, before the others start: they
+		// commit their shards, and none may flip a version that lacks shard 3.
+		rdb := redisClient(t, url)
+		before := rdb.DBSize(context.Background()).Val()
+		victim := start("v-killed-shard", 3)
+		for rdb.DBSize(context.Background()).Val() <= before+1 {
+			time.Sleep(2 * time.Millisecond)
+		}
+		kill(t, victim)
 		var cmds []*exec.Cmd
 		for i := range 3 {
 			cmds = append(cmds, start("v-killed-shard", i))
 		}
-		victim := start("v-killed-shard", 3)
-		waitForShards(t, url, "churn", "v-killed-shard", 1)
-		victim.Process.Signal(syscall.SIGKILL)
-		victim.Wait()
 		for i, c := range cmds {
 			if err := c.Wait(); err != nil {
 				t.Fatalf("shard %d: %v\n%s", i, err, c.Stderr)
