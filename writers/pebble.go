@@ -94,7 +94,7 @@ type Pebble struct {
 	// it checks the version's state and commits its batch; PutManifest, SwapLive,
 	// DeleteVersion and Close hold it exclusively. So a version cannot be retired,
 	// completed or made live half-way through a WriteRows, and a row batch can never
-	// land in a version that is no longer writing. Reads take no lock.
+	// land in a version that is no longer writing. Reads hold open instead.
 	catalog sync.RWMutex
 	closed  atomic.Bool
 
@@ -103,9 +103,10 @@ type Pebble struct {
 	// file), and PutManifest and DeleteVersion forget a version under catalog's write lock.
 	writing writingCache
 
-	// compacting is held shared by compactWritten and exclusively by Close, which must
-	// not close the database under a compaction. Close takes it before catalog.
-	compacting sync.RWMutex
+	// open is held shared by each method that uses db without holding catalog (reads,
+	// lease changes, the final compaction) and exclusively by Close, so the database is
+	// never closed under them: Pebble panics on a closed DB. Close takes it before catalog.
+	open sync.RWMutex
 
 	// lease serialises the lease's read-compare-write (see AcquireLease).
 	lease sync.Mutex
@@ -189,6 +190,8 @@ func (p *Pebble) Get(ctx context.Context, ns, version string, key []byte) ([]byt
 	if err := ValidateKey(key); err != nil {
 		return nil, fmt.Errorf("get %s/%s: %w", ns, version, err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return nil, fmt.Errorf("get %s/%s: %w", ns, version, errClosed)
 	}
@@ -204,6 +207,8 @@ func (p *Pebble) CountKeys(ctx context.Context, ns, version string) (int64, erro
 	if err := validateNV(ns, version); err != nil {
 		return 0, fmt.Errorf("count keys: %w", err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, errClosed)
 	}
@@ -253,12 +258,12 @@ func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
 }
 
 // compactWritten compacts the rows of ns/version, if it is still writing, down to the
-// bottom level of the LSM (see pebbleL0CompactionThreshold). It holds compacting, not
+// bottom level of the LSM (see pebbleL0CompactionThreshold). It holds open, not
 // the catalog: other jobs sharing the store (schedule) keep writing and flipping
 // meanwhile, and only Close waits for it.
 func (p *Pebble) compactWritten(ctx context.Context, ns, version string) error {
-	p.compacting.RLock()
-	defer p.compacting.RUnlock()
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return errClosed
 	}
@@ -278,6 +283,8 @@ func (p *Pebble) Manifest(ctx context.Context, ns, version string) (*Manifest, e
 	if err := validateNV(ns, version); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return nil, fmt.Errorf("manifest %s/%s: %w", ns, version, errClosed)
 	}
@@ -293,6 +300,8 @@ func (p *Pebble) Manifests(ctx context.Context, ns string) ([]*Manifest, error) 
 	if err := ValidateNamespace(ns); err != nil {
 		return nil, fmt.Errorf("manifests: %w", err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return nil, fmt.Errorf("manifests %s: %w", ns, errClosed)
 	}
@@ -366,6 +375,8 @@ func (p *Pebble) Live(ctx context.Context, ns string) (string, error) {
 	if err := ValidateNamespace(ns); err != nil {
 		return "", fmt.Errorf("live: %w", err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return "", fmt.Errorf("live %s: %w", ns, errClosed)
 	}
@@ -410,8 +421,8 @@ func (p *Pebble) SwapLive(ctx context.Context, ns, old, next string) error {
 // Close implements Store. It waits for writes and catalog changes in flight; calling it
 // again is a no-op.
 func (p *Pebble) Close() error {
-	p.compacting.Lock()
-	defer p.compacting.Unlock()
+	p.open.Lock()
+	defer p.open.Unlock()
 	p.catalog.Lock()
 	defer p.catalog.Unlock()
 	if p.closed.Swap(true) {
@@ -549,6 +560,8 @@ func (p *Pebble) AcquireLease(ctx context.Context, ns, holder string, ttl time.D
 	}
 	p.lease.Lock()
 	defer p.lease.Unlock()
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, errClosed)
 	}
@@ -574,6 +587,8 @@ func (p *Pebble) RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Le
 	}
 	p.lease.Lock()
 	defer p.lease.Unlock()
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, errClosed)
 	}
@@ -599,6 +614,8 @@ func (p *Pebble) ReleaseLease(ctx context.Context, l Lease) error {
 	}
 	p.lease.Lock()
 	defer p.lease.Unlock()
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return fmt.Errorf("release lease %s: %w", l.Namespace, errClosed)
 	}
@@ -671,6 +688,8 @@ func (p *Pebble) Shards(ctx context.Context, ns, version string) ([]Shard, error
 	if err := validateNV(ns, version); err != nil {
 		return nil, fmt.Errorf("shards: %w", err)
 	}
+	p.open.RLock()
+	defer p.open.RUnlock()
 	if p.closed.Load() {
 		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, errClosed)
 	}

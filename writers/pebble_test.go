@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/staticref/staticref/writers"
 	"github.com/staticref/staticref/writers/storetest"
@@ -404,5 +406,58 @@ func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
 	}
 	if err := <-done; err != nil && !strings.Contains(err.Error(), "closed") {
 		t.Errorf("PutManifest racing Close: %v, want success or a closed-store error", err)
+	}
+}
+
+// TestPebbleCloseDuringReads: a serve shutting down may close the store while lookups
+// and lease renewals are in flight. Each read either answers or says the store is
+// closed; none reaches the closed database (Pebble panics there) and Close succeeds.
+func TestPebbleCloseDuringReads(t *testing.T) {
+	s, m := loadIntoL0(t, 1, 1000, func(int) []byte { return []byte("v") })
+	ctx := context.Background()
+	reads := map[string]func() error{
+		"Get":       func() error { _, err := s.Get(ctx, m.Namespace, m.Version, []byte("k000001")); return err },
+		"CountKeys": func() error { _, err := s.CountKeys(ctx, m.Namespace, m.Version); return err },
+		"Manifest":  func() error { _, err := s.Manifest(ctx, m.Namespace, m.Version); return err },
+		"Manifests": func() error { _, err := s.Manifests(ctx, m.Namespace); return err },
+		"Live":      func() error { _, err := s.Live(ctx, m.Namespace); return err },
+		"Shards":    func() error { _, err := s.Shards(ctx, m.Namespace, m.Version); return err },
+		"lease": func() error {
+			l, err := s.AcquireLease(ctx, m.Namespace, "reader", time.Minute)
+			if err != nil {
+				return err
+			}
+			if _, err := s.RenewLease(ctx, l, time.Minute); err != nil {
+				return err
+			}
+			return s.ReleaseLease(ctx, l)
+		},
+	}
+	var wg sync.WaitGroup
+	started := make(chan struct{}, len(reads))
+	errs := make(chan error, len(reads))
+	for name, read := range reads {
+		wg.Go(func() {
+			started <- struct{}{}
+			for {
+				if err := read(); err != nil {
+					if !strings.Contains(err.Error(), "closed") {
+						errs <- fmt.Errorf("%s: %w", name, err)
+					}
+					return
+				}
+			}
+		})
+	}
+	for range reads {
+		<-started
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close during reads: %v", err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("read racing Close: %v, want success or a closed-store error", err)
 	}
 }
