@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +57,9 @@ type namespace struct {
 	snap   atomic.Pointer[Snapshot]
 	loaded atomic.Bool
 	kick   chan struct{}
+	// refreshing serialises refresh: the background loop and an admin flip both refresh,
+	// and a slower one that read the old pointer must not store its snapshot last.
+	refreshing sync.Mutex
 }
 
 // New opens every namespace's store and reads the admin token. It does not wait for
@@ -177,6 +181,8 @@ func (s *Service) watch(ctx context.Context, n *namespace) {
 }
 
 func (s *Service) refresh(ctx context.Context, n *namespace) {
+	n.refreshing.Lock()
+	defer n.refreshing.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Duration(s.cfg.StoreTimeout))
 	defer cancel()
 	cur := n.snap.Load()
