@@ -262,7 +262,7 @@ func TestRedisKilledMidWrite(t *testing.T) {
 	good, _ := s.Live(ctx, "churn")
 	s.Close()
 
-	cmd := exec.Command(binary(t), "run", "--job", job, "--store", url, "--version", "v-killed", "--lease-ttl", "2s", "--set", "model.batch_size=1024")
+	cmd := exec.Command(binary(t), "run", "--job", job, "--store", url, "--version", "v-killed", "--lease-ttl", "5s", "--set", "model.batch_size=1024")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -301,7 +301,7 @@ func TestProcessKilledMidRun(t *testing.T) {
 	d := faultRows(t)
 	url := redistest.Standalone(t)
 	job := d.writeJob(t, "churn")
-	cmd := exec.Command(binary(t), "run", "--job", job, "--store", url, "--version", "v-9", "--lease-ttl", "2s", "--set", "model.batch_size=1024")
+	cmd := exec.Command(binary(t), "run", "--job", job, "--store", url, "--version", "v-9", "--lease-ttl", "8s", "--set", "model.batch_size=1024")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +483,7 @@ func TestFourShardProcessesAgainstRedis(t *testing.T) {
 	job := d.writeJob(t, "churn")
 	start := func(version string, i int) *exec.Cmd {
 		cmd := exec.Command(binary(t), "run", "--job", job, "--store", url, "--version", version,
-			"--set", "model.workers=1", "--set", "model.batch_size=1024", "--lease-ttl", "2s")
+			"--set", "model.workers=1", "--set", "model.batch_size=1024", "--lease-ttl", "5s")
 		cmd.Env = append(os.Environ(), fmt.Sprintf("JOB_COMPLETION_INDEX=%d", i), "STATICREF_SHARD_COUNT=4")
 		cmd.Stderr = &bytes.Buffer{}
 		if err := cmd.Start(); err != nil {
@@ -516,7 +516,10 @@ func TestFourShardProcessesAgainstRedis(t *testing.T) {
 		rdb := redisClient(t, url)
 		before := rdb.DBSize(context.Background()).Val()
 		victim := start("v-killed-shard", 3)
-		for rdb.DBSize(context.Background()).Val() <= before+1 {
+		for deadline := time.Now().Add(60 * time.Second); rdb.DBSize(context.Background()).Val() <= before+1; {
+			if time.Now().After(deadline) {
+				t.Fatalf("shard 3 wrote no rows in 60s:\n%s", victim.Stderr)
+			}
 			time.Sleep(2 * time.Millisecond)
 		}
 		kill(t, victim)

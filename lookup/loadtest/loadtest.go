@@ -29,7 +29,9 @@ type Config struct {
 	BatchEvery  int
 	Duration    time.Duration // the run stops after it...
 	MaxRequests int           // ...or after this many requests (0: no bound)
-	Flips       int           // flips spread evenly over Duration
+	// Flips are spread evenly over Duration; the load goes on until the last one is
+	// done, so each flip happens under load however slow flips are.
+	Flips int
 	// Flip moves the live pointer; called Flips times from one goroutine.
 	Flip func(ctx context.Context, i int) error
 }
@@ -66,14 +68,27 @@ type batchAnswer struct {
 	Answers []answer `json:"answers"`
 }
 
-// Run runs the load and returns its report. It stops by itself after Duration or
-// MaxRequests, or when ctx is done.
+// Run runs the load and returns its report. It stops by itself after Duration (and the
+// last flip) or MaxRequests, or when ctx is done.
 func Run(ctx context.Context, cfg Config) (Report, error) {
 	if cfg.Clients <= 0 || len(cfg.Keys) == 0 || cfg.Duration <= 0 {
 		return Report{}, fmt.Errorf("loadtest: need clients, keys and a duration")
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	flipCtx := ctx
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	flipsDone := make(chan struct{})
+	go func() {
+		select {
+		case <-time.After(cfg.Duration):
+		case <-ctx.Done():
+		}
+		select {
+		case <-flipsDone:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	client := &http.Client{
 		Timeout:   5 * time.Second,
 		Transport: &http.Transport{MaxIdleConns: cfg.Clients * 2, MaxIdleConnsPerHost: cfg.Clients * 2},
@@ -109,6 +124,8 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer close(flipsDone)
+			ctx := flipCtx
 			every := cfg.Duration / time.Duration(cfg.Flips+1)
 			t := time.NewTicker(every)
 			defer t.Stop()
@@ -131,6 +148,8 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 				mu.Unlock()
 			}
 		}()
+	} else {
+		close(flipsDone)
 	}
 	start := time.Now()
 	for c := range cfg.Clients {
