@@ -160,7 +160,7 @@ func (s *Server) launch() error {
 			return fmt.Errorf("redis-server exited: %s\n%s", out.Bytes(), log)
 		default:
 		}
-		if err == nil && reply == "PONG" {
+		if err == nil && reply == "PONG" && s.answeredBy(cmd.Process.Pid) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -175,6 +175,13 @@ func (s *Server) launch() error {
 	s.proc, s.done = cmd.Process, done
 	s.mu.Unlock()
 	return nil
+}
+
+// answeredBy says whether the server on s's port is the process pid, not another test
+// process's server that took the port first (ours then exits, maybe only after a PONG).
+func (s *Server) answeredBy(pid int) bool {
+	info, err := command(s.Addr(), "INFO", "server")
+	return err == nil && strings.Contains(info, "process_id:"+strconv.Itoa(pid)+"\r\n")
 }
 
 // command sends one inline command and returns its reply's first line (a status or
@@ -226,15 +233,16 @@ var (
 )
 
 // freePort picks a port P that is free on loopback, and whose cluster bus port P+10000
-// is free too, from 20000-29999 (below the kernel's ephemeral range, so an outgoing
-// connection does not take it in the meantime). Ports handed out in this process are
-// never handed out again.
+// is free too, from 20000-22767: both lie below the kernel's usual ephemeral range
+// (32768-60999), so an outgoing connection does not take either in the meantime. Ports
+// handed out in this process are never handed out again; another test process may
+// take the same port first, which launch notices (answeredBy).
 func freePort(t testing.TB) int {
 	t.Helper()
 	portMu.Lock()
 	defer portMu.Unlock()
 	for range 1000 {
-		p := 20000 + rand.IntN(10000)
+		p := 20000 + rand.IntN(2768)
 		if used[p] || !portFree(p) || !portFree(p+10000) {
 			continue
 		}
