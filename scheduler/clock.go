@@ -6,8 +6,10 @@ import "time"
 // fake one so that nothing sleeps.
 type Clock interface {
 	Now() time.Time
-	// NewTimer returns a timer that fires once after d (at once when d <= 0).
-	NewTimer(d time.Duration) Timer
+	// TimerAt returns a timer that fires once at t (at once when t is not after Now).
+	// Taking the instant, not a duration, leaves no gap between reading the clock and
+	// setting the timer in which the clock could move.
+	TimerAt(t time.Time) Timer
 }
 
 // Timer is the part of *time.Timer the scheduler uses.
@@ -22,8 +24,8 @@ type SystemClock struct{}
 // Now returns time.Now().
 func (SystemClock) Now() time.Time { return time.Now() }
 
-// NewTimer returns a *time.Timer.
-func (SystemClock) NewTimer(d time.Duration) Timer { return sysTimer{time.NewTimer(d)} }
+// TimerAt returns a *time.Timer that fires at t.
+func (SystemClock) TimerAt(t time.Time) Timer { return sysTimer{time.NewTimer(time.Until(t))} }
 
 type sysTimer struct{ t *time.Timer }
 

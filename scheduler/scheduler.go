@@ -190,7 +190,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer s.shutdown()
 	for {
 		s.fireDue(ctx)
-		timer := s.clock.NewTimer(s.nextDue().Sub(s.clock.Now()))
+		timer := s.clock.TimerAt(s.nextDue())
 		select {
 		case <-ctx.Done():
 			timer.Stop()
