@@ -211,6 +211,9 @@ func (r *run) check() error {
 	width := -1
 	for _, p := range paths {
 		f, err := r.cfg.Deps.OpenShard(p, r.ropts)
+		if errors.Is(err, readers.ErrSchema) {
+			return mismatch{err}
+		}
 		if err != nil {
 			return err
 		}
@@ -230,14 +233,31 @@ func (r *run) check() error {
 		IntraOpThreads: r.job.Model.IntraOpThreads,
 		Device:         r.job.Model.Device,
 	})
-	if err != nil {
+	if errors.Is(err, inference.ErrRuntimeMissing) {
 		return err
 	}
+	if err != nil {
+		return mismatch{err}
+	}
 	if _, err := writers.NewValueEncoder(r.job.Sink.Encoding, r.model.Outputs); err != nil {
-		return fmt.Errorf("sink.encoding: %w", err)
+		return mismatch{fmt.Errorf("sink.encoding: %w", err)}
 	}
 	return nil
 }
+
+// ErrMismatch marks a job that does not fit its data or its model, found before
+// anything is written: a key or feature column missing or of the wrong type, a model
+// file that is missing or not ONNX, a model input or output that does not match the
+// job, or an unusable device. Running the same job again cannot succeed, so the CLI
+// reports it as bad configuration (exit 2), not as a failed run.
+var ErrMismatch = errors.New("pipeline: the job does not fit its data or model")
+
+// mismatch wraps a check's error so that it also matches ErrMismatch; its message is
+// the check's own.
+type mismatch struct{ error }
+
+func (m mismatch) Is(target error) bool { return target == ErrMismatch }
+func (m mismatch) Unwrap() error        { return m.error }
 
 // lease takes the namespace's writer lease (waiting for it with cfg.Wait) and keeps it
 // renewed. The returned context is cancelled, with writers.ErrLeaseLost as its cause,

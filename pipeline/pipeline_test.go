@@ -395,14 +395,18 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 		data *dataset
 		sets []string
 		want []string // fragments of the one error message
+		// mismatch: found before anything is written, and re-running cannot help
+		// (ErrMismatch, exit 2); otherwise a failed run of a job that fits (exit 1).
+		mismatch bool
 	}{
-		{"a truncated shard names the file", d, []string{"source.uri=" + truncated}, []string{"truncated.parquet"}},
-		{"a missing feature column names the file and column", d, []string{"source.features=[f0, f1, f9]"}, []string{d.files[0], `"f9"`, "source.features"}},
-		{"a non-numeric feature names the column", d, []string{"source.features=[f0, f1, f2, note]"}, []string{`"note"`, "string", "numeric"}},
-		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{"features/part-0000", "row group ", " row 99:", "null feature", "source.nulls"}},
-		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}},
-		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}},
-		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}},
+		{"a truncated shard names the file", d, []string{"source.uri=" + truncated}, []string{"truncated.parquet"}, false},
+		{"a missing feature column names the file and column", d, []string{"source.features=[f0, f1, f9]"}, []string{d.files[0], `"f9"`, "source.features"}, true},
+		{"a non-numeric feature names the column", d, []string{"source.features=[f0, f1, f2, note]"}, []string{`"note"`, "string", "numeric"}, true},
+		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{"features/part-0000", "row group ", " row 99:", "null feature", "source.nulls"}, false},
+		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}, true},
+		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}, true},
+		{"a missing model file names it", d, []string{"model.path=" + filepath.Join(bad, "absent.onnx")}, []string{"absent.onnx", "no such file"}, true},
+		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -427,6 +431,9 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 			}
 			if strings.Count(err.Error(), "\n") > 0 {
 				t.Errorf("error is not one line: %q", err)
+			}
+			if errors.Is(err, pipeline.ErrMismatch) != tt.mismatch {
+				t.Errorf("errors.Is(err, ErrMismatch) = %v, want %v: %v", !tt.mismatch, tt.mismatch, err)
 			}
 			if live, _ := s.Live(ctx, "bad"); live != good.Manifest.Version {
 				t.Errorf("live: got %q, want %q untouched", live, good.Manifest.Version)
