@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -126,6 +128,7 @@ var _ Store = (*Redis)(nil)
 // certificate is checked against the system's CAs, or against those in the PEM file that
 // tls_ca=PATH names (a private CA).
 func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
+	routeGoRedisLogs.Do(func() { redis.SetLogger(goRedisLogger{}) })
 	u, err := parseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("open redis store: %w", err)
@@ -172,9 +175,34 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	defer cancel()
 	if err := r.ping(pctx); err != nil {
 		r.client.Close()
+		if isAuthError(err) {
+			return nil, fmt.Errorf("open redis store: redis at %s refused the credentials (check the user and password in the URL): %w", r.addr, err)
+		}
 		return nil, fmt.Errorf("open redis store: cannot reach redis at %s (is it running, and is the URL right?): %w", r.addr, err)
 	}
 	return r, nil
+}
+
+// go-redis prints each failed dial to stderr with its own format, before staticref's
+// error says the same thing once. Its lines go to slog at debug level instead.
+var routeGoRedisLogs sync.Once
+
+type goRedisLogger struct{}
+
+func (goRedisLogger) Printf(ctx context.Context, format string, args ...any) {
+	slog.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, args...))
+}
+
+// isAuthError says whether the server rejected the connection's credentials: a wrong
+// user or password (WRONGPASS), none where one is required (NOAUTH), or a user whose
+// ACL forbids the command.
+func isAuthError(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	return strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM")
 }
 
 // ping checks the server, or every master of a cluster (which also loads the slot map).

@@ -19,13 +19,6 @@ import (
 	"github.com/staticref/staticref/writers/storetest"
 )
 
-// go-redis logs every failed dial; the fault tests cause plenty on purpose.
-func init() { redis.SetLogger(quietRedisLogger{}) }
-
-type quietRedisLogger struct{}
-
-func (quietRedisLogger) Printf(context.Context, string, ...any) {}
-
 // openRedis opens the store at url and empties the whole server (every master of a
 // cluster) first, so that each conformance subtest starts from nothing.
 func openRedis(t *testing.T, url string) *writers.Redis {
@@ -416,4 +409,40 @@ func TestRedisURLErrorsNameTheParameterAndHideThePassword(t *testing.T) {
 			t.Errorf("OpenRedis(%s): the error shows the password: %v", tt.url, err)
 		}
 	}
+}
+
+// TestRedisRefusedCredentials: a server that wants a password, given a wrong one or
+// none, is reported as refusing the credentials, not as unreachable, and the error
+// does not show the password tried.
+func TestRedisRefusedCredentials(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartStandalone(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	if err := c.ConfigSet(ctx, "requirepass", "s3cret-pw").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for name, url := range map[string]string{
+		"a wrong password": "redis://:wrong-pw@" + srv.Addr() + "/0",
+		"no password":      "redis://" + srv.Addr() + "/0",
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := writers.OpenRedis(ctx, url)
+			if err == nil {
+				s.Close()
+				t.Fatal("opened without the right password")
+			}
+			if !strings.Contains(err.Error(), "refused the credentials") || !strings.Contains(err.Error(), srv.Addr()) {
+				t.Errorf("got %q, want it to say %s refused the credentials", err, srv.Addr())
+			}
+			if strings.Contains(err.Error(), "wrong-pw") {
+				t.Errorf("the error shows the password: %q", err)
+			}
+		})
+	}
+	s, err := writers.OpenRedis(ctx, "redis://:s3cret-pw@"+srv.Addr()+"/0")
+	if err != nil {
+		t.Fatalf("with the right password: %v", err)
+	}
+	s.Close()
 }

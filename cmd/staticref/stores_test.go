@@ -546,3 +546,16 @@ func TestFourShardProcessesAgainstRedis(t *testing.T) {
 		d.checkVersion(t, nil, url, "churn")
 	})
 }
+
+// TestUnreachableRedisSaysItOnce: go-redis's own dial logs go to --log-level debug, so
+// a user reads one line naming the address, not the client's retries first.
+func TestUnreachableRedisSaysItOnce(t *testing.T) {
+	code, _, stderr := exe(t, nil, "get", "--store", "redis://127.0.0.1:1/0", "--namespace", "churn", "k")
+	if lines := strings.Split(strings.TrimSpace(stderr), "\n"); code != 1 || len(lines) != 1 || !strings.Contains(stderr, "cannot reach redis at 127.0.0.1:1") {
+		t.Errorf("got exit %d and %d lines:\n%s\nwant exit 1 and one line naming 127.0.0.1:1", code, len(lines), stderr)
+	}
+	_, _, debug := exe(t, nil, "get", "--log-level", "debug", "--store", "redis://127.0.0.1:1/0", "--namespace", "churn", "k")
+	if !strings.Contains(debug, "go-redis") {
+		t.Errorf("--log-level debug lacks go-redis's own lines:\n%s", debug)
+	}
+}
