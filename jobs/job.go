@@ -429,6 +429,52 @@ func checkFields(n *yaml.Node, t reflect.Type, path string, problems *[]string) 
 	}
 }
 
+// setFieldType is the type of the Job field at a dotted path.
+func setFieldType(path string) (reflect.Type, error) {
+	t := reflect.TypeOf(Job{})
+	parts := strings.Split(path, ".")
+	for i, part := range parts {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil, fmt.Errorf("%s is not a mapping", strings.Join(parts[:i], "."))
+		}
+		found := false
+		for f := range t.Fields() {
+			if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == part {
+				t, found = f.Type, true
+				break
+			}
+		}
+		if !found {
+			return nil, errors.New("unknown field")
+		}
+	}
+	return t, nil
+}
+
+// describeType names what a value of t looks like, for a --set of the wrong type.
+func describeType(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "a list, as in [a, b]"
+	case reflect.Struct, reflect.Map:
+		return "a mapping of fields"
+	}
+	return "a " + t.Kind().String()
+}
+
 // applySet sets the field at a dotted path ("model.batch_size=4096") in the document,
 // creating mappings on the way. The value is parsed as YAML, so lists work: a=[x,y].
 func applySet(root *yaml.Node, set string) (string, error) {
@@ -443,6 +489,15 @@ func applySet(root *yaml.Node, set string) (string, error) {
 	val := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
 	if len(v.Content) == 1 {
 		val = v.Content[0]
+	}
+	// A set names no line of the file, so its problems are checked here, against the
+	// field's type, and said in terms of the --set itself.
+	ft, err := setFieldType(path)
+	if err != nil {
+		return "", fmt.Errorf("--set %s: %w", path, err)
+	}
+	if err := val.Decode(reflect.New(ft).Interface()); err != nil {
+		return "", fmt.Errorf("--set %s: %q is not %s", path, value, describeType(ft))
 	}
 	parts := strings.Split(path, ".")
 	n := root

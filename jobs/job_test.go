@@ -175,17 +175,23 @@ func TestSetOverridesAnyFieldAndIsValidatedLikeTheFile(t *testing.T) {
 		set  string
 		want string
 	}{
-		{"an unknown field", "model.threads=4", "model.threads: unknown field"},
+		{"an unknown field", "model.threads=4", "--set model.threads: unknown field"},
+		{"an unknown field under a new mapping", "modle.batch_size=4", "--set modle.batch_size: unknown field"},
 		{"a bad value", "model.device=tpu", `model.device: "tpu"`},
-		{"a value of the wrong type", "model.workers=many", "cannot unmarshal"},
+		{"a value of the wrong type", "model.workers=many", `--set model.workers: "many" is not an integer`},
+		{"a number where a list goes", "source.features=3", `--set source.features: "3" is not a list`},
+		{"a word where a number goes", "release.gates.min_rows_ratio=most", `--set release.gates.min_rows_ratio: "most" is not a number`},
 		{"no equals sign", "model.workers", "use FIELD=VALUE"},
-		{"a path through a scalar", "name.first=x", "name is not a mapping"},
+		{"a path through a scalar", "name.first=x", "--set name.first: name is not a mapping"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is an error", func(t *testing.T) {
 			_, err := Load(path, []string{tt.set})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+			if err != nil && (strings.Contains(err.Error(), "line ") || strings.Contains(err.Error(), "\n")) {
+				t.Errorf("a --set names no line of the file, and is one problem: %v", err)
 			}
 		})
 	}
