@@ -391,6 +391,8 @@ func (s *Service) flipError(ns string, err error) *apiError {
 	switch {
 	case errors.Is(err, writers.ErrConflict):
 		return errorf(CodeConflict, "the live version of %s changed concurrently; read it and retry", ns)
+	case errors.As(err, new(*writers.NoRollbackError)):
+		return errorf(CodeNotFound, "%v", err)
 	case errors.Is(err, writers.ErrNotFound):
 		return errorf(CodeNotFound, "%s: nothing to roll back to", ns)
 	}

@@ -310,6 +310,11 @@ func TestReleaseLifecycle(t *testing.T) {
 		if from != second.Manifest.Version || to != first.Manifest.Version {
 			t.Fatalf("rollback: got %s -> %s, want %s -> %s", from, to, second.Manifest.Version, first.Manifest.Version)
 		}
+		// Nothing is older than the first version; the one rolled away from is newer.
+		_, _, err = writers.Rollback(ctx, s, "scores")
+		if !errors.Is(err, writers.ErrNotFound) || !strings.Contains(err.Error(), second.Manifest.Version+" is newer") {
+			t.Errorf("a second rollback: got %v, want not found, pointing at the newer %s", err, second.Manifest.Version)
+		}
 		if _, err := writers.Flip(ctx, s, "scores", second.Manifest.Version); err != nil {
 			t.Fatal(err)
 		}

@@ -178,21 +178,46 @@ func Rollback(ctx context.Context, s Store, ns string) (from, to string, err err
 	if live == "" {
 		return "", "", fmt.Errorf("rollback %s: %w: no live version", ns, ErrNotFound)
 	}
+	none := &NoRollbackError{Namespace: ns, Live: live}
 	for i := len(versions) - 1; i >= 0; i-- {
 		v := versions[i]
-		if VersionLess(v.Version, live) && v.Effective == StatePrevious {
-			to = v.Version
-			break
+		if v.Effective != StatePrevious {
+			continue
 		}
+		if !VersionLess(v.Version, live) {
+			none.Newer = v.Version
+			continue
+		}
+		to = v.Version
+		break
 	}
 	if to == "" {
-		return "", "", fmt.Errorf("rollback %s from %s: %w: no previous version to roll back to", ns, live, ErrNotFound)
+		return "", "", none
 	}
 	if err := FlipFrom(ctx, s, ns, live, to); err != nil {
 		return "", "", fmt.Errorf("rollback: %w", err)
 	}
 	return live, to, nil
 }
+
+// NoRollbackError is Rollback's answer when no version older than the live one can be
+// made live again. It wraps ErrNotFound.
+type NoRollbackError struct {
+	Namespace, Live string
+	// Newer is the oldest previous version newer than the live one, if any: one that a
+	// rollback left, which a flip (not a rollback) brings back.
+	Newer string
+}
+
+func (e *NoRollbackError) Error() string {
+	msg := fmt.Sprintf("rollback %s: no version older than the live %s to roll back to", e.Namespace, e.Live)
+	if e.Newer != "" {
+		msg += fmt.Sprintf("; %s is newer (a rollback left it): flip to it to go forward again", e.Newer)
+	}
+	return msg
+}
+
+func (e *NoRollbackError) Unwrap() error { return ErrNotFound }
 
 // GC removes (DeleteVersion) the versions of ns that are no longer needed, oldest first,
 // and returns their ids:
