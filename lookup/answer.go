@@ -115,9 +115,17 @@ func (sn *Snapshot) Get(ctx context.Context, s writers.Store, key string, now ti
 	return a, nil
 }
 
+// fill completes an answer from sn. An online prediction is computed now; every other
+// answer is as old as the version. The age is rounded to the millisecond.
 func (sn *Snapshot) fill(a *Answer, v json.RawMessage, source string, now time.Time, stale bool) {
 	at := sn.Manifest.CompletedAt
-	age := now.Sub(at).Seconds()
+	if source == SourceOnline {
+		at = now
+	}
+	age := roundSeconds(now.Sub(at))
 	a.Value, a.Version, a.Source = v, sn.Manifest.Version, source
 	a.ComputedAt, a.AgeSeconds, a.Stale = &at, &age, &stale
 }
+
+// roundSeconds is d in seconds, to the millisecond: 1.259, not 1.2590231570000001.
+func roundSeconds(d time.Duration) float64 { return d.Round(time.Millisecond).Seconds() }

@@ -1,14 +1,17 @@
 package lookup
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -290,7 +293,7 @@ func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	now, stale := s.stale(n, sn)
 	st := Status{Namespace: n.name, Version: sn.Manifest.Version, Manifest: sn.Manifest, Previous: []string{},
-		AgeSeconds: now.Sub(sn.Manifest.CompletedAt).Seconds(), Stale: stale,
+		AgeSeconds: roundSeconds(now.Sub(sn.Manifest.CompletedAt)), Stale: stale,
 		MaxStalenessSeconds: time.Duration(n.cfg.MaxStaleness).Seconds()}
 	for i := len(versions) - 1; i >= 0; i-- {
 		v := versions[i]
@@ -417,9 +420,46 @@ func (s *Service) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	case errors.Is(err, io.EOF):
 		s.writeError(w, errorf(CodeInvalid, "body: empty; want a JSON object"))
 	default:
-		s.writeError(w, errorf(CodeInvalid, "body: %v", err))
+		s.writeError(w, errorf(CodeInvalid, "body: %s", jsonProblem(err)))
 	}
 	return false
+}
+
+// jsonProblem says what is wrong with a request body in terms of its JSON, not of the
+// Go types it decodes into.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			field = "the body"
+		}
+		return fmt.Sprintf("%s: got a JSON %s, want %s", field, te.Value, jsonKind(te.Type))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "not valid JSON: it ends before the object does"
+	case errors.As(err, &se):
+		return fmt.Sprintf("not valid JSON at byte %d: %s", se.Offset, strings.TrimPrefix(se.Error(), "json: "))
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// jsonKind names the JSON that decodes into t.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Map:
+		return "an object of " + jsonKind(t.Elem()) + "s by name"
+	case reflect.Struct:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array of " + jsonKind(t.Elem()) + "s"
+	case reflect.String:
+		return "string"
+	case reflect.Float32, reflect.Float64, reflect.Int, reflect.Int64:
+		return "number"
+	}
+	return t.String()
 }
 
 func trimInvalid(err error) string {
@@ -436,11 +476,15 @@ func (s *Service) writeError(w http.ResponseWriter, e *apiError) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encoding the answer failed"}}`)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b) // ends the answer with a newline
+	enc.SetEscapeHTML(false)   // a JSON API, not HTML: "<" stays "<"
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		b.Reset()
+		b.WriteString(`{"error":{"code":"internal","message":"encoding the answer failed"}}` + "\n")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b.Bytes())
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -189,6 +190,15 @@ namespaces:
 			}
 			if r.body["stale"] != false || r.body["namespace"] != "churn" {
 				t.Errorf("got %s, want stale false in namespace churn", r.raw)
+			}
+			// An online answer is computed now; the others are as old as the version.
+			computed, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(r.body["computed_at"]))
+			age, _ := r.body["age_seconds"].(float64)
+			if online := tt.source == lookup.SourceOnline; online && (!computed.After(m.CompletedAt) || age != 0) || !online && !computed.Equal(m.CompletedAt) {
+				t.Errorf("%s answer: computed_at %v, age_seconds %v; the version completed at %v", tt.source, r.body["computed_at"], age, m.CompletedAt)
+			}
+			if age*1000 != math.Round(age*1000) {
+				t.Errorf("age_seconds %v: want milliseconds", age)
 			}
 			v := r.body["value"].(map[string]any)
 			switch tt.source {
@@ -425,6 +435,26 @@ namespaces:
 			}
 		})
 	}
+	t.Run("a bad body is told in JSON's terms, not Go's", func(t *testing.T) {
+		for body, want := range map[string]string{
+			`{"keys":"a"}`:                  "keys: got a JSON string, want an array of strings",
+			`{"keys":["a"],"features":[1]}`: "features: got a JSON array, want an object of",
+			`{"keys":["a"]`:                 "not valid JSON",
+		} {
+			r := call(t, "POST", base+"/v1/churn:batchGet", body)
+			e, _ := r.body["error"].(map[string]any)
+			msg, _ := e["message"].(string)
+			if r.status != 400 || !strings.Contains(msg, want) || strings.Contains(msg, "Go ") || strings.Contains(msg, "map[") {
+				t.Errorf("%s: got %d %q, want 400 saying %q", body, r.status, msg, want)
+			}
+		}
+	})
+	t.Run("messages are not HTML-escaped", func(t *testing.T) {
+		r := call(t, "POST", base+"/v1/churn:rollback", "")
+		if strings.Contains(r.raw, `\u003c`) || strings.Contains(r.raw, `\u003e`) {
+			t.Errorf("escaped for HTML: %s", r.raw)
+		}
+	})
 	t.Run("the live version still answers", func(t *testing.T) {
 		if r := call(t, "GET", base+"/v1/churn/u000000001", ""); r.status != 200 || r.body["version"] != m.Version {
 			t.Errorf("got %d %s", r.status, r.raw)
