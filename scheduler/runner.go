@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -34,7 +36,8 @@ func (p *PipelineRunner) Run(ctx context.Context, job *jobs.Job) error {
 		return err
 	}
 	defer p.release(job.Sink.Store)
-	res, err := pipeline.Run(ctx, pipeline.Config{Job: job, Store: s, Log: log})
+	res, err := pipeline.Run(ctx, pipeline.Config{Job: job, Store: s, Log: log,
+		Progress: endless{progress.NewLog(log, 5*time.Second)}})
 	if res != nil && res.Manifest != nil {
 		m := res.Manifest
 		log.Info("version", "namespace", m.Namespace, "version", m.Version, "state", m.State,
@@ -42,6 +45,12 @@ func (p *PipelineRunner) Run(ctx context.Context, job *jobs.Job) error {
 	}
 	return err
 }
+
+// endless reports a run's progress but not its end: the runner's "version" line and
+// the scheduler's "run finished" line say that, with the outcome.
+type endless struct{ progress.Reporter }
+
+func (endless) Finish(progress.Summary) {}
 
 func (p *PipelineRunner) acquire(ctx context.Context, url string) (writers.Store, error) {
 	p.mu.Lock()

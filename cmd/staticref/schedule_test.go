@@ -64,6 +64,15 @@ func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
 	if !strings.Contains(errOut.String(), "serving /metrics and /healthz") {
 		t.Errorf("no line about the HTTP address:\n%s", errOut.String())
 	}
+	// One line ends each run, and no line names its job twice.
+	for _, line := range strings.Split(errOut.String(), "\n") {
+		if strings.Count(line, " job=") > 1 {
+			t.Errorf("a line names the job twice: %s", line)
+		}
+		if strings.Contains(line, `msg="run finished"`) && !strings.Contains(line, "outcome=") {
+			t.Errorf("a second end-of-run line, without the outcome: %s", line)
+		}
+	}
 
 	code, listing, stderr := staticref(t, "versions", "list", "--store", store, "--namespace", "churn", "-o", "json")
 	if code != 0 {
