@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -37,8 +38,11 @@ func newK8sRenderCmd() *cobra.Command {
   - a ConfigMap NAME-serve, a Deployment NAME-serve running staticref serve with
     /readyz and /healthz probes, and a Service NAME on port 80.
 Store credentials come from the Secret --secret (default NAME-store) as environment
-variables; --store may refer to them, as in redis://:$(REDIS_PASSWORD)@redis:6379/0.
-Schedules with seconds cannot run as a CronJob.`,
+variables of every pod; --store may refer to them, as in
+redis://:$(REDIS_PASSWORD)@redis:6379/0: Kubernetes expands them in the CronJob's
+arguments, and serve expands them in the store URL of its config.
+Schedules with seconds cannot run as a CronJob. Paths in the job file that are local to
+this machine, and a pebble: store, draw a warning: the pods do not have them.`,
 		Example: `  staticref k8s render --job jobs/churn.yaml --image registry.example.com/staticref:1.4 \
       --completions 8 --parallelism 4 --cpu 2 --memory 4Gi \
       --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' | kubectl apply -f -`,
@@ -57,6 +61,9 @@ Schedules with seconds cannot run as a CronJob.`,
 			o.Job = job
 			if err := o.Validate(); err != nil {
 				return usageError{err}
+			}
+			for _, w := range o.Warnings() {
+				fmt.Fprintf(c.ErrOrStderr(), "staticref: warning: %s\n", w)
 			}
 			if err := k8s.Render(c.OutOrStdout(), o); err != nil {
 				return usageError{err}

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/staticref/staticref/deploy/k8s"
+	"github.com/staticref/staticref/lookup"
 )
 
 const k8sJob = `name: churn_daily
@@ -177,13 +179,78 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 			t.Errorf("serve config: got %q, want namespace churn on the --store URL", serve)
 		}
 	})
+
+	t.Run("the lookup pods get the store's Secret as the batch pods do, and serve expands it", func(t *testing.T) {
+		sc := dep.Spec.Template.Spec.Containers[0]
+		if !reflect.DeepEqual(sc.EnvFrom, c.EnvFrom) {
+			t.Errorf("envFrom: got %+v, want the CronJob's %+v", sc.EnvFrom, c.EnvFrom)
+		}
+		t.Setenv("REDIS_PASSWORD", "hunter2")
+		cfg, err := lookup.ParseConfig([]byte(cms["churn-daily-serve"].Data["serve.yaml"]), k8s.ServeConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := cfg.Namespaces["churn"].Store, "redis://:hunter2@redis:6379/0"; got != want {
+			t.Errorf("store: got %q, want %q", got, want)
+		}
+	})
+}
+
+func TestK8sRenderWarnsOfWhatThePodsDoNotHave(t *testing.T) {
+	for _, tc := range []struct {
+		name, source, model, sink string
+		flags                     []string
+		want                      []string // warnings, in order
+	}{
+		{
+			name: "paths relative to the job file and a pebble sink", source: "features/*.parquet", model: "models/churn.onnx", sink: "pebble:store",
+			want: []string{
+				"source.uri features/*.parquet is relative to the job file: in the pods that is /etc/staticref/features/*.parquet",
+				"model.path models/churn.onnx is relative to the job file: in the pods that is /etc/staticref/models/churn.onnx",
+				"sink.store pebble:",
+			},
+		},
+		{
+			name: "absolute paths and a pebble --store", source: "/data/features/*.parquet", model: "/models/churn.onnx", sink: "redis://redis:6379/0",
+			flags: []string{"--store", "pebble:///var/lib/staticref"},
+			want: []string{
+				"source.uri /data/features/*.parquet is a local path: the pods have it only if a volume is mounted there",
+				"model.path /models/churn.onnx is a local path",
+				"--store pebble:///var/lib/staticref is an embedded store on local disk",
+			},
+		},
+		{
+			name: "a pebble sink replaced by --store redis", source: "gs://bucket/features/*.parquet", model: "/models/churn.onnx", sink: "pebble:store",
+			flags: []string{"--store", "redis://redis:6379/0"},
+			want:  []string{"model.path /models/churn.onnx is a local path"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			job := "name: churn\nschedule: \"@daily\"\nsource: {uri: \"" + tc.source + "\", key: user_id, features: [f0]}\nmodel: {path: " + tc.model + "}\nsink: {store: \"" + tc.sink + "\"}\n"
+			file := filepath.Join(t.TempDir(), "churn.yaml")
+			os.WriteFile(file, []byte(job), 0o644)
+			code, out, stderr := staticref(t, append([]string{"k8s", "render", "--job", file}, tc.flags...)...)
+			if code != 0 || !strings.Contains(out, "kind: CronJob") {
+				t.Fatalf("got exit %d, %s; want the manifests despite warnings", code, stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if len(lines) != len(tc.want) {
+				t.Fatalf("got %d warnings, want %d:\n%s", len(lines), len(tc.want), stderr)
+			}
+			for i, want := range tc.want {
+				if !strings.HasPrefix(lines[i], "staticref: warning: "+want) {
+					t.Errorf("warning %d: got %q, want it to begin %q", i, lines[i], want)
+				}
+			}
+		})
+	}
 }
 
 func TestK8sRenderRefusesWhatACronJobCannotRun(t *testing.T) {
 	for _, tc := range []struct{ name, schedule, flag, want string }{
 		{"a schedule with seconds", `"*/30 * * * * *"`, "", "no seconds"},
 		{"an @every schedule", `"@every 1h"`, "", "@every"},
-		{"no schedule", `""`, "", "no schedule"},
+		{"no schedule", `""`, "", `the job has no "schedule" field: a CronJob needs one (add schedule: "0 2 * * *"`},
 		{"a bad quantity", `"@daily"`, "--memory=lots", "--memory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/staticref/staticref/writers/redistest"
 )
 
 // serveLog is a log sink safe for the server's writes and the test's reads.
@@ -31,28 +36,34 @@ func (s *serveLog) String() string {
 	return s.b.String()
 }
 
-func TestServeAnswersAndStopsOnCancel(t *testing.T) {
-	dir, job, store := workspace(t, 1000, "")
-	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
-		t.Fatalf("run: exit %d: %s", code, stderr)
-	}
-	cfg := filepath.Join(dir, "serve.yaml")
-	os.WriteFile(cfg, []byte("namespaces:\n  churn:\n    store: "+store+"\n    fallback: {default: computed}\n"), 0o644)
-
+// startServe runs serve --config cfg on a free loopback port until it is ready, and
+// returns its base URL, its log, and a function that stops it and returns the exit code.
+func startServe(t *testing.T, cfg string) (base string, log *serveLog, stop func() int) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr serveLog
+	log = &serveLog{}
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"serve", "--config", cfg, "--addr", "127.0.0.1:0"}, os.Stdout, &stderr)
+		done <- Main(ctx, []string{"serve", "--config", cfg, "--addr", "127.0.0.1:0"}, os.Stdout, log)
 	}()
+	stop = func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(15 * time.Second):
+			t.Fatal("serve did not stop after cancel")
+			return -1
+		}
+	}
 	addrRE := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
-	var base string
 	for deadline := time.Now().Add(10 * time.Second); base == ""; time.Sleep(10 * time.Millisecond) {
-		if m := addrRE.FindStringSubmatch(stderr.String()); m != nil {
+		if m := addrRE.FindStringSubmatch(log.String()); m != nil {
 			base = "http://" + m[1]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no listening line in the log:\n%s", stderr.String())
+			stop()
+			t.Fatalf("no listening line in the log:\n%s", log.String())
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -61,30 +72,104 @@ func TestServeAnswersAndStopsOnCancel(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("not ready after 10s")
+			stop()
+			t.Fatalf("not ready after 10s:\n%s", log.String())
 		}
 	}
+	return base, log, stop
+}
+
+// getSource GETs a key and returns the status and the answer's source.
+func getSource(t *testing.T, base, ns, key string) (int, any) {
+	t.Helper()
+	r, err := http.Get(base + "/v1/" + ns + "/" + key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var a map[string]any
+	json.NewDecoder(r.Body).Decode(&a)
+	return r.StatusCode, a["source"]
+}
+
+func TestServeAnswersAndStopsOnCancel(t *testing.T) {
+	dir, job, store := workspace(t, 1000, "")
+	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	cfg := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(cfg, []byte("namespaces:\n  churn:\n    store: "+store+"\n    fallback: {default: computed}\n"), 0o644)
+
+	base, log, stop := startServe(t, cfg)
 	for key, source := range map[string]string{"u000000007": "precomputed", "nobody": "fallback:default"} {
-		r, err := http.Get(base + "/v1/churn/" + key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var a map[string]any
-		json.NewDecoder(r.Body).Decode(&a)
-		r.Body.Close()
-		if r.StatusCode != 200 || a["source"] != source {
-			t.Errorf("GET %s: got %d %v, want 200 from %s", key, r.StatusCode, a, source)
+		if status, got := getSource(t, base, "churn", key); status != 200 || got != source {
+			t.Errorf("GET %s: got %d from %v, want 200 from %s", key, status, got, source)
 		}
 	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit: got %d, want 0\n%s", code, stderr.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not stop after cancel")
+	if code := stop(); code != 0 {
+		t.Errorf("exit: got %d, want 0\n%s", code, log.String())
 	}
+}
+
+func TestServeTheRenderedConfigWithTheStorePasswordFromTheEnvironment(t *testing.T) {
+	const password = "hunter2-s3cret"
+	url := redistest.Standalone(t)
+	dir, job, _ := workspace(t, 200, "schedule: \"@daily\"\n")
+	if code, _, stderr := staticref(t, "run", "--job", job, "--store", url); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	if err := redisClient(t, url).ConfigSet(context.Background(), "requirepass", password).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// What the Deployment mounts: k8s render writes --store into serve.yaml as it is.
+	withPassword := strings.Replace(url, "redis://", "redis://:$(REDIS_PASSWORD)@", 1)
+	code, out, stderr := staticref(t, "k8s", "render", "--job", job, "--store", withPassword)
+	if code != 0 {
+		t.Fatalf("k8s render: exit %d: %s", code, stderr)
+	}
+	var serveYAML string
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var cm corev1.ConfigMap
+		if yaml.Unmarshal([]byte(doc), &cm) == nil && cm.Kind == "ConfigMap" && cm.Name == "churn-serve" {
+			serveYAML = cm.Data["serve.yaml"]
+		}
+	}
+	if !strings.Contains(serveYAML, "$(REDIS_PASSWORD)") {
+		t.Fatalf("serve.yaml: got %q, want the store URL with $(REDIS_PASSWORD)", serveYAML)
+	}
+	cfg := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(cfg, []byte(serveYAML), 0o644)
+
+	t.Run("without the variable, serve names it and exits 2", func(t *testing.T) {
+		t.Setenv("REDIS_PASSWORD", "") // restored after the test
+		os.Unsetenv("REDIS_PASSWORD")
+		code, _, stderr := staticref(t, "serve", "--config", cfg)
+		if code != 2 || !strings.Contains(stderr, "namespaces.churn.store: environment variable REDIS_PASSWORD is not set") {
+			t.Errorf("got exit %d, %q; want 2 naming namespaces.churn.store and REDIS_PASSWORD", code, stderr)
+		}
+	})
+
+	t.Run("with a wrong password, serve fails without showing it", func(t *testing.T) {
+		t.Setenv("REDIS_PASSWORD", "not-the-password")
+		code, _, stderr := staticref(t, "serve", "--config", cfg)
+		if code == 0 || strings.Contains(stderr, "not-the-password") {
+			t.Errorf("got exit %d, %q; want a failure that does not show the password", code, stderr)
+		}
+	})
+
+	t.Run("with the Secret's password in the environment, serve answers", func(t *testing.T) {
+		t.Setenv("REDIS_PASSWORD", password)
+		base, log, stop := startServe(t, cfg)
+		if status, got := getSource(t, base, "churn", "u000000007"); status != 200 || got != "precomputed" {
+			t.Errorf("GET: got %d from %v, want 200 from precomputed", status, got)
+		}
+		if code := stop(); code != 0 {
+			t.Errorf("exit: got %d, want 0\n%s", code, log.String())
+		}
+		if strings.Contains(log.String(), password) {
+			t.Errorf("the log shows the password:\n%s", log.String())
+		}
+	})
 }
 
 func TestServeBadConfigIsExit2(t *testing.T) {

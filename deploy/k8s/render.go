@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -82,6 +83,17 @@ const DefaultImage = "ghcr.io/staticref/staticref:latest"
 // ErrSchedule is wrapped by errors about a schedule Kubernetes cannot run.
 var ErrSchedule = errors.New("k8s: schedule not supported by CronJob")
 
+// ErrNoSchedule is the error of a job without a schedule. It wraps ErrSchedule.
+var ErrNoSchedule error = noSchedule{}
+
+type noSchedule struct{}
+
+func (noSchedule) Error() string {
+	return `k8s: the job has no "schedule" field: a CronJob needs one (add schedule: "0 2 * * *" to the job file)`
+}
+
+func (noSchedule) Unwrap() error { return ErrSchedule }
+
 var dnsUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // Name is the Kubernetes name derived from a job name (CronJob names are at most 52
@@ -99,7 +111,7 @@ func Name(job string) string {
 func Schedule(spec string) (schedule string, timeZone *string, err error) {
 	spec = strings.TrimSpace(spec)
 	if spec == "" {
-		return "", nil, fmt.Errorf("%w: the job has no schedule", ErrSchedule)
+		return "", nil, ErrNoSchedule
 	}
 	for _, prefix := range []string{"CRON_TZ=", "TZ="} {
 		if rest, ok := strings.CutPrefix(spec, prefix); ok {
@@ -153,6 +165,49 @@ func Render(w io.Writer, o Options) error {
 	}
 	_, err = w.Write(buf.Bytes())
 	return err
+}
+
+// Warnings are what a render cannot check but a pod will trip on: paths in the job file
+// that are local to the machine rendering it, and an embedded pebble: store, which a pod
+// has on its own disk only. Each names the field and what to do; none stops a render.
+func (o *Options) Warnings() []string {
+	if o.Job == nil {
+		return nil
+	}
+	// The job file as written: the loaded job's relative paths are already this
+	// machine's, and the pods get the file as written.
+	var written struct {
+		Source struct {
+			URI string `json:"uri"`
+		} `json:"source"`
+		Model struct {
+			Path string `json:"path"`
+		} `json:"model"`
+	}
+	_ = yaml.Unmarshal(o.JobYAML, &written) // jobs.Load has read it already
+	var w []string
+	for _, f := range []struct{ field, path string }{
+		{"source.uri", written.Source.URI},
+		{"model.path", written.Model.Path},
+	} {
+		switch {
+		case f.path == "" || strings.Contains(f.path, "://"):
+		case path.IsAbs(f.path):
+			w = append(w, fmt.Sprintf("%s %s is a local path: the pods have it only if a volume is mounted there", f.field, f.path))
+		default:
+			w = append(w, fmt.Sprintf("%s %s is relative to the job file: in the pods that is %s, where only the job file is mounted; use a path on a mounted volume",
+				f.field, f.path, path.Join(ConfigDir, f.path)))
+		}
+	}
+	store, field := o.Store, "--store"
+	if store == "" {
+		store, field = o.Job.Sink.Store, "sink.store"
+	}
+	if s, _, _ := strings.Cut(store, ":"); strings.EqualFold(s, "pebble") {
+		w = append(w, fmt.Sprintf("%s %s is an embedded store on local disk: each pod would write and serve its own, lost with the pod; pass --store redis://… or bigtable://…",
+			field, store))
+	}
+	return w
 }
 
 func (o *Options) defaults() {

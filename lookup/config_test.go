@@ -1,0 +1,168 @@
+package lookup
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigReportsEveryProblemWithItsLineAndPath(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string // the problems, in order
+	}{
+		{
+			name: "a misspelt field and a bad duration are both reported",
+			yaml: "namespaces:\n  churn:\n    store: redis://localhost:6379/0\n    max_staleness: fast\ncache_entry: 5\n",
+			want: []string{
+				`serve.yaml:4: namespaces.churn.max_staleness: "fast" is not a duration (e.g. 36h)`,
+				`serve.yaml:5: cache_entry: unknown field (did you mean cache_entries?)`,
+			},
+		},
+		{
+			name: "values of the wrong kind and validation problems come together",
+			yaml: "max_batch: lots\nnamespaces:\n  churn:\n    store: mysql://x\n    on_stale: maybe\n    fallback: [1]\n    modle: m.onnx\n",
+			want: []string{
+				`serve.yaml:1: max_batch: "lots" is not a whole number`,
+				`serve.yaml:4: namespaces.churn.store: store URL "mysql://x": unknown store scheme "mysql"`,
+				`serve.yaml:5: namespaces.churn.on_stale: "maybe": use serve, fallback or error`,
+				`serve.yaml:6: namespaces.churn.fallback: want a mapping, got a list`,
+				`serve.yaml:7: namespaces.churn.modle: unknown field (did you mean model?)`,
+			},
+		},
+		{
+			name: "a missing store is reported at its namespace",
+			yaml: "addr: :9090\nnamespaces:\n  churn:\n    max_staleness: 1h\n",
+			want: []string{`serve.yaml:3: namespaces.churn.store: is required`},
+		},
+		{
+			name: "a field given twice is reported",
+			yaml: "namespaces:\n  churn:\n    store: redis://a:6379/0\n    store: redis://b:6379/0\n",
+			want: []string{`serve.yaml:4: namespaces.churn.store: given twice (first on line 3)`},
+		},
+		{
+			name: "a syntax error has its line",
+			yaml: "namespaces:\n  churn:\n    store: [\n",
+			want: []string{`serve.yaml:3: did not find expected node content`},
+		},
+		{
+			name: "an empty file serves nothing",
+			yaml: "",
+			want: []string{`serve.yaml: namespaces: serve at least one namespace`},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml), "serve.yaml")
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("got %v, want an error wrapping ErrConfig", err)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("got %T, want *ConfigError", err)
+			}
+			if len(ce.Problems) != len(tc.want) {
+				t.Fatalf("got %d problems, want %d:\n%v", len(ce.Problems), len(tc.want), err)
+			}
+			for i, want := range tc.want {
+				if !strings.HasPrefix(ce.Problems[i], want) {
+					t.Errorf("problem %d: got %q, want it to begin %q", i, ce.Problems[i], want)
+				}
+			}
+			if !strings.HasPrefix(err.Error(), "lookup: invalid config: ") {
+				t.Errorf("got %q, want it to begin with lookup: invalid config:", err)
+			}
+		})
+	}
+}
+
+func TestParseConfigReadsAGoodFile(t *testing.T) {
+	yaml := `addr: ":9090"
+namespaces:
+  churn: &base
+    store: pebble:store
+    max_staleness: 36h
+    on_stale: fallback
+    fallback: {segment_param: country, default: {score: 0.5}}
+    model: models/churn.onnx
+  ltv:
+    <<: *base
+    store: redis://localhost:6379/1
+    on_stale: error
+`
+	c, err := ParseConfig([]byte(yaml), "/etc/staticref/serve.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Namespaces["churn"]
+	if c.Addr != ":9090" || n.Store != "pebble:/etc/staticref/store" || n.Model != "/etc/staticref/models/churn.onnx" {
+		t.Errorf("got addr %q store %q model %q, want paths relative to the file", c.Addr, n.Store, n.Model)
+	}
+	if n.Fallback.kind != "static" || n.Fallback.static["score"][0] != 0.5 || n.Fallback.SegmentParam != "country" {
+		t.Errorf("fallback: got %+v", n.Fallback)
+	}
+	l := c.Namespaces["ltv"]
+	if time.Duration(l.MaxStaleness) != 36*time.Hour || l.OnStale != OnStaleError || l.Store != "redis://localhost:6379/1" {
+		t.Errorf("merged: got max_staleness %v on_stale %q store %q, want 36h from the merge, and error and redis written beside it",
+			time.Duration(l.MaxStaleness), l.OnStale, l.Store)
+	}
+	if c.MaxBatch != DefaultMaxBatch || n.Device != "cpu" {
+		t.Errorf("defaults: got max_batch %d device %q", c.MaxBatch, n.Device)
+	}
+}
+
+func TestParseConfigExpandsEnvironmentVariablesInStoreURLs(t *testing.T) {
+	t.Setenv("REDIS_PASSWORD", "hunter2")
+	t.Setenv("REDIS_HOST", "redis.prod")
+	t.Setenv("EMPTY", "")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "serve.yaml")
+
+	t.Run("${VAR} and $(VAR) are replaced by their values", func(t *testing.T) {
+		for written, want := range map[string]string{
+			"redis://:$(REDIS_PASSWORD)@redis:6379/0":         "redis://:hunter2@redis:6379/0",
+			"redis://:${REDIS_PASSWORD}@${REDIS_HOST}:6379/0": "redis://:hunter2@redis.prod:6379/0",
+			"redis://:pa$$word@redis:6379/0":                  "redis://:pa$$word@redis:6379/0",
+			"redis://:pa$$(X)@redis:6379/0":                   "redis://:pa$(X)@redis:6379/0",
+			"redis://:a$b@redis:6379/0":                       "redis://:a$b@redis:6379/0",
+		} {
+			c, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: '"+written+"'\n"), file)
+			if err != nil {
+				t.Errorf("%s: %v", written, err)
+				continue
+			}
+			if got := c.Namespaces["churn"].Store; got != want {
+				t.Errorf("%s: got %q, want %q", written, got, want)
+			}
+		}
+	})
+
+	t.Run("an unset or empty variable is an error naming the field and the variable", func(t *testing.T) {
+		_, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: redis://:$(NO_SUCH_PASSWORD)@redis:6379/0\n  ltv:\n    store: redis://:${EMPTY}@redis:6379/0\n"), file)
+		for _, want := range []string{
+			file + ":3: namespaces.churn.store: environment variable NO_SUCH_PASSWORD is not set",
+			file + ":5: namespaces.ltv.store: environment variable EMPTY is empty",
+		} {
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+				t.Errorf("got %v, want %q", err, want)
+			}
+		}
+	})
+
+	t.Run("an error about an expanded URL shows it as written", func(t *testing.T) {
+		_, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: redis://:${REDIS_PASSWORD}@\n"), file)
+		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), `"redis://:${REDIS_PASSWORD}@"`) {
+			t.Errorf("got %v, want the URL as written and no password", err)
+		}
+	})
+}
+
+func TestValidateOfAConfigBuiltInCode(t *testing.T) {
+	c := &Config{MaxBatch: -1, Namespaces: map[string]*NamespaceConfig{"churn": {Store: "redis://localhost:6379/0", Device: "tpu"}}}
+	err := c.Validate()
+	want := "lookup: invalid config: 2 problems:\n  max_batch: -1 is negative\n  namespaces.churn.device: \"tpu\": use cpu, auto or cuda"
+	if err == nil || err.Error() != want || !errors.Is(err, ErrConfig) {
+		t.Errorf("got %v, want %q", err, want)
+	}
+}
