@@ -23,6 +23,8 @@ import (
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
+	"github.com/staticref/staticref/jobs/yamldecode"
+
 	"github.com/staticref/staticref/writers"
 )
 
@@ -179,20 +181,9 @@ func Load(path string, sets []string) (*Job, error) {
 // Parse is Load on bytes; path names the file in errors and anchors relative paths.
 func Parse(data []byte, path string, sets []string) (*Job, error) {
 	e := &Error{File: path}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		e.Problems = append(e.Problems, strings.TrimPrefix(err.Error(), "yaml: "))
-		return nil, e
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
-	}
-	if root.Kind == 0 { // empty file
-		root = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
-	}
-	if root.Kind != yaml.MappingNode {
-		e.Problems = append(e.Problems, fmt.Sprintf("line %d: a job file is a mapping of fields", root.Line))
+	root, bad := yamldecode.Document(data, "a job file")
+	if bad != nil {
+		e.Problems = append(e.Problems, atLine(*bad))
 		return nil, e
 	}
 	setPaths := map[string]bool{}
@@ -204,15 +195,9 @@ func Parse(data []byte, path string, sets []string) (*Job, error) {
 		}
 		setPaths[p] = true
 	}
-	checkFields(root, reflect.TypeOf(Job{}), "", &e.Problems)
 	var j Job
-	if err := root.Decode(&j); err != nil {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			e.Problems = append(e.Problems, te.Errors...)
-		} else {
-			e.Problems = append(e.Problems, err.Error())
-		}
+	for _, p := range yamldecode.Decode(root, &j).Problems {
+		e.Problems = append(e.Problems, atLine(p))
 	}
 	if len(e.Problems) > 0 {
 		return nil, e
@@ -398,35 +383,12 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 	return scheduleParser.Parse(spec)
 }
 
-// checkFields reports mapping keys that name no field of t, with their line and path.
-func checkFields(n *yaml.Node, t reflect.Type, path string, problems *[]string) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
+// atLine is a problem as "line N: path: msg" (without the line when it has none).
+func atLine(p yamldecode.Problem) string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s", p.Line, p)
 	}
-	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
-		return
-	}
-	fields := map[string]reflect.Type{}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name != "" && name != "-" {
-			fields[name] = f.Type
-		}
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		p := k.Value
-		if path != "" {
-			p = path + "." + k.Value
-		}
-		ft, ok := fields[k.Value]
-		if !ok {
-			*problems = append(*problems, fmt.Sprintf("line %d: %s: unknown field", k.Line, p))
-			continue
-		}
-		checkFields(v, ft, p, problems)
-	}
+	return p.String()
 }
 
 // setFieldType is the type of the Job field at a dotted path.
@@ -454,27 +416,6 @@ func setFieldType(path string) (reflect.Type, error) {
 	return t, nil
 }
 
-// describeType names what a value of t looks like, for a --set of the wrong type.
-func describeType(t reflect.Type) string {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch t.Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "an integer"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.Slice:
-		return "a list, as in [a, b]"
-	case reflect.Struct, reflect.Map:
-		return "a mapping of fields"
-	}
-	return "a " + t.Kind().String()
-}
-
 // applySet sets the field at a dotted path ("model.batch_size=4096") in the document,
 // creating mappings on the way. The value is parsed as YAML, so lists work: a=[x,y].
 func applySet(root *yaml.Node, set string) (string, error) {
@@ -497,7 +438,7 @@ func applySet(root *yaml.Node, set string) (string, error) {
 		return "", fmt.Errorf("--set %s: %w", path, err)
 	}
 	if err := val.Decode(reflect.New(ft).Interface()); err != nil {
-		return "", fmt.Errorf("--set %s: %q is not %s", path, value, describeType(ft))
+		return "", fmt.Errorf("--set %s: %q is not %s", path, value, yamldecode.Want(ft))
 	}
 	parts := strings.Split(path, ".")
 	n := root

@@ -86,7 +86,7 @@ func TestBadFilesReportEveryProblemWithItsPath(t *testing.T) {
 	}{
 		{"unknown-field.bad.yaml", []string{
 			"line 6: source.feature: unknown field",
-			"line 9: model.batchsize: unknown field",
+			"line 9: model.batchsize: unknown field (did you mean batch_size?)",
 			"line 10: sinks: unknown field",
 		}},
 		{"many-problems.bad.yaml", []string{
@@ -109,8 +109,8 @@ func TestBadFilesReportEveryProblemWithItsPath(t *testing.T) {
 			"release.gates.max_null_fraction: 2",
 		}},
 		{"wrong-type.bad.yaml", []string{
-			"line 5: cannot unmarshal !!str `f0` into []string",
-			"line 8: cannot unmarshal !!str `lots` into int",
+			`line 5: source.features: want a list of strings, as in [a, b], got "f0"`,
+			`line 8: model.batch_size: "lots" is not a whole number`,
 		}},
 		{"not-a-mapping.bad.yaml", []string{"a job file is a mapping of fields"}},
 	}
@@ -178,7 +178,7 @@ func TestSetOverridesAnyFieldAndIsValidatedLikeTheFile(t *testing.T) {
 		{"an unknown field", "model.threads=4", "--set model.threads: unknown field"},
 		{"an unknown field under a new mapping", "modle.batch_size=4", "--set modle.batch_size: unknown field"},
 		{"a bad value", "model.device=tpu", `model.device: "tpu"`},
-		{"a value of the wrong type", "model.workers=many", `--set model.workers: "many" is not an integer`},
+		{"a value of the wrong type", "model.workers=many", `--set model.workers: "many" is not a whole number`},
 		{"a number where a list goes", "source.features=3", `--set source.features: "3" is not a list`},
 		{"a word where a number goes", "release.gates.min_rows_ratio=most", `--set release.gates.min_rows_ratio: "most" is not a number`},
 		{"no equals sign", "model.workers", "use FIELD=VALUE"},

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/staticref/staticref/jobs/yamldecode"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -84,6 +84,9 @@ type Duration time.Duration
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("want a duration, as in 36h")
+	}
 	var s string
 	if err := n.Decode(&s); err != nil {
 		return err
@@ -112,13 +115,6 @@ func (e *ConfigError) Error() string {
 
 func (e *ConfigError) Unwrap() error { return ErrConfig }
 
-// problem is one thing wrong with a config: at a field path ("" for the file as a whole)
-// and, once known, a line.
-type problem struct {
-	line      int
-	path, msg string
-}
-
 // LoadConfig reads and validates a config file. Relative paths in it (a pebble: store,
 // the model, the admin token file) are resolved against the file's directory, and
 // ${VAR} or $(VAR) in a store URL is replaced by the environment variable's value.
@@ -133,24 +129,13 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig is LoadConfig on bytes; path names the file in errors and anchors paths.
 // It reports every problem at once, as a *ConfigError.
 func ParseConfig(data []byte, path string) (*Config, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &ConfigError{File: path, Problems: []string{yamlSyntax(path, err)}}
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
-	}
-	if root.Kind == 0 { // empty file
-		root = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	root, bad := yamldecode.Document(data, "a service config")
+	if bad != nil {
+		return nil, configError(path, []yamldecode.Problem{*bad})
 	}
 	var c Config
-	d := decoder{lines: map[string]int{}, bad: map[string]bool{}}
-	if root.Kind != yaml.MappingNode {
-		d.add(root.Line, "", "a service config is a mapping of fields (addr, namespaces, ...)")
-	} else {
-		d.decode(root, reflect.ValueOf(&c).Elem(), "")
-	}
+	res := yamldecode.Decode(root, &c)
+	problems := res.Problems
 
 	base := filepath.Dir(path)
 	abs := func(p string) string {
@@ -171,7 +156,8 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 			if _, ok := os.LookupEnv(v); ok {
 				what = "empty"
 			}
-			d.add(d.lines[p], p, "environment variable %s is %s (the URL %q names it)", v, what, n.Store)
+			problems = append(problems, yamldecode.Problem{Line: res.Line(p), Path: p,
+				Msg: fmt.Sprintf("environment variable %s is %s (the URL %q names it)", v, what, n.Store)})
 		}
 		if store != n.Store {
 			n.written = n.Store
@@ -183,14 +169,14 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 	// Validate fills defaults even where a field had a problem; a problem it finds in or
 	// under a field that could not be read would only repeat that one.
 	for _, p := range c.validate() {
-		if d.isBad(p.path) {
+		if res.Failed(p.Path) {
 			continue
 		}
-		p.line = d.line(p.path)
-		d.problems = append(d.problems, p)
+		p.Line = res.Line(p.Path)
+		problems = append(problems, p)
 	}
-	if len(d.problems) > 0 {
-		return nil, d.err(path)
+	if len(problems) > 0 {
+		return nil, configError(path, problems)
 	}
 	return &c, nil
 }
@@ -198,16 +184,32 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 // Validate fills defaults and returns every problem at once, as a *ConfigError.
 func (c *Config) Validate() error {
 	if ps := c.validate(); len(ps) > 0 {
-		d := decoder{problems: ps}
-		return d.err("")
+		return configError("", ps)
 	}
 	return nil
 }
 
-func (c *Config) validate() []problem {
-	var ps []problem
+// configError is problems as a *ConfigError, in file order, each as FILE:LINE: path: msg.
+func configError(file string, ps []yamldecode.Problem) *ConfigError {
+	yamldecode.Sort(ps)
+	e := &ConfigError{File: file}
+	for _, p := range ps {
+		switch {
+		case file != "" && p.Line > 0:
+			e.Problems = append(e.Problems, fmt.Sprintf("%s:%d: %s", file, p.Line, p))
+		case file != "":
+			e.Problems = append(e.Problems, fmt.Sprintf("%s: %s", file, p))
+		default:
+			e.Problems = append(e.Problems, p.String())
+		}
+	}
+	return e
+}
+
+func (c *Config) validate() []yamldecode.Problem {
+	var ps []yamldecode.Problem
 	add := func(path, format string, args ...any) {
-		ps = append(ps, problem{path: path, msg: fmt.Sprintf(format, args...)})
+		ps = append(ps, yamldecode.Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 	}
 	if c.Addr == "" {
 		c.Addr = DefaultAddr
@@ -340,248 +342,6 @@ func expandEnv(s string) (string, []string) {
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
-
-// decoder reads a config document field by field, so that one bad value hides no other,
-// and keeps the line of every field for the problems Validate finds later.
-type decoder struct {
-	problems []problem
-	lines    map[string]int  // field path -> line of its key
-	bad      map[string]bool // field paths that could not be read
-}
-
-func (d *decoder) add(line int, path, format string, args ...any) {
-	d.problems = append(d.problems, problem{line: line, path: path, msg: fmt.Sprintf(format, args...)})
-	if d.bad != nil {
-		d.bad[path] = true
-	}
-}
-
-// line is the line of path, or of the nearest field above it that the file has.
-func (d *decoder) line(path string) int {
-	for path != "" {
-		if l, ok := d.lines[path]; ok {
-			return l
-		}
-		i := strings.LastIndexByte(path, '.')
-		if i < 0 {
-			break
-		}
-		path = path[:i]
-	}
-	return 0
-}
-
-// isBad reports whether path, or a field above it, could not be read.
-func (d *decoder) isBad(path string) bool {
-	for p := range d.bad {
-		if path == p || strings.HasPrefix(path, p+".") {
-			return true
-		}
-	}
-	return false
-}
-
-// err is the problems as a *ConfigError, in file order (those without a line last).
-func (d *decoder) err(file string) error {
-	sort.SliceStable(d.problems, func(i, j int) bool {
-		a, b := d.problems[i].line, d.problems[j].line
-		return a != 0 && (b == 0 || a < b)
-	})
-	e := &ConfigError{File: file}
-	for _, p := range d.problems {
-		var s strings.Builder
-		switch {
-		case file != "" && p.line > 0:
-			fmt.Fprintf(&s, "%s:%d: ", file, p.line)
-		case file != "":
-			fmt.Fprintf(&s, "%s: ", file)
-		}
-		if p.path != "" {
-			s.WriteString(p.path + ": ")
-		}
-		s.WriteString(p.msg)
-		e.Problems = append(e.Problems, s.String())
-	}
-	return e
-}
-
-var (
-	durationType = reflect.TypeFor[Duration]()
-	nodeType     = reflect.TypeFor[yaml.Node]()
-)
-
-// decode sets v from n, field by field, adding a problem for every unknown field and
-// every value of the wrong kind.
-func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	t := v.Type()
-	switch {
-	case t == nodeType:
-		v.Set(reflect.ValueOf(*n))
-		return
-	case n.Kind == yaml.ScalarNode && n.Tag == "!!null":
-		return // absent: the zero value, as if not written
-	case t.Kind() == reflect.Pointer:
-		p := reflect.New(t.Elem())
-		d.decode(n, p.Elem(), path)
-		v.Set(p)
-		return
-	case t == durationType, t.Kind() != reflect.Struct && t.Kind() != reflect.Map:
-		d.scalar(n, v, path)
-		return
-	}
-	if n.Kind != yaml.MappingNode {
-		d.add(n.Line, path, "want a mapping, got %s", describe(n))
-		return
-	}
-	fields := map[string]int{}
-	if t.Kind() == reflect.Struct {
-		for i := range t.NumField() {
-			name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-			if name != "" && name != "-" && t.Field(i).IsExported() {
-				fields[name] = i
-			}
-		}
-	} else if v.IsNil() {
-		v.Set(reflect.MakeMap(t))
-	}
-	// Merged mappings (<<: *base) first, so that the fields written beside them win.
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k := n.Content[i]; k.Tag == "!!merge" {
-			for _, m := range mergeSources(n.Content[i+1]) {
-				d.decode(m, v, path)
-			}
-		}
-	}
-	seen := map[string]int{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
-		if k.Tag == "!!merge" {
-			continue
-		}
-		p := k.Value
-		if path != "" {
-			p = path + "." + k.Value
-		}
-		if first, ok := seen[k.Value]; ok {
-			d.add(k.Line, p, "given twice (first on line %d)", first)
-			continue
-		}
-		seen[k.Value] = k.Line
-		d.lines[p] = k.Line
-		if t.Kind() == reflect.Map {
-			e := reflect.New(t.Elem()).Elem()
-			d.decode(val, e, p)
-			v.SetMapIndex(reflect.ValueOf(k.Value).Convert(t.Key()), e)
-			continue
-		}
-		f, ok := fields[k.Value]
-		if !ok {
-			msg := "unknown field"
-			if s := suggest(k.Value, fields); s != "" {
-				msg += " (did you mean " + s + "?)"
-			}
-			d.add(k.Line, p, "%s", msg)
-			continue
-		}
-		d.decode(val, v.Field(f), p)
-	}
-}
-
-// scalar sets a single value: a string, a number or a Duration.
-func (d *decoder) scalar(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind != yaml.ScalarNode {
-		d.add(n.Line, path, "want %s, got %s", want(v.Type()), describe(n))
-		return
-	}
-	err := n.Decode(v.Addr().Interface())
-	var te *yaml.TypeError
-	switch {
-	case err == nil:
-	case errors.As(err, &te):
-		d.add(n.Line, path, "%q is not %s", n.Value, want(v.Type()))
-	default: // Duration's own message
-		d.add(n.Line, path, "%v", err)
-	}
-}
-
-func want(t reflect.Type) string {
-	switch t.Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		if t == durationType {
-			return "a duration (e.g. 36h)"
-		}
-		return "a whole number"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Bool:
-		return "true or false"
-	}
-	return "a " + t.Kind().String()
-}
-
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	}
-	return strconv.Quote(n.Value)
-}
-
-func mergeSources(n *yaml.Node) []*yaml.Node {
-	if n.Kind == yaml.SequenceNode {
-		return n.Content
-	}
-	return []*yaml.Node{n}
-}
-
-// suggest is the known field closest to a misspelt one, or "".
-func suggest(name string, fields map[string]int) string {
-	best, bestDist := "", max(2, len(name)/3)+1 // further apart is no suggestion
-	for f := range fields {
-		if dist := editDistance(name, f); dist < bestDist || (dist == bestDist && f < best) {
-			best, bestDist = f, dist
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
-}
-
-// yamlSyntax turns "yaml: line 3: did not find expected key" into "FILE:3: did not find
-// expected key".
-func yamlSyntax(file string, err error) string {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		return file + ":" + m[1] + ": " + m[2]
-	}
-	return file + ": " + msg
-}
-
-var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
 
 // parse reads Default: computed, none, a number, or an object of outputs.
 func (f *Fallback) parse() error {

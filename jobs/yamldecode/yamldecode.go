@@ -1,0 +1,292 @@
+// Package yamldecode reads a YAML config file into a Go struct field by field, so that
+// one bad value hides no other: every unknown field (with the nearest known name), value
+// of the wrong kind and key given twice is a Problem with its line and field path. Job
+// files (jobs) and the lookup service's config (lookup) are both read with it.
+package yamldecode
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Problem is one thing wrong with a file: at a field path ("" for the file as a whole)
+// and a line (0 when the file does not have one, as for a field set from the command line).
+type Problem struct {
+	Line int
+	Path string
+	Msg  string
+}
+
+// String is "path: msg", or msg for the file as a whole.
+func (p Problem) String() string {
+	if p.Path == "" {
+		return p.Msg
+	}
+	return p.Path + ": " + p.Msg
+}
+
+// Document parses data and returns its top-level mapping; an empty document is an empty
+// mapping. A syntax error, or a document that is not a mapping, is a Problem.
+func Document(data []byte, what string) (*yaml.Node, *Problem) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &Problem{Line: line, Msg: m[2]}
+		}
+		return nil, &Problem{Msg: msg}
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind == 0 {
+		return &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}, nil
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, &Problem{Line: root.Line, Msg: what + " is a mapping of fields"}
+	}
+	return root, nil
+}
+
+var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// Result is what Decode found: its problems, and the line of every field it read.
+type Result struct {
+	Problems []Problem
+	lines    map[string]int  // field path -> line of its key
+	bad      map[string]bool // field paths that could not be read
+}
+
+// Decode sets *v (a struct, by its yaml tags) from the mapping n. A value that cannot be
+// read leaves its field as it was.
+func Decode(n *yaml.Node, v any) *Result {
+	r := &Result{lines: map[string]int{}, bad: map[string]bool{}}
+	r.decode(n, reflect.ValueOf(v).Elem(), "")
+	return r
+}
+
+// Line is the line of path's key, or of the nearest field above it that the file has.
+func (r *Result) Line(path string) int {
+	for path != "" {
+		if l, ok := r.lines[path]; ok {
+			return l
+		}
+		i := strings.LastIndexByte(path, '.')
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
+}
+
+// Failed reports whether path, or a field above it, could not be read: a later check of
+// it would only repeat that problem.
+func (r *Result) Failed(path string) bool {
+	for p := range r.bad {
+		if path == p || strings.HasPrefix(path, p+".") || strings.HasPrefix(path, p+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// Sort puts problems in file order, those without a line last.
+func Sort(ps []Problem) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i].Line, ps[j].Line
+		return a != 0 && (b == 0 || a < b)
+	})
+}
+
+func (r *Result) add(line int, path, format string, args ...any) {
+	r.Problems = append(r.Problems, Problem{Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	r.bad[path] = true
+}
+
+var nodeType = reflect.TypeFor[yaml.Node]()
+
+func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	t := v.Type()
+	switch {
+	case t == nodeType:
+		v.Set(reflect.ValueOf(*n))
+		return
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!null":
+		return // absent: the zero value, as if not written
+	case reflect.PointerTo(t).Implements(unmarshalerType) || t.Kind() == reflect.Slice:
+		r.value(n, v, path)
+		return
+	case t.Kind() == reflect.Pointer:
+		p := reflect.New(t.Elem())
+		r.decode(n, p.Elem(), path)
+		v.Set(p)
+		return
+	case t.Kind() != reflect.Struct && t.Kind() != reflect.Map:
+		r.value(n, v, path)
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		r.add(n.Line, path, "want a mapping, got %s", describe(n))
+		return
+	}
+	fields := map[string]int{}
+	if t.Kind() == reflect.Struct {
+		for i := range t.NumField() {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if name != "" && name != "-" && t.Field(i).IsExported() {
+				fields[name] = i
+			}
+		}
+	} else if v.IsNil() {
+		v.Set(reflect.MakeMap(t))
+	}
+	// Merged mappings (<<: *base) first, so that the fields written beside them win.
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Tag == "!!merge" {
+			for _, m := range mergeSources(n.Content[i+1]) {
+				r.decode(m, v, path)
+			}
+		}
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		if k.Tag == "!!merge" {
+			continue
+		}
+		p := k.Value
+		if path != "" {
+			p = path + "." + k.Value
+		}
+		if first, ok := seen[k.Value]; ok {
+			r.add(k.Line, p, "given twice (first on line %d)", first)
+			continue
+		}
+		seen[k.Value] = k.Line
+		r.lines[p] = k.Line
+		if t.Kind() == reflect.Map {
+			e := reflect.New(t.Elem()).Elem()
+			r.decode(val, e, p)
+			v.SetMapIndex(reflect.ValueOf(k.Value).Convert(t.Key()), e)
+			continue
+		}
+		f, ok := fields[k.Value]
+		if !ok {
+			msg := "unknown field"
+			if s := suggest(k.Value, fields); s != "" {
+				msg += " (did you mean " + s + "?)"
+			}
+			r.add(k.Line, p, "%s", msg)
+			continue
+		}
+		r.decode(val, v.Field(f), p)
+	}
+}
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+// value sets a scalar, a list, or a type with its own UnmarshalYAML (whose error is its
+// message).
+func (r *Result) value(n *yaml.Node, v reflect.Value, path string) {
+	t := v.Type()
+	custom := reflect.PointerTo(t).Implements(unmarshalerType)
+	if !custom {
+		if wantList := t.Kind() == reflect.Slice; wantList != (n.Kind == yaml.SequenceNode) || (!wantList && n.Kind != yaml.ScalarNode) {
+			r.add(n.Line, path, "want %s, got %s", Want(t), describe(n))
+			return
+		}
+	}
+	err := n.Decode(v.Addr().Interface())
+	var te *yaml.TypeError
+	switch {
+	case err == nil:
+	case custom && !errors.As(err, &te):
+		r.add(n.Line, path, "%v", err)
+	case t.Kind() == reflect.Slice:
+		r.add(n.Line, path, "want %s", Want(t))
+	default:
+		r.add(n.Line, path, "%q is not %s", n.Value, Want(t))
+	}
+}
+
+// Want names what a value of t looks like in YAML.
+func Want(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "a list of " + strings.TrimPrefix(strings.TrimPrefix(Want(t.Elem()), "a "), "an ") + "s, as in [a, b]"
+	case reflect.Struct, reflect.Map:
+		return "a mapping of fields"
+	}
+	return "a " + t.Kind().String()
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return strconv.Quote(n.Value)
+}
+
+func mergeSources(n *yaml.Node) []*yaml.Node {
+	if n.Kind == yaml.SequenceNode {
+		return n.Content
+	}
+	return []*yaml.Node{n}
+}
+
+// suggest is the known field closest to a misspelt one, or "".
+func suggest(name string, fields map[string]int) string {
+	best, bestDist := "", max(2, len(name)/3)+1 // further apart is no suggestion
+	for f := range fields {
+		if dist := editDistance(name, f); dist < bestDist || (dist == bestDist && f < best) {
+			best, bestDist = f, dist
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
