@@ -257,8 +257,6 @@ func (c *Config) validate() []yamldecode.Problem {
 			add(p+".store", "is required, e.g. redis://localhost:6379/0")
 		} else if err := writers.CheckURL(n.Store); err != nil {
 			add(p+".store", "%s", n.redact(err.Error()))
-		} else if strings.HasPrefix(strings.ToLower(n.Store), "parquet:") {
-			add(p+".store", "parquet: is an export, not a lookup store")
 		}
 		switch n.OnStale {
 		case "":

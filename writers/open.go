@@ -2,13 +2,16 @@ package writers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 )
 
 // schemes are the store URL schemes Open recognises, in the order the docs list them.
-var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable", "parquet"}
+var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable"}
 
 // Open opens the store a URL names (see "Store URLs" in the design):
 //
@@ -16,8 +19,8 @@ var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable",
 //	redis://[user:pass@]host:port/db, rediss://…  Redis
 //	redis+cluster://host:port[,host:port…]        Redis Cluster
 //	bigtable://PROJECT/INSTANCE/TABLE             Bigtable
-//	parquet:DIR                                   Parquet export
 //
+// parquet:DIR, the Parquet export of DESIGN, is not built yet: CheckURL says so.
 // A relative pebble:DIR is relative to the working directory; job files resolve it
 // against their own directory first with ResolveURL.
 func Open(ctx context.Context, url string) (Store, error) {
@@ -42,6 +45,22 @@ func Open(ctx context.Context, url string) (Store, error) {
 	default:
 		return nil, fmt.Errorf("open store %s: store scheme %s is not built yet", url, u.scheme)
 	}
+}
+
+// OpenExisting is Open for tools that read or manage what runs wrote (get, versions): a
+// pebble: directory that does not exist is an error wrapping fs.ErrNotExist, where
+// Open would create an empty store and answer as if it were one.
+func OpenExisting(ctx context.Context, url string) (Store, error) {
+	u, err := parseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if u.scheme == "pebble" {
+		if _, err := os.Stat(u.dir); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open store: store directory %s does not exist (check the path, or run a job into it first): %w", u.dir, err)
+		}
+	}
+	return Open(ctx, url)
 }
 
 // CheckURL reports whether url is a well-formed store URL of a known scheme, without
@@ -72,6 +91,9 @@ func parseURL(raw string) (storeURL, error) {
 		dir, err := localDir(raw, u.scheme, rest)
 		if err != nil {
 			return storeURL{}, err
+		}
+		if u.scheme == "parquet" {
+			return storeURL{}, fmt.Errorf("store URL %q: the parquet: export is not available yet: use one of %s", raw, schemeList())
 		}
 		u.dir = dir
 	case "redis", "rediss", "redis+cluster", "bigtable":

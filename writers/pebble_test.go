@@ -118,8 +118,8 @@ func TestOpenURL(t *testing.T) {
 		{name: "a redis URL with nothing listening names the address", url: "redis://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a rediss URL with nothing listening names the address", url: "rediss://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a redis cluster URL with nothing listening names the addresses", url: "redis+cluster://127.0.0.1:1,127.0.0.1:2", wantErr: "cannot reach redis at 127.0.0.1:1,127.0.0.1:2"},
-		{name: "a parquet URL is not built yet", url: "parquet:out", wantErr: "store scheme parquet is not built yet"},
-		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:, parquet:"},
+		{name: "a parquet URL is not available yet", url: "parquet:out", wantErr: "parquet: export is not available yet"},
+		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:"},
 		{name: "a bare path is refused", url: "store", wantErr: "missing scheme"},
 	}
 	for _, tc := range tests {
@@ -162,7 +162,7 @@ func TestCheckURL(t *testing.T) {
 		{"a rediss URL is good", "rediss://cache.internal:6380/1", ""},
 		{"a redis cluster URL with several hosts is good", "redis+cluster://a:7000,b:7001", ""},
 		{"a bigtable URL is good", "bigtable://proj/inst/table", ""},
-		{"a parquet dir is good", "parquet:exports", ""},
+		{"a parquet dir is not available yet", "parquet:exports", "not available yet"},
 		{"a redis URL without host is bad", "redis:///0", "missing host"},
 		{"a redis URL with several hosts is bad", "redis://a:1,b:2/0", "use redis+cluster"},
 		{"a redis URL without slashes is bad", "redis:localhost", "want redis://"},
