@@ -21,6 +21,9 @@ func newInspectCmd() *cobra.Command {
   staticref inspect testdata/features/part-00000.parquet -o json`,
 		Args: args(1, 1),
 		RunE: func(c *cobra.Command, a []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			path := a[0]
 			switch strings.ToLower(filepath.Ext(path)) {
 			case ".onnx":

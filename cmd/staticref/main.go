@@ -12,11 +12,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/staticref/staticref/jobs"
+	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -61,7 +63,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "staticref: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) || errors.Is(err, jobs.ErrInvalid) {
+	// ErrMismatch: a job that does not fit its data or model is bad config; running it
+	// again cannot succeed.
+	if errors.As(err, &ue) || errors.Is(err, jobs.ErrInvalid) || errors.Is(err, pipeline.ErrMismatch) {
 		return exitUsage
 	}
 	return exitFailed
@@ -75,8 +79,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 key -> prediction into a store under a new version of a namespace. When the version is
 complete and passes its gates, the namespace's live pointer flips to it atomically; old
 versions stay for instant rollback.`,
-		Example: `  staticref testdata generate --out demo --rows 100000 --shards 4
-  staticref run --job jobs/demo.yaml
+		Example: `  staticref testdata generate --out demo --rows 200000 --shards 4
+  staticref run --job jobs/demo.yaml --set 'source.uri=demo/features/*.parquet'
   staticref get --store pebble:.staticref/store --namespace demo u000000042`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -96,6 +100,7 @@ versions stay for instant rollback.`,
 		slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
 		return nil
 	}
+	group(root)
 	root.AddCommand(newRunCmd(), newGetCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd(), newScheduleCmd(), newK8sCmd(), newServeCmd())
 	return root
 }
@@ -108,6 +113,32 @@ func args(min, max int) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// group makes c a command that only holds subcommands: alone it prints its help; with
+// anything else it is bad usage (exit 2), not cobra's help (exit 0) or its error (exit 1).
+func group(c *cobra.Command) *cobra.Command {
+	c.SuggestionsMinimumDistance = 2 // cobra's default, which only its own check sets
+	c.Args = func(c *cobra.Command, a []string) error {
+		if len(a) == 0 {
+			return nil
+		}
+		hint := ""
+		if s := c.SuggestionsFor(a[0]); len(s) > 0 {
+			hint = "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return usagef("unknown command %q for %q%s (see %s --help)", a[0], c.CommandPath(), hint, c.CommandPath())
+	}
+	c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+	return c
+}
+
+// checkOutput validates an -o value before any work is done.
+func checkOutput(output string) error {
+	if output != "text" && output != "json" {
+		return usagef("-o %s: use text or json", output)
+	}
+	return nil
 }
 
 // requireFlags fails with a usage error when a flag was not given.
@@ -127,4 +158,13 @@ func openStore(c *cobra.Command, url string) (writers.Store, error) {
 		return nil, usageError{fmt.Errorf("store: %w", err)}
 	}
 	return writers.Open(c.Context(), url)
+}
+
+// openExistingStore is openStore for the commands that read or manage what runs wrote
+// (get, versions): a pebble: directory that does not exist is an error, not a new store.
+func openExistingStore(c *cobra.Command, url string) (writers.Store, error) {
+	if err := writers.CheckURL(url); err != nil {
+		return nil, usageError{fmt.Errorf("store: %w", err)}
+	}
+	return writers.OpenExisting(c.Context(), url)
 }

@@ -162,6 +162,7 @@ func TestExitCodes(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("name: x\nsource: {uri: a, key: k, features: [f]}\nmodel: {path: m.onnx, batchsize: 3}\n"), 0o644)
 	os.WriteFile(bad+".onnx", []byte("not a model"), 0o644)
+	storeWithoutVersions(t, store)
 	tests := []struct {
 		name   string
 		args   []string
@@ -182,6 +183,14 @@ func TestExitCodes(t *testing.T) {
 		{"a store that cannot be reached is a failure, not bad usage", []string{"get", "--store", "redis://127.0.0.1:1/0", "--namespace", "churn", "k"}, 1, "cannot reach redis at 127.0.0.1:1"},
 		{"a store URL that cannot be right is bad usage", []string{"versions", "list", "--store", "bigtable://only-project", "--namespace", "churn"}, 2, "store"},
 		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
+		{"a missing job file is bad usage", []string{"run", "--job", filepath.Join(dir, "nope.yaml")}, 2, "nope.yaml"},
+		{"an unknown command is bad usage", []string{"version"}, 2, `unknown command "version" for "staticref"; did you mean versions?`},
+		{"an unknown subcommand is bad usage", []string{"versions", "lst", "--store", store, "--namespace", "churn"}, 2, `unknown command "lst" for "staticref versions"; did you mean list?`},
+		{"an invalid version id is bad usage", []string{"versions", "flip", "--store", store, "--namespace", "churn", "foo/bar"}, 2, `version "foo/bar"`},
+		{"an invalid --version is bad usage", []string{"run", "--job", job, "--version", "foo/bar"}, 2, `version "foo/bar"`},
+		{"a feature column the data lacks is bad config", []string{"run", "--job", job, "--set", "source.features=[f0, f9]"}, 2, `"f9"`},
+		{"a missing model file is bad config", []string{"run", "--job", job, "--set", "model.path=" + filepath.Join(dir, "absent.onnx")}, 2, "absent.onnx"},
+		{"a model of another input width is bad config", []string{"run", "--job", job, "--set", "source.features=[f0, f1]"}, 2, "source.features"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -39,10 +39,14 @@ time (a lease in the store); a second fails at once, or waits with --wait. Progr
 committed per row group: re-running with --version ID of a failed or killed run skips
 what it committed and completes the version with exactly one copy of every row.
 
-Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file.`,
-		Example: `  staticref run --job jobs/demo.yaml
-  # an ad-hoc backfill of one day into a new version, flipped by hand later
-  staticref run --job jobs/churn.yaml --set source.uri='data/dt=2026-11-01/*.parquet' --no-flip
+Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage, a missing or
+invalid job file, or a job that does not fit its data or model (found before anything
+is written).`,
+		Example: `  staticref run --job jobs/churn.yaml
+  # an ad-hoc backfill from other shards (here those of make demo) into a new version,
+  # flipped by hand later with versions flip
+  staticref run --job jobs/churn.yaml --set 'source.uri=.staticref/demo/features/*.parquet' --no-flip
+  # the same job into Redis (needs a server on localhost:6379)
   staticref run --job jobs/churn.yaml --store redis://localhost:6379/0
   # resume a failed run: committed row groups are skipped
   staticref run --job jobs/churn.yaml --version 20261127T020000Z`,
@@ -50,6 +54,14 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "job"); err != nil {
 				return err
+			}
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if version != "" {
+				if err := writers.ValidateVersion(version); err != nil {
+					return usagef("--version: %v", err)
+				}
 			}
 			if store != "" {
 				sets = append(sets, "sink.store="+store)
@@ -62,7 +74,7 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			}
 			job, err := jobs.Load(jobFile, sets)
 			if err != nil {
-				return err
+				return usageError{err} // a job file that cannot be read is bad usage too
 			}
 			s, err := openStore(c, job.Sink.Store)
 			if err != nil {
@@ -73,7 +85,7 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 			res, err := pipeline.Run(c.Context(), pipeline.Config{
 				Job: job, Store: s, Version: version, NoFlip: noFlip, Wait: wait, LeaseTTL: leaseTTL, Log: slog.Default(),
 				ShardIndex: shardIndex, ShardCount: shardCount,
-				Progress: progress.Auto(os.Stderr, slog.Default()),
+				Progress: oneErrorLine{progress.Auto(os.Stderr, slog.Default()), progress.IsTerminal(os.Stderr)},
 			})
 			if res != nil && res.Manifest != nil {
 				printSummary(c, res, output, job.Sink.Store)
@@ -92,7 +104,7 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.StringVar(&store, "store", "", "store URL, overriding sink.store")
 	f.StringVar(&version, "version", "", "version id to write, or of a failed run to resume (default: the start time, 20261127T020000Z)")
 	f.StringVar(&k8sJob, "k8s-job", "", "write the version of this Kubernetes Job (its pods share it; see k8s render)")
-	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for `versions flip`")
+	f.BoolVar(&noFlip, "no-flip", false, "leave the complete version for a later versions flip")
 	f.BoolVar(&wait, "wait", false, "wait for another run of the namespace to finish instead of failing")
 	f.IntVar(&shardIndex, "shard-index", envInt("JOB_COMPLETION_INDEX", 0), "this process's share of a sharded run (default $JOB_COMPLETION_INDEX)")
 	f.IntVar(&shardCount, "shard-count", envInt("STATICREF_SHARD_COUNT", 0), "processes sharing the run's version (default $STATICREF_SHARD_COUNT)")
@@ -100,6 +112,24 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage or job file
 	f.StringVarP(&output, "output", "o", "text", "summary format: text or json (the manifest)")
 	f.String("pushgateway", os.Getenv(progress.PushEnv), "push the run's metrics to this Prometheus Pushgateway URL at the end (default $"+progress.PushEnv+")")
 	return c
+}
+
+// oneErrorLine keeps a failed run's error to the one "staticref: ..." line Main prints: it
+// drops the reporter's own failure line (an ERROR log line, or the bar's last line),
+// which repeats the error and whose counts the summary on stdout already has.
+type oneErrorLine struct {
+	progress.Reporter
+	tty bool
+}
+
+func (r oneErrorLine) Finish(s progress.Summary) {
+	if s.Err == nil {
+		r.Reporter.Finish(s)
+		return
+	}
+	if r.tty {
+		fmt.Fprint(os.Stderr, "\r\x1b[K") // clear the bar; the error goes on its line
+	}
 }
 
 func manifestOf(res *pipeline.Result) *writers.Manifest {

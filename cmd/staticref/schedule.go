@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -58,6 +59,9 @@ SIGINT/SIGTERM cancel the runs in progress, which leave resumable versions, and 
 			})
 			if err != nil {
 				return usageError{err}
+			}
+			if len(s.Jobs()) == 0 {
+				slog.Warn("no job in the directory has a schedule; nothing will run until one does (add schedule: to a job file, then SIGHUP)", "dir", dir)
 			}
 			return s.RunWithHTTP(c.Context(), addr, nil)
 		},

@@ -21,8 +21,8 @@ func newTestdataCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "testdata",
 		Short: "Generate deterministic feature shards and ONNX models with known weights",
-		Args:  args(0, 0),
 	}
+	group(c)
 	var (
 		out   string
 		spec  = shardgen.Spec{Seed: dataSeed}
@@ -37,7 +37,7 @@ segment column (country) and a column no job uses (note), in several row groups;
 ONNX models built with known weights: logistic.onnx (score, logit), mlp.onnx (scores),
 embedding.onnx (reads the embedding column) and zipmap.onnx (an sklearn-style
 classifier with a non-tensor output).`,
-		Example: `  staticref testdata generate --out demo --rows 100000 --shards 4
+		Example: `  staticref testdata generate --out demo --rows 200000 --shards 4
   staticref testdata generate --out big --rows 2000000 --shards 8 --codec snappy`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -16,27 +16,31 @@ func newVersionsCmd() *cobra.Command {
 		Use:   "versions",
 		Short: "List, show, flip, roll back and garbage-collect a namespace's versions",
 		Example: `  staticref versions list --store pebble:.staticref/store --namespace demo -o json
-  staticref versions flip --store pebble:.staticref/store --namespace demo 20261127T020000Z
   staticref versions rollback --store pebble:.staticref/store --namespace demo
+  # make a complete version live: an id from versions list
+  staticref versions flip --store pebble:.staticref/store --namespace demo 20261127T020000Z
   staticref versions gc --store pebble:.staticref/store --namespace demo --keep 2`,
-		Args: args(0, 0),
 	}
+	group(c)
 	var store, ns string
 	pf := c.PersistentFlags()
 	pf.StringVar(&store, "store", "", "store URL")
 	pf.StringVar(&ns, "namespace", "", "namespace")
-	open := func(c *cobra.Command) (writers.Store, error) {
+	// open checks the flags and a VERSION argument, if any, then opens the store, which
+	// must exist: these commands never create one.
+	open := func(c *cobra.Command, a []string) (writers.Store, error) {
 		if err := requireFlags(c, "store", "namespace"); err != nil {
 			return nil, err
 		}
 		if err := writers.ValidateNamespace(ns); err != nil {
 			return nil, usageError{err}
 		}
-		s, err := openStore(c, store)
-		if err != nil {
-			return nil, err
+		for _, v := range a {
+			if err := writers.ValidateVersion(v); err != nil {
+				return nil, usageError{err}
+			}
 		}
-		return s, nil
+		return openExistingStore(c, store)
 	}
 
 	var output string
@@ -45,7 +49,10 @@ func newVersionsCmd() *cobra.Command {
 		Short: "List versions, oldest first, with their state and row counts",
 		Args:  args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			s, err := open(c)
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			s, err := open(c, nil)
 			if err != nil {
 				return err
 			}
@@ -53,6 +60,10 @@ func newVersionsCmd() *cobra.Command {
 			_, vs, err := writers.List(c.Context(), s, ns)
 			if err != nil {
 				return err
+			}
+			if len(vs) == 0 && output != "json" {
+				// -o json prints [], an answer a script can use; a person gets a reason.
+				return fmt.Errorf("namespace %s has no versions in %s", ns, store)
 			}
 			if output == "json" {
 				rows := make([]versionRow, len(vs))
@@ -80,7 +91,7 @@ func newVersionsCmd() *cobra.Command {
 		Short: "Print a version's manifest as JSON (default: the live version)",
 		Args:  args(0, 1),
 		RunE: func(c *cobra.Command, a []string) error {
-			s, err := open(c)
+			s, err := open(c, a)
 			if err != nil {
 				return err
 			}
@@ -112,7 +123,7 @@ func newVersionsCmd() *cobra.Command {
 		Short: "Make a complete version live (compare-and-swap)",
 		Args:  args(1, 1),
 		RunE: func(c *cobra.Command, a []string) error {
-			s, err := open(c)
+			s, err := open(c, a)
 			if err != nil {
 				return err
 			}
@@ -131,7 +142,7 @@ func newVersionsCmd() *cobra.Command {
 		Short: "Flip back to the newest previous version",
 		Args:  args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			s, err := open(c)
+			s, err := open(c, nil)
 			if err != nil {
 				return err
 			}
@@ -155,7 +166,7 @@ func newVersionsCmd() *cobra.Command {
 			if keep < 0 {
 				return usagef("--keep %d: use 0 or more", keep)
 			}
-			s, err := open(c)
+			s, err := open(c, nil)
 			if err != nil {
 				return err
 			}
@@ -166,6 +177,9 @@ func newVersionsCmd() *cobra.Command {
 			}
 			for _, v := range removed {
 				fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
+			}
+			if len(removed) == 0 {
+				fmt.Fprintf(c.ErrOrStderr(), "%s: nothing to remove (keep %d previous versions)\n", ns, keep)
 			}
 			return nil
 		},
