@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -170,30 +169,9 @@ func TestVersionsGCWithNothingToRemoveSaysSo(t *testing.T) {
 
 func TestScheduleWarnsWhenNoJobHasASchedule(t *testing.T) {
 	dir, _, _ := workspace(t, 100, "") // job.yaml has no schedule
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out, errOut syncBuffer
-	exit := make(chan int, 1)
-	go func() {
-		exit <- Main(ctx, []string{"schedule", "--jobs", dir, "--addr", "127.0.0.1:0", "--state", t.TempDir()}, &out, &errOut)
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(errOut.String(), "scheduler started") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the scheduler did not start in 10s:\n%s", errOut.String())
-		}
-		select {
-		case code := <-exit:
-			t.Fatalf("schedule exited early with %d:\n%s", code, errOut.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	cancel()
-	if code := <-exit; code != 0 {
-		t.Errorf("exit after cancel: got %d, want 0", code)
-	}
-	if !regexp.MustCompile(`level=WARN msg="no job in the directory has a schedule.*dir=`).MatchString(errOut.String()) {
-		t.Errorf("got no warning that nothing is scheduled:\n%s", errOut.String())
+	log := scheduleUntil(t, dir, "scheduler started")
+	if !regexp.MustCompile(`level=WARN msg="no job in the directory has a schedule.*dir=`).MatchString(log) {
+		t.Errorf("got no warning that nothing is scheduled:\n%s", log)
 	}
 }
 

@@ -31,8 +31,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
-	dir, _, store := workspace(t, 2000, "schedule: \"* * * * * *\"\n") // every second
+// scheduleUntil runs `staticref schedule --jobs dir` in this process until its log
+// shows want (failing after 30 s, or if it exits first), then cancels it and checks
+// that it exits 0. It returns the log.
+func scheduleUntil(t *testing.T, dir, want string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errOut syncBuffer
@@ -40,11 +43,10 @@ func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
 	go func() {
 		exit <- Main(ctx, []string{"schedule", "--jobs", dir, "--addr", "127.0.0.1:0", "--state", t.TempDir()}, &out, &errOut)
 	}()
-
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(errOut.String(), "outcome=success") {
+	for !strings.Contains(errOut.String(), want) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no successful run in 30s:\n%s", errOut.String())
+			t.Fatalf("no %q in 30s:\n%s", want, errOut.String())
 		}
 		select {
 		case code := <-exit:
@@ -61,11 +63,17 @@ func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("schedule did not stop after cancel")
 	}
-	if !strings.Contains(errOut.String(), "serving /metrics and /healthz") {
-		t.Errorf("no line about the HTTP address:\n%s", errOut.String())
+	return errOut.String()
+}
+
+func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
+	dir, _, store := workspace(t, 2000, "schedule: \"* * * * * *\"\n") // every second
+	log := scheduleUntil(t, dir, "outcome=success")
+	if !strings.Contains(log, "serving /metrics and /healthz") {
+		t.Errorf("no line about the HTTP address:\n%s", log)
 	}
 	// One line ends each run, and no line names its job twice.
-	for _, line := range strings.Split(errOut.String(), "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		if strings.Count(line, " job=") > 1 {
 			t.Errorf("a line names the job twice: %s", line)
 		}
