@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/memory"
@@ -91,16 +92,23 @@ type FileInfo struct {
 }
 
 // SchemaError reports a column that a job names and a shard cannot provide.
-// Its message reads `shard PATH: column "NAME" REASON (FIELD)`.
+// Its message reads `shard PATH: column "NAME" REASON (FIELD)`, then the shard's
+// columns when NAME is not one of them.
 type SchemaError struct {
 	Path   string // the shard
 	Column string // the column named by the job
 	Field  string // the job field that named it: source.key, source.features or extra
 	Reason string // e.g. `not found`, `is string, features must be numeric`
+	// Columns are the shard's columns, when the column was not found.
+	Columns []string
 }
 
 func (e *SchemaError) Error() string {
-	return fmt.Sprintf("shard %s: column %q %s (%s)", e.Path, e.Column, e.Reason, e.Field)
+	msg := fmt.Sprintf("shard %s: column %q %s (%s)", e.Path, e.Column, e.Reason, e.Field)
+	if len(e.Columns) > 0 {
+		msg += "; the shard's columns are " + strings.Join(e.Columns, ", ")
+	}
+	return msg
 }
 
 // Is makes every SchemaError match ErrSchema.
@@ -225,6 +233,14 @@ func (f *File) resolve() error {
 	schemaErr := func(col, field, reason string) error {
 		return &SchemaError{Path: f.path, Column: col, Field: field, Reason: reason}
 	}
+	// A column that is not there is told with the shard's columns: a typo shows at once.
+	notFound := func(col, field string) error {
+		e := &SchemaError{Path: f.path, Column: col, Field: field, Reason: "not found"}
+		for i := range fields {
+			e.Columns = append(e.Columns, fields[i].Field.Name)
+		}
+		return e
+	}
 
 	if f.opts.Key == "" {
 		return fmt.Errorf("shard %s: %w: no key column (%s)", f.path, ErrSchema, fieldKey)
@@ -235,7 +251,7 @@ func (f *File) resolve() error {
 
 	fi := find(f.opts.Key)
 	if fi < 0 {
-		return schemaErr(f.opts.Key, fieldKey, "not found")
+		return notFound(f.opts.Key, fieldKey)
 	}
 	if dt := fields[fi].Field.Type; !isText(dt) {
 		return schemaErr(f.opts.Key, fieldKey, "is "+typeName(dt)+", a key must be a string or an integer")
@@ -245,7 +261,7 @@ func (f *File) resolve() error {
 	for _, name := range f.opts.Features {
 		fi := find(name)
 		if fi < 0 {
-			return schemaErr(name, fieldFeatures, "not found")
+			return notFound(name, fieldFeatures)
 		}
 		dt := fields[fi].Field.Type
 		switch {
@@ -270,7 +286,7 @@ func (f *File) resolve() error {
 	for _, name := range f.opts.Extra {
 		fi := find(name)
 		if fi < 0 {
-			return schemaErr(name, fieldExtra, "not found")
+			return notFound(name, fieldExtra)
 		}
 		if dt := fields[fi].Field.Type; !isText(dt) {
 			return schemaErr(name, fieldExtra, "is "+typeName(dt)+", extra columns must be strings or integers")

@@ -258,7 +258,7 @@ func TestOpenErrors(t *testing.T) {
 		{"a truncated file names the file", truncated, opts("user_id", "f0"), "shard " + truncated + ": ", ErrCorrupt},
 		{"random bytes name the file", random, opts("user_id", "f0"), "shard " + random + ": ", ErrCorrupt},
 		{"a missing file names the file", filepath.Join(dir, "nope.parquet"), opts("user_id", "f0"), "nope.parquet", os.ErrNotExist},
-		{"a missing feature column names the column", good, opts("user_id", "f0", "f9"), "shard " + good + `: column "f9" not found (source.features)`, ErrSchema},
+		{"a missing feature column names the column", good, opts("user_id", "f0", "f9"), "shard " + good + `: column "f9" not found (source.features); the shard's columns are user_id, f0, f1, f2, f3,`, ErrSchema},
 		{"a string feature is not numeric", good, opts("user_id", "note"), "shard " + good + `: column "note" is string, features must be numeric (source.features)`, ErrSchema},
 		{"a list beside scalars is refused", good, opts("user_id", "f0", "embedding"), `column "embedding" is list<float32>, a list feature must be the only feature (source.features)`, ErrSchema},
 		{"a float key is unsupported", good, opts("f0", "f1"), `: column "f0" is float64, a key must be a string or an integer (source.key)`, ErrSchema},
