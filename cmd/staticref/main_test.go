@@ -183,6 +183,8 @@ func TestExitCodes(t *testing.T) {
 		{"a store that cannot be reached is a failure, not bad usage", []string{"get", "--store", "redis://127.0.0.1:1/0", "--namespace", "churn", "k"}, 1, "cannot reach redis at 127.0.0.1:1"},
 		{"a store URL that cannot be right is bad usage", []string{"versions", "list", "--store", "bigtable://only-project", "--namespace", "churn"}, 2, "store"},
 		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
+		{"a flip to a version that does not exist fails naming it", []string{"versions", "flip", "--store", store, "--namespace", "churn", "20200101T000000Z"}, 1, "version 20200101T000000Z of churn does not exist (see versions list)"},
+		{"showing a version that does not exist fails naming it", []string{"versions", "show", "--store", store, "--namespace", "churn", "20200101T000000Z"}, 1, "version 20200101T000000Z of churn does not exist"},
 		{"a missing job file is bad usage", []string{"run", "--job", filepath.Join(dir, "nope.yaml")}, 2, "nope.yaml"},
 		{"an unknown command is bad usage", []string{"version"}, 2, `unknown command "version" for "staticref"; did you mean versions?`},
 		{"an unknown subcommand is bad usage", []string{"versions", "lst", "--store", store, "--namespace", "churn"}, 2, `unknown command "lst" for "staticref versions"; did you mean list?`},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -109,7 +110,7 @@ func newVersionsCmd() *cobra.Command {
 			}
 			m, err := s.Manifest(c.Context(), ns, v)
 			if err != nil {
-				return fmt.Errorf("version %s of %s: %w", v, ns, err)
+				return noVersion(err, ns, v)
 			}
 			return writeJSON(c, struct {
 				*writers.Manifest
@@ -130,7 +131,7 @@ func newVersionsCmd() *cobra.Command {
 			defer s.Close()
 			prev, err := writers.Flip(c.Context(), s, ns, a[0])
 			if err != nil {
-				return err
+				return noVersion(err, ns, a[0])
 			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: live %s (was %s)\n", ns, a[0], orNone(prev))
 			return nil
@@ -224,4 +225,13 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// noVersion says plainly that a version named on the command line does not exist;
+// other errors pass through.
+func noVersion(err error, ns, version string) error {
+	if errors.Is(err, writers.ErrNotFound) {
+		return fmt.Errorf("version %s of %s does not exist (see versions list)", version, ns)
+	}
+	return err
 }
