@@ -12,7 +12,7 @@ ort: ## fetch the pinned, checksummed ONNX Runtime into lib/libonnxruntime.so
 	@./scripts/fetch-ort.sh
 
 build:
-	$(GO) build -o $(BIN) ./cmd/staticref
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/staticref
 
 vet:
 	$(GO) vet ./...

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -295,5 +296,13 @@ func storeWithoutVersions(t *testing.T, url string) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestVersionFlag: --version answers without ONNX Runtime or a store, naming the build.
+func TestVersionFlag(t *testing.T) {
+	code, out, stderr := exe(t, []string{"STATICREF_ORT_LIB=/nonexistent"}, "--version")
+	if code != 0 || !strings.HasPrefix(out, "staticref version ") || !strings.Contains(out, runtime.Version()) {
+		t.Errorf("got exit %d, stdout %q, stderr %q; want exit 0 and the version with the Go toolchain", code, out, stderr)
 	}
 }

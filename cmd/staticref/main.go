@@ -82,6 +82,7 @@ versions stay for instant rollback.`,
 		Example: `  staticref testdata generate --out demo --rows 200000 --shards 4
   staticref run --job jobs/demo.yaml --set 'source.uri=demo/features/*.parquet'
   staticref get --store pebble:.staticref/store --namespace demo u000000042`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
