@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -64,8 +63,6 @@ type NamespaceConfig struct {
 	Model        string   `yaml:"model"` // optional ONNX model for online answers
 	// Device runs the online model: cpu (default), auto or cuda.
 	Device string `yaml:"device"`
-
-	written string // Store as written, when it names environment variables
 }
 
 // Fallback says how a key the live version lacks is answered.
@@ -145,6 +142,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 		return filepath.Join(base, p)
 	}
 	c.AdminTokenFile = abs(c.AdminTokenFile)
+	unexpanded := map[string]bool{} // store fields missing a variable: told once, not checked
 	for name, n := range c.Namespaces {
 		if n == nil {
 			continue
@@ -158,9 +156,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 			}
 			problems = append(problems, yamldecode.Problem{Line: res.Line(p), Path: p,
 				Msg: fmt.Sprintf("environment variable %s is %s (the URL %q names it)", v, what, n.Store)})
-		}
-		if store != n.Store {
-			n.written = n.Store
+			unexpanded[p] = true
 		}
 		n.Store = writers.ResolveURL(store, base)
 		n.Model = abs(n.Model)
@@ -169,7 +165,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 	// Validate fills defaults even where a field had a problem; a problem it finds in or
 	// under a field that could not be read would only repeat that one.
 	for _, p := range c.validate() {
-		if res.Failed(p.Path) {
+		if res.Failed(p.Path) || unexpanded[p.Path] {
 			continue
 		}
 		p.Line = res.Line(p.Path)
@@ -256,7 +252,7 @@ func (c *Config) validate() []yamldecode.Problem {
 		if n.Store == "" {
 			add(p+".store", "is required, e.g. redis://localhost:6379/0")
 		} else if err := writers.CheckURL(n.Store); err != nil {
-			add(p+".store", "%s", n.redact(err.Error()))
+			add(p+".store", "%v", err) // writers never shows a password
 		}
 		switch n.OnStale {
 		case "":
@@ -282,16 +278,6 @@ func (c *Config) validate() []yamldecode.Problem {
 	return ps
 }
 
-// redact puts the store URL as written, with its ${VAR}s, back into a message about the
-// expanded one, so that a password from the environment is never shown.
-func (n *NamespaceConfig) redact(msg string) string {
-	if n.written == "" {
-		return msg
-	}
-	msg = strings.ReplaceAll(msg, strconv.Quote(n.Store), strconv.Quote(n.written))
-	return strings.ReplaceAll(msg, n.Store, n.written)
-}
-
 // expandEnv replaces ${VAR} and $(VAR) in s by the environment variable's value, and
 // $${ and $$( by a literal ${ and $(; any other $ stays as it is. It returns the names of
 // the variables that are unset or empty: a store URL is never quietly missing a part.
@@ -303,6 +289,16 @@ func expandEnv(s string) (string, []string) {
 		b       strings.Builder
 		missing []string
 	)
+	// A value that lands in the URL's user:password@ part is percent-encoded: a
+	// password may hold / or @, which would otherwise end the userinfo early.
+	userinfoEnd := -1
+	if scheme := strings.Index(s, "://"); scheme >= 0 {
+		head := s
+		if q := strings.IndexByte(s, '?'); q >= 0 {
+			head = s[:q]
+		}
+		userinfoEnd = strings.LastIndexByte(head, '@')
+	}
 	for i := 0; i < len(s); i++ {
 		open := byte(0)
 		if i+1 < len(s) {
@@ -333,10 +329,28 @@ func expandEnv(s string) (string, []string) {
 		if !ok || v == "" {
 			missing = append(missing, name)
 		}
+		if i < userinfoEnd {
+			v = escapeUserinfo(v)
+		}
 		b.WriteString(v)
 		i += 2 + end
 	}
 	return b.String(), missing
+}
+
+// escapeUserinfo percent-encodes every byte of v but letters, digits and -._~, which
+// url.Parse (and so go-redis) decodes back.
+func escapeUserinfo(v string) string {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~", c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)

@@ -116,6 +116,7 @@ func TestParseConfigExpandsEnvironmentVariablesInStoreURLs(t *testing.T) {
 	t.Setenv("REDIS_PASSWORD", "hunter2")
 	t.Setenv("REDIS_HOST", "redis.prod")
 	t.Setenv("EMPTY", "")
+	t.Setenv("SLASHY", "s3cr/et+Z@z")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "serve.yaml")
 
@@ -126,6 +127,8 @@ func TestParseConfigExpandsEnvironmentVariablesInStoreURLs(t *testing.T) {
 			"redis://:pa$$word@redis:6379/0":                  "redis://:pa$$word@redis:6379/0",
 			"redis://:pa$$(X)@redis:6379/0":                   "redis://:pa$(X)@redis:6379/0",
 			"redis://:a$b@redis:6379/0":                       "redis://:a$b@redis:6379/0",
+			// a password is percent-encoded: its / and @ do not end the userinfo
+			"redis://:${SLASHY}@redis:6379/0": "redis://:s3cr%2Fet%2BZ%40z@redis:6379/0",
 		} {
 			c, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: '"+written+"'\n"), file)
 			if err != nil {
@@ -148,12 +151,18 @@ func TestParseConfigExpandsEnvironmentVariablesInStoreURLs(t *testing.T) {
 				t.Errorf("got %v, want %q", err, want)
 			}
 		}
+		var ce *ConfigError
+		if errors.As(err, &ce) && len(ce.Problems) != 2 {
+			t.Errorf("got %d problems, want one per missing variable: %v", len(ce.Problems), err)
+		}
 	})
 
-	t.Run("an error about an expanded URL shows it as written", func(t *testing.T) {
-		_, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: redis://:${REDIS_PASSWORD}@\n"), file)
-		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), `"redis://:${REDIS_PASSWORD}@"`) {
-			t.Errorf("got %v, want the URL as written and no password", err)
+	t.Run("an error about an expanded URL never shows the password", func(t *testing.T) {
+		for _, store := range []string{"redis://:${REDIS_PASSWORD}@", "redis://:${SLASHY}@a,b/0"} {
+			_, err := ParseConfig([]byte("namespaces:\n  churn:\n    store: "+store+"\n"), file)
+			if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "s3cr") || !strings.Contains(err.Error(), "xxxxx") {
+				t.Errorf("%s: got %v, want an error with the password shown as xxxxx", store, err)
+			}
 		}
 	})
 }

@@ -81,49 +81,65 @@ type storeURL struct {
 // parseURL checks the syntax of every scheme in the table above; Open then decides which
 // ones it can open. A new store adds its case here and in Open.
 func parseURL(raw string) (storeURL, error) {
+	shown := RedactURL(raw) // messages never show a password
 	scheme, rest, ok := strings.Cut(raw, ":")
 	if !ok || scheme == "" {
-		return storeURL{}, fmt.Errorf("store URL %q: missing scheme: use one of %s, e.g. pebble:.staticref/store", raw, schemeList())
+		return storeURL{}, fmt.Errorf("store URL %q: missing scheme: use one of %s, e.g. pebble:.staticref/store", shown, schemeList())
 	}
 	u := storeURL{scheme: strings.ToLower(scheme)}
 	switch u.scheme {
 	case "pebble", "parquet":
-		dir, err := localDir(raw, u.scheme, rest)
+		dir, err := localDir(shown, u.scheme, rest)
 		if err != nil {
 			return storeURL{}, err
 		}
 		if u.scheme == "parquet" {
-			return storeURL{}, fmt.Errorf("store URL %q: the parquet: export is not available yet: use one of %s", raw, schemeList())
+			return storeURL{}, fmt.Errorf("store URL %q: the parquet: export is not available yet: use one of %s", shown, schemeList())
 		}
 		u.dir = dir
 	case "redis", "rediss", "redis+cluster", "bigtable":
 		if !strings.HasPrefix(rest, "//") {
-			return storeURL{}, fmt.Errorf("store URL %q: want %s://…", raw, u.scheme)
+			return storeURL{}, fmt.Errorf("store URL %q: want %s://…", shown, u.scheme)
 		}
-		authority, path, _ := strings.Cut(rest[2:], "/")
-		if i := strings.LastIndexByte(authority, '@'); i >= 0 {
-			authority = authority[i+1:] // user:pass@
+		userinfo, hostpath := splitUserinfo(rest[2:])
+		if strings.ContainsAny(userinfo, "/?#") {
+			return storeURL{}, fmt.Errorf("store URL %q: the user or password holds / ? or #, which a URL cannot: percent-encode them (/ is %%2F)", shown)
 		}
+		authority, path, _ := strings.Cut(hostpath, "/")
 		if authority == "" {
-			return storeURL{}, fmt.Errorf("store URL %q: missing host", raw)
+			return storeURL{}, fmt.Errorf("store URL %q: missing host", shown)
 		}
 		u.hosts = strings.Split(authority, ",")
 		u.path = path
 		switch u.scheme {
 		case "redis", "rediss":
 			if len(u.hosts) > 1 {
-				return storeURL{}, fmt.Errorf("store URL %q: several hosts: use redis+cluster://host:port,host:port", raw)
+				return storeURL{}, fmt.Errorf("store URL %q: several hosts: use redis+cluster://host:port,host:port", shown)
 			}
 		case "bigtable":
 			parts := strings.Split(path, "/")
 			if len(u.hosts) > 1 || len(parts) != 2 || parts[0] == "" || parts[1] == "" {
-				return storeURL{}, fmt.Errorf("store URL %q: want bigtable://PROJECT/INSTANCE/TABLE", raw)
+				return storeURL{}, fmt.Errorf("store URL %q: want bigtable://PROJECT/INSTANCE/TABLE", shown)
 			}
 		}
 	default:
-		return storeURL{}, fmt.Errorf("store URL %q: unknown store scheme %q: use one of %s", raw, scheme, schemeList())
+		return storeURL{}, fmt.Errorf("store URL %q: unknown store scheme %q: use one of %s", shown, scheme, schemeList())
 	}
 	return u, nil
+}
+
+// splitUserinfo splits "user:pass@host/path" at its userinfo's '@': the last one before
+// any query, so that a password holding '/' or '@' is never taken for the host.
+func splitUserinfo(s string) (userinfo, rest string) {
+	head := s
+	if i := strings.IndexByte(s, '?'); i >= 0 {
+		head = s[:i]
+	}
+	i := strings.LastIndexByte(head, '@')
+	if i < 0 {
+		return "", s
+	}
+	return s[:i], s[i+1:]
 }
 
 // ResolveURL makes the directory of a relative pebble:DIR URL relative to baseDir (a job

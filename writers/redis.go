@@ -140,36 +140,36 @@ func OpenRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	}
 	goRedisURL, err := r.takeWriteOptions(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("open redis store %s: %w", RedactURL(rawURL), err)
 	}
 	rawURL = goRedisURL
 	switch u.scheme {
 	case "redis", "rediss":
 		opt, err := redis.ParseURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), withoutURL(err))
+			return nil, fmt.Errorf("open redis store %s: %w", RedactURL(rawURL), withoutURL(err))
 		}
 		if r.tlsCA != "" {
 			if opt.TLSConfig == nil {
-				return nil, fmt.Errorf("open redis store %s: tls_ca=%q: only a rediss:// URL uses TLS", redactURL(rawURL), r.tlsCA)
+				return nil, fmt.Errorf("open redis store %s: tls_ca=%q: only a rediss:// URL uses TLS", RedactURL(rawURL), r.tlsCA)
 			}
 			if opt.TLSConfig.RootCAs, err = loadCAs(r.tlsCA); err != nil {
-				return nil, fmt.Errorf("open redis store %s: tls_ca: %w", redactURL(rawURL), err)
+				return nil, fmt.Errorf("open redis store %s: tls_ca: %w", RedactURL(rawURL), err)
 			}
 		}
 		r.client, r.addr = redis.NewClient(opt), opt.Addr
 	case "redis+cluster":
 		if r.tlsCA != "" {
-			return nil, fmt.Errorf("open redis store %s: tls_ca: TLS is supported on a rediss:// server, not on redis+cluster://", redactURL(rawURL))
+			return nil, fmt.Errorf("open redis store %s: tls_ca: TLS is supported on a rediss:// server, not on redis+cluster://", RedactURL(rawURL))
 		}
 		opt, err := redis.ParseClusterURL(clusterURL(rawURL))
 		if err != nil {
-			return nil, fmt.Errorf("open redis store %s: %w", redactURL(rawURL), withoutURL(err))
+			return nil, fmt.Errorf("open redis store %s: %w", RedactURL(rawURL), withoutURL(err))
 		}
 		r.cluster = redis.NewClusterClient(opt)
 		r.client, r.addr = r.cluster, strings.Join(opt.Addrs, ",")
 	default:
-		return nil, fmt.Errorf("open redis store: %q is not a redis URL", redactURL(rawURL))
+		return nil, fmt.Errorf("open redis store: %q is not a redis URL", RedactURL(rawURL))
 	}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -247,7 +247,6 @@ func clusterURL(raw string) string {
 	return out
 }
 
-// redactURL drops a password from a URL for error messages.
 // withoutURL drops the URL that a *url.Error quotes in full, password included, and
 // keeps what went wrong.
 func withoutURL(err error) error {
@@ -258,20 +257,19 @@ func withoutURL(err error) error {
 	return err
 }
 
-func redactURL(raw string) string {
+// RedactURL is a store URL with its password, if any, replaced by xxxxx: the form in
+// which a URL may be printed or logged.
+func RedactURL(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
 		return raw
 	}
-	authority, tail, slash := strings.Cut(rest, "/")
-	if i := strings.LastIndexByte(authority, '@'); i >= 0 {
-		user, _, _ := strings.Cut(authority[:i], ":")
-		authority = user + ":xxxxx@" + authority[i+1:]
+	userinfo, hostpath := splitUserinfo(rest)
+	if userinfo == "" && !strings.Contains(rest, "@") {
+		return raw
 	}
-	if slash {
-		authority += "/" + tail
-	}
-	return scheme + "://" + authority
+	user, _, _ := strings.Cut(userinfo, ":")
+	return scheme + "://" + user + ":xxxxx@" + hostpath
 }
 
 // Addr is the address (or, for a cluster, the seed addresses) the store talks to.

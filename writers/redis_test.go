@@ -400,12 +400,22 @@ func TestRedisURLErrorsNameTheParameterAndHideThePassword(t *testing.T) {
 		{"redis://u:s3cret@127.0.0.1:1/0?retry_for=soon", "retry_for"},
 		{"rediss://u:s3cret@127.0.0.1:1/0?tls_ca=", "tls_ca: empty value"},
 		{"rediss://u:s3%zzcret@127.0.0.1:1/0", "invalid URL escape"},
+		// A password may hold what a URL cannot: it is never taken for the host.
+		{"redis://:s3cret/x+Z@127.0.0.1:1/0", "percent-encode"},
+		{"redis+cluster://:s3cret/x@127.0.0.1:1,127.0.0.1:2", "percent-encode"},
+		{"redis://:s3cret@x@127.0.0.1:1,127.0.0.1:2/0", "several hosts"},
 	} {
 		_, err := writers.OpenRedis(context.Background(), tt.url)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("OpenRedis(%s): %v, want an error with %q", tt.url, err, tt.want)
 		}
-		if err != nil && (strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "s3%zzcret")) {
+		if err == nil {
+			continue
+		}
+		if _, cerr := writers.Open(context.Background(), tt.url); cerr != nil && strings.Contains(cerr.Error(), "s3cret") {
+			t.Errorf("Open(%s): the error shows the password: %v", tt.url, cerr)
+		}
+		if strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "s3%zzcret") {
 			t.Errorf("OpenRedis(%s): the error shows the password: %v", tt.url, err)
 		}
 	}

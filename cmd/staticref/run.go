@@ -183,7 +183,7 @@ func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) 
 		}
 		fmt.Fprintf(w, "  live: %s (was %s)\n", m.Version, prev)
 	case m.State == writers.StateComplete:
-		fmt.Fprintf(w, "  not live; flip with: staticref versions flip --store %s --namespace %s %s\n", store, m.Namespace, m.Version)
+		fmt.Fprintf(w, "  not live; flip with: staticref versions flip --store %s --namespace %s %s\n", writers.RedactURL(store), m.Namespace, m.Version)
 	}
 	if len(res.Removed) > 0 {
 		fmt.Fprintf(w, "  removed: %s\n", strings.Join(res.Removed, ", "))

@@ -62,9 +62,9 @@ func newVersionsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if len(vs) == 0 && output != "json" {
-				// -o json prints [], an answer a script can use; a person gets a reason.
-				return fmt.Errorf("namespace %s has no versions in %s", ns, store)
+			if len(vs) == 0 {
+				// Not a failure: -o json prints [] and the table is empty; stderr says why.
+				fmt.Fprintf(c.ErrOrStderr(), "staticref: namespace %s has no versions in %s\n", ns, writers.RedactURL(store))
 			}
 			if output == "json" {
 				rows := make([]versionRow, len(vs))
