@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // schemes are the store URL schemes Open recognises, in the order the docs list them.
@@ -48,16 +50,23 @@ func Open(ctx context.Context, url string) (Store, error) {
 }
 
 // OpenExisting is Open for tools that read or manage what runs wrote (get, versions): a
-// pebble: directory that does not exist is an error wrapping fs.ErrNotExist, where
-// Open would create an empty store and answer as if it were one.
+// pebble: directory that does not exist, or holds no Pebble database, is an error
+// wrapping fs.ErrNotExist, where Open would create a store there (writing its files into
+// whatever directory a typo named) and answer as if it were an empty one.
 func OpenExisting(ctx context.Context, url string) (Store, error) {
 	u, err := parseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	if u.scheme == "pebble" {
-		if _, err := os.Stat(u.dir); errors.Is(err, fs.ErrNotExist) {
+		desc, err := pebble.Peek(u.dir, vfs.Default)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("open store: store directory %s does not exist (check the path, or run a job into it first): %w", u.dir, err)
+		case err != nil:
+			return nil, fmt.Errorf("open store %s: %w", u.dir, err)
+		case !desc.Exists:
+			return nil, fmt.Errorf("open store: %s is not a store: it holds no Pebble database (check the path, or run a job into it first): %w", u.dir, fs.ErrNotExist)
 		}
 	}
 	return Open(ctx, url)

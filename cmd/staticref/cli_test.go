@@ -53,6 +53,25 @@ func TestReadOnlyCommandsOnAMissingPebbleDirectoryFailAndCreateNothing(t *testin
 	}
 }
 
+// TestReadOnlyCommandsOnADirectoryThatIsNotAStore: a typo such as pebble:. names a
+// directory that exists but holds no store; nothing is written into it.
+func TestReadOnlyCommandsOnADirectoryThatIsNotAStore(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o644)
+	for _, args := range [][]string{
+		{"get", "--store", "pebble:" + dir, "--namespace", "demo", "k"},
+		{"versions", "list", "--store", "pebble:" + dir, "--namespace", "demo"},
+	} {
+		code, _, stderr := staticref(t, args...)
+		if want := dir + " is not a store"; code != 1 || !strings.Contains(stderr, want) {
+			t.Errorf("%s: got exit %d, stderr %q; want exit 1 saying %q", args[0], code, stderr, want)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("%s wrote into the directory: %v", args[0], ents)
+		}
+	}
+}
+
 func TestVersionsListOfANamespaceWithNoVersions(t *testing.T) {
 	_, job, store := workspace(t, 1000, "")
 	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
