@@ -391,31 +391,6 @@ func atLine(p yamldecode.Problem) string {
 	return p.String()
 }
 
-// setFieldType is the type of the Job field at a dotted path.
-func setFieldType(path string) (reflect.Type, error) {
-	t := reflect.TypeOf(Job{})
-	parts := strings.Split(path, ".")
-	for i, part := range parts {
-		for t.Kind() == reflect.Pointer {
-			t = t.Elem()
-		}
-		if t.Kind() != reflect.Struct {
-			return nil, fmt.Errorf("%s is not a mapping", strings.Join(parts[:i], "."))
-		}
-		found := false
-		for f := range t.Fields() {
-			if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == part {
-				t, found = f.Type, true
-				break
-			}
-		}
-		if !found {
-			return nil, errors.New("unknown field")
-		}
-	}
-	return t, nil
-}
-
 // applySet sets the field at a dotted path ("model.batch_size=4096") in the document,
 // creating mappings on the way. The value is parsed as YAML, so lists work: a=[x,y].
 func applySet(root *yaml.Node, set string) (string, error) {
@@ -433,7 +408,7 @@ func applySet(root *yaml.Node, set string) (string, error) {
 	}
 	// A set names no line of the file, so its problems are checked here, against the
 	// field's type, and said in terms of the --set itself.
-	ft, err := setFieldType(path)
+	ft, err := yamldecode.FieldType(reflect.TypeFor[Job](), path)
 	if err != nil {
 		return "", fmt.Errorf("--set %s: %w", path, err)
 	}

@@ -100,6 +100,38 @@ func (r *Result) Failed(path string) bool {
 	return false
 }
 
+// FieldType is the type of the field at a dotted path ("model.batch_size") of struct
+// type t, by yaml tags: what a value set at that path must decode into.
+func FieldType(t reflect.Type, path string) (reflect.Type, error) {
+	parts := strings.Split(path, ".")
+	for i, part := range parts {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil, fmt.Errorf("%s is not a mapping", strings.Join(parts[:i], "."))
+		}
+		f, ok := fieldIndex(t)[part]
+		if !ok {
+			return nil, errors.New("unknown field")
+		}
+		t = t.Field(f).Type
+	}
+	return t, nil
+}
+
+// fieldIndex maps a struct's yaml names to its field indices.
+func fieldIndex(t reflect.Type) map[string]int {
+	fields := map[string]int{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" && t.Field(i).IsExported() {
+			fields[name] = i
+		}
+	}
+	return fields
+}
+
 // Sort puts problems in file order, those without a line last.
 func Sort(ps []Problem) {
 	sort.SliceStable(ps, func(i, j int) bool {
@@ -142,14 +174,9 @@ func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
 		r.add(n.Line, path, "want a mapping, got %s", describe(n))
 		return
 	}
-	fields := map[string]int{}
+	var fields map[string]int
 	if t.Kind() == reflect.Struct {
-		for i := range t.NumField() {
-			name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-			if name != "" && name != "-" && t.Field(i).IsExported() {
-				fields[name] = i
-			}
-		}
+		fields = fieldIndex(t)
 	} else if v.IsNil() {
 		v.Set(reflect.MakeMap(t))
 	}
@@ -192,7 +219,11 @@ func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
 			r.add(k.Line, p, "%s", msg)
 			continue
 		}
-		r.decode(val, v.Field(f), p)
+		// A key written here replaces what a merge (<<) gave it, whole: YAML merges are
+		// shallow.
+		fv := v.Field(f)
+		fv.Set(reflect.Zero(fv.Type()))
+		r.decode(val, fv, p)
 	}
 }
 

@@ -61,6 +61,18 @@ func TestAGoodDocumentDecodesLikeYAML(t *testing.T) {
 	}
 }
 
+// TestAMergeIsShallow: a key written beside <<: *base replaces the base's value whole,
+// as in YAML; a mapping is not merged field by field.
+func TestAMergeIsShallow(t *testing.T) {
+	c, res := decode(t, "named:\n  a: &a {name: x, attrs: {f0: 1, f1: 2}}\n  b: {<<: *a, attrs: {f2: 3}}\n")
+	if len(res.Problems) != 0 {
+		t.Fatal(res.Problems)
+	}
+	if b := c.Named["b"]; b.Name != "x" || len(b.Attrs) != 1 || b.Attrs["f2"] != 3 {
+		t.Errorf("b: got name %q and attrs %v, want x and only f2", b.Name, b.Attrs)
+	}
+}
+
 func TestEveryProblemIsFoundWithItsLineAndPath(t *testing.T) {
 	_, res := decode(t, "nmae: x\ncount: many\ntags: a\ntemp: -300\nsub: [1]\nname: a\nname: b\nnamed:\n  one: {tags: {x: 1}}\n")
 	want := []string{
