@@ -48,14 +48,14 @@ func Inspect(path string) (*ModelInfo, error) {
 
 func inspectData(path string, data []byte) (*ModelInfo, error) {
 	if err := checkModelProto(data); err != nil {
-		return nil, fmt.Errorf("model %s: not an ONNX model: %w", path, err)
+		return nil, misfit{fmt.Errorf("model %s: not an ONNX model: %w", path, err)}
 	}
 	if err := Init(); err != nil {
 		return nil, err
 	}
 	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: ONNX Runtime cannot load it: %w", path, err)
+		return nil, misfit{fmt.Errorf("model %s: ONNX Runtime cannot load it: %w", path, err)}
 	}
 	sum := sha256.Sum256(data)
 	info := &ModelInfo{Path: path, SHA256: hex.EncodeToString(sum[:])}

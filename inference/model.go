@@ -3,6 +3,7 @@ package inference
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -66,9 +67,12 @@ type Model struct {
 // provider is an error.
 func Load(path string, opts Options) (*Model, error) {
 	if err := checkOptions(opts); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
 	}
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", path, err)
 	}
@@ -84,16 +88,27 @@ func Load(path string, opts Options) (*Model, error) {
 		threads:   opts.IntraOpThreads,
 	}
 	if err := m.selectInput(opts); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
 	}
 	if err := m.selectOutputs(opts); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
 	}
 	if err := m.selectDevice(opts.Device); err != nil {
 		return nil, fmt.Errorf("model %s: %w", path, err)
 	}
 	return m, nil
 }
+
+// ErrMisfit marks a Load error that no retry can mend: the model file is missing or
+// is not ONNX, or its input or outputs do not fit the job's options. An unreadable file,
+// a missing runtime or an unavailable CUDA device are not misfits.
+var ErrMisfit = errors.New("inference: the model does not fit the job")
+
+// misfit wraps an error so that it also matches ErrMisfit; its message is the error's.
+type misfit struct{ error }
+
+func (m misfit) Is(target error) bool { return target == ErrMisfit }
+func (m misfit) Unwrap() error        { return m.error }
 
 func checkOptions(opts Options) error {
 	var errs []error

@@ -184,15 +184,25 @@ func newRun(cfg Config) (*run, error) {
 	if err := writers.ValidateNamespace(r.ns); err != nil {
 		return nil, fmt.Errorf("sink.namespace: %w", err)
 	}
-	if cfg.ShardCount > 1 {
-		switch {
-		case cfg.ShardIndex < 0 || cfg.ShardIndex >= cfg.ShardCount:
-			return nil, fmt.Errorf("--shard-index %d: use 0 to %d for --shard-count %d", cfg.ShardIndex, cfg.ShardCount-1, cfg.ShardCount)
-		case cfg.Version == "":
-			return nil, errors.New("a sharded run needs --version, the same for every shard, so all write one version")
-		}
+	if err := CheckShards(cfg.ShardIndex, cfg.ShardCount, cfg.Version); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// CheckShards checks a sharded run's settings (ShardIndex, ShardCount, Version), for a
+// caller that wants to refuse them before anything else happens.
+func CheckShards(index, count int, version string) error {
+	if count <= 1 {
+		return nil
+	}
+	switch {
+	case index < 0 || index >= count:
+		return fmt.Errorf("--shard-index %d: use 0 to %d for --shard-count %d", index, count-1, count)
+	case version == "":
+		return errors.New("a sharded run needs --version, the same for every shard, so all write one version")
+	}
+	return nil
 }
 
 func (r *run) close() {
@@ -220,7 +230,7 @@ func (r *run) check() error {
 		info, w := f.Info(), f.Width()
 		f.Close()
 		if width >= 0 && w != width {
-			return fmt.Errorf("shard %s: %d feature values per row, shard %s has %d (source.features)", p, w, paths[0], width)
+			return mismatch{fmt.Errorf("shard %s: %d feature values per row, shard %s has %d (source.features)", p, w, paths[0], width)}
 		}
 		width = w
 		r.files = append(r.files, info)
@@ -233,11 +243,11 @@ func (r *run) check() error {
 		IntraOpThreads: r.job.Model.IntraOpThreads,
 		Device:         r.job.Model.Device,
 	})
-	if errors.Is(err, inference.ErrRuntimeMissing) {
-		return err
+	if errors.Is(err, inference.ErrMisfit) {
+		return mismatch{err}
 	}
 	if err != nil {
-		return mismatch{err}
+		return err
 	}
 	if _, err := writers.NewValueEncoder(r.job.Sink.Encoding, r.model.Outputs); err != nil {
 		return mismatch{fmt.Errorf("sink.encoding: %w", err)}
@@ -246,9 +256,10 @@ func (r *run) check() error {
 }
 
 // ErrMismatch marks a job that does not fit its data or its model, found before
-// anything is written: a key or feature column missing or of the wrong type, a model
-// file that is missing or not ONNX, a model input or output that does not match the
-// job, or an unusable device. Running the same job again cannot succeed, so the CLI
+// anything is written: a key or feature column missing or of the wrong type, shards of
+// different widths, a model file that is missing or not ONNX, or a model input or
+// output that does not match the job (inference.ErrMisfit). An unreadable file, a
+// missing runtime or an unavailable CUDA device are not mismatches: a retry may work. Running the same job again cannot succeed, so the CLI
 // reports it as bad configuration (exit 2), not as a failed run.
 var ErrMismatch = errors.New("pipeline: the job does not fit its data or model")
 

@@ -53,7 +53,7 @@ this machine, and a pebble: store, draw a warning: the pods do not have them.`,
 			}
 			job, err := jobs.Load(jobFile, nil)
 			if err != nil {
-				return err
+				return usageError{err} // as with run: a job file that cannot be read is bad usage
 			}
 			if o.JobYAML, err = os.ReadFile(jobFile); err != nil {
 				return err

@@ -72,6 +72,9 @@ is written).`,
 				}
 				version = k8s.VersionID(k8sJob)
 			}
+			if err := pipeline.CheckShards(shardIndex, shardCount, version); err != nil {
+				return usageError{err}
+			}
 			job, err := jobs.Load(jobFile, sets)
 			if err != nil {
 				return usageError{err} // a job file that cannot be read is bad usage too
