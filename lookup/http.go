@@ -449,17 +449,32 @@ func jsonProblem(err error) string {
 func jsonKind(t reflect.Type) string {
 	switch t.Kind() {
 	case reflect.Map:
-		return "an object of " + jsonKind(t.Elem()) + "s by name"
+		return "an object of " + jsonPlural(t.Elem()) + " by name"
 	case reflect.Struct:
 		return "an object"
 	case reflect.Slice, reflect.Array:
-		return "an array of " + jsonKind(t.Elem()) + "s"
+		return "an array of " + jsonPlural(t.Elem())
 	case reflect.String:
-		return "string"
+		return "a string"
 	case reflect.Float32, reflect.Float64, reflect.Int, reflect.Int64:
-		return "number"
+		return "a number"
 	}
 	return t.String()
+}
+
+// jsonPlural names many JSON values that decode into t: "numbers", "objects".
+func jsonPlural(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Map, reflect.Struct, reflect.Pointer:
+		return "objects"
+	case reflect.Slice, reflect.Array:
+		return "arrays"
+	case reflect.String:
+		return "strings"
+	case reflect.Float32, reflect.Float64, reflect.Int, reflect.Int64:
+		return "numbers"
+	}
+	return t.String() + "s"
 }
 
 func trimInvalid(err error) string {

@@ -150,10 +150,12 @@ func TestServeTheRenderedConfigWithTheStorePasswordFromTheEnvironment(t *testing
 	})
 
 	t.Run("with a wrong password, serve fails without showing it", func(t *testing.T) {
-		t.Setenv("REDIS_PASSWORD", "not-the-password")
-		code, _, stderr := staticref(t, "serve", "--config", cfg)
-		if code == 0 || strings.Contains(stderr, "not-the-password") {
-			t.Errorf("got exit %d, %q; want a failure that does not show the password", code, stderr)
+		for _, wrong := range []string{"not-the-password", "not/the@password"} {
+			t.Setenv("REDIS_PASSWORD", wrong)
+			code, _, stderr := staticref(t, "serve", "--config", cfg)
+			if code != 1 || !strings.Contains(stderr, "refused the credentials") || strings.Contains(stderr, "not-the") || strings.Contains(stderr, "not/the") {
+				t.Errorf("%s: got exit %d, %q; want exit 1, the credentials refused, and no password shown", wrong, code, stderr)
+			}
 		}
 	})
 
