@@ -11,12 +11,10 @@ import (
 )
 
 func newK8sCmd() *cobra.Command {
-	c := &cobra.Command{
+	c := group(&cobra.Command{
 		Use:   "k8s",
 		Short: "Kubernetes manifests for a job",
-		Args:  args(0, 0),
-		RunE:  func(c *cobra.Command, _ []string) error { return usagef("k8s: use k8s render (see --help)") },
-	}
+	})
 	c.AddCommand(newK8sRenderCmd())
 	return c
 }

@@ -185,6 +185,7 @@ func TestExitCodes(t *testing.T) {
 		{"a namespace with no live version fails", []string{"get", "--store", store, "--namespace", "empty", "k"}, 1, "no live version"},
 		{"a shard index out of range is bad usage", []string{"run", "--job", job, "--shard-index", "5", "--shard-count", "2", "--version", "v1"}, 2, "--shard-index 5: use 0 to 1"},
 		{"a sharded run without --version is bad usage", []string{"run", "--job", job, "--shard-index", "0", "--shard-count", "2"}, 2, "needs --version"},
+		{"a misspelt subcommand is bad usage with a suggestion", []string{"k8s", "rendr"}, 2, "did you mean render?"},
 		{"k8s render of a missing job file is bad usage", []string{"k8s", "render", "--job", filepath.Join(dir, "nope.yaml")}, 2, "nope.yaml"},
 		{"a flip to a version that does not exist fails naming it", []string{"versions", "flip", "--store", store, "--namespace", "churn", "20200101T000000Z"}, 1, "version 20200101T000000Z of churn does not exist (see versions list)"},
 		{"showing a version that does not exist fails naming it", []string{"versions", "show", "--store", store, "--namespace", "churn", "20200101T000000Z"}, 1, "version 20200101T000000Z of churn does not exist"},
