@@ -45,7 +45,7 @@ type Server struct {
 // redis://127.0.0.1:PORT/0.
 func Standalone(t testing.TB) string {
 	t.Helper()
-	return start(t, freePort(t), "--save", "", "--appendonly", "no").URL()
+	return start(t, "--save", "", "--appendonly", "no").URL()
 }
 
 // StartStandalone starts a standalone redis-server for fault tests and returns its
@@ -53,7 +53,7 @@ func Standalone(t testing.TB) string {
 // before Kill is still there after Restart, as with a production server that restarts.
 func StartStandalone(t testing.TB) *Server {
 	t.Helper()
-	return start(t, freePort(t), "--save", "", "--appendonly", "yes", "--appendfsync", "always")
+	return start(t, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
 }
 
 // Cluster starts a Redis Cluster of three masters and no replicas and returns its URL,
@@ -65,7 +65,7 @@ func Cluster(t testing.TB) string {
 	var servers []*Server
 	var addrs []string
 	for range 3 {
-		s := start(t, freePort(t), "--save", "", "--appendonly", "no",
+		s := start(t, "--save", "", "--appendonly", "no",
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")
 		servers = append(servers, s)
 		addrs = append(addrs, s.Addr())
@@ -121,19 +121,27 @@ func (s *Server) Restart() {
 	}
 }
 
-// start launches redis-server on port with extra args in a new temporary directory.
-func start(t testing.TB, port int, extra ...string) *Server {
+// start launches redis-server with extra args on a free port, in a new temporary
+// directory. Test packages run in parallel and each starts servers, so another process
+// may take the port between freePort's probe and the bind: then it tries a fresh port,
+// up to three times.
+func start(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	bin := lookPath(t, "redis-server")
-	s := &Server{t: t, port: port, dir: t.TempDir()}
-	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no"}, extra...)
-	s.args = append([]string{bin}, s.args...)
-	if err := s.launch(); err != nil {
-		t.Fatalf("redistest: start redis-server on %s: %v", s.Addr(), err)
+	var err error
+	for range 3 {
+		port := freePort(t)
+		s := &Server{t: t, port: port, dir: t.TempDir()}
+		s.args = append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.dir,
+			"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no"}, extra...)
+		if err = s.launch(); err == nil {
+			t.Cleanup(s.Kill)
+			return s
+		}
+		t.Logf("redistest: redis-server on %s did not start, trying another port: %v", s.Addr(), err)
 	}
-	t.Cleanup(s.Kill)
-	return s
+	t.Fatalf("redistest: start redis-server: %v", err)
+	return nil
 }
 
 // launch starts the process and waits until it answers PING. A goroutine waits for

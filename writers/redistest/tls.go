@@ -26,7 +26,7 @@ func TLS(t testing.TB) (url, caFile string) {
 	dir := t.TempDir()
 	caFile, certFile, keyFile := writeCerts(t, dir)
 	tlsPort := freePort(t)
-	start(t, freePort(t), "--save", "", "--appendonly", "no",
+	start(t, "--save", "", "--appendonly", "no",
 		"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
 		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no")
 	return fmt.Sprintf("rediss://127.0.0.1:%d/0", tlsPort), caFile
