@@ -3,6 +3,7 @@ package lookup
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -338,19 +339,10 @@ func expandEnv(s string) (string, []string) {
 	return b.String(), missing
 }
 
-// escapeUserinfo percent-encodes every byte of v but letters, digits and -._~, which
-// url.Parse (and so go-redis) decodes back.
+// escapeUserinfo percent-encodes v for a URL's user:password@ part (/, @, : and the
+// like), as url.Parse, and so go-redis, decodes it back.
 func escapeUserinfo(v string) string {
-	var b strings.Builder
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~", c) >= 0 {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
+	return strings.TrimPrefix(url.UserPassword("", v).String(), ":")
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)

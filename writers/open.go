@@ -110,9 +110,9 @@ func parseURL(raw string) (storeURL, error) {
 		if !strings.HasPrefix(rest, "//") {
 			return storeURL{}, fmt.Errorf("store URL %q: want %s://…", shown, u.scheme)
 		}
-		userinfo, hostpath := splitUserinfo(rest[2:])
-		if strings.ContainsAny(userinfo, "/?#") {
-			return storeURL{}, fmt.Errorf("store URL %q: the user or password holds / ? or #, which a URL cannot: percent-encode them (/ is %%2F)", shown)
+		userinfo, hostpath, _ := splitUserinfo(rest[2:])
+		if strings.ContainsAny(userinfo, "/#") {
+			return storeURL{}, fmt.Errorf("store URL %q: the user or password holds / or #, which a URL cannot: percent-encode them (/ is %%2F)", shown)
 		}
 		authority, path, _ := strings.Cut(hostpath, "/")
 		if authority == "" {
@@ -138,17 +138,33 @@ func parseURL(raw string) (storeURL, error) {
 }
 
 // splitUserinfo splits "user:pass@host/path" at its userinfo's '@': the last one before
-// any query, so that a password holding '/' or '@' is never taken for the host.
-func splitUserinfo(s string) (userinfo, rest string) {
+// any query, so that a password holding '/' or '@' is never taken for the host. ok is
+// false when there is no userinfo.
+func splitUserinfo(s string) (userinfo, rest string, ok bool) {
 	head := s
 	if i := strings.IndexByte(s, '?'); i >= 0 {
 		head = s[:i]
 	}
 	i := strings.LastIndexByte(head, '@')
 	if i < 0 {
-		return "", s
+		return "", s, false
 	}
-	return s[:i], s[i+1:]
+	return s[:i], s[i+1:], true
+}
+
+// RedactURL is a store URL with its password, if any, replaced by xxxxx: the form in
+// which a URL may be printed or logged.
+func RedactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	userinfo, hostpath, ok := splitUserinfo(rest)
+	if !ok {
+		return raw
+	}
+	user, _, _ := strings.Cut(userinfo, ":")
+	return scheme + "://" + user + ":xxxxx@" + hostpath
 }
 
 // ResolveURL makes the directory of a relative pebble:DIR URL relative to baseDir (a job

@@ -257,21 +257,6 @@ func withoutURL(err error) error {
 	return err
 }
 
-// RedactURL is a store URL with its password, if any, replaced by xxxxx: the form in
-// which a URL may be printed or logged.
-func RedactURL(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return raw
-	}
-	userinfo, hostpath := splitUserinfo(rest)
-	if userinfo == "" && !strings.Contains(rest, "@") {
-		return raw
-	}
-	user, _, _ := strings.Cut(userinfo, ":")
-	return scheme + "://" + user + ":xxxxx@" + hostpath
-}
-
 // Addr is the address (or, for a cluster, the seed addresses) the store talks to.
 func (r *Redis) Addr() string { return r.addr }
 

@@ -29,7 +29,7 @@ shape of the lookup API's answer. A key the live version lacks prints an object 
 			if err := writers.ValidateNamespace(ns); err != nil {
 				return usageError{err}
 			}
-			s, err := openExistingStore(c, store)
+			s, err := openStore(c, store)
 			if err != nil {
 				return err
 			}

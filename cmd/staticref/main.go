@@ -152,18 +152,11 @@ func requireFlags(c *cobra.Command, names ...string) error {
 	return nil
 }
 
-// openStore opens a store URL: a URL that cannot be right is bad usage (exit 2); a store
-// that cannot be reached or is locked is a failure (exit 1).
+// openStore opens the store of a command that reads or manages what runs wrote (get,
+// versions): a URL that cannot be right is bad usage (exit 2); a store that is missing,
+// cannot be reached or is locked is a failure (exit 1). It never creates a store (run
+// opens its job's, which job validation has checked, with writers.Open).
 func openStore(c *cobra.Command, url string) (writers.Store, error) {
-	if err := writers.CheckURL(url); err != nil {
-		return nil, usageError{fmt.Errorf("store: %w", err)}
-	}
-	return writers.Open(c.Context(), url)
-}
-
-// openExistingStore is openStore for the commands that read or manage what runs wrote
-// (get, versions): a pebble: directory that does not exist is an error, not a new store.
-func openExistingStore(c *cobra.Command, url string) (writers.Store, error) {
 	if err := writers.CheckURL(url); err != nil {
 		return nil, usageError{fmt.Errorf("store: %w", err)}
 	}

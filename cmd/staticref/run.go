@@ -79,7 +79,7 @@ is written).`,
 			if err != nil {
 				return usageError{err} // a job file that cannot be read is bad usage too
 			}
-			s, err := openStore(c, job.Sink.Store)
+			s, err := writers.Open(c.Context(), job.Sink.Store)
 			if err != nil {
 				return err
 			}

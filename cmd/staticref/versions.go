@@ -41,7 +41,7 @@ func newVersionsCmd() *cobra.Command {
 				return nil, usageError{err}
 			}
 		}
-		return openExistingStore(c, store)
+		return openStore(c, store)
 	}
 
 	var output string
