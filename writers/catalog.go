@@ -10,7 +10,7 @@ import (
 )
 
 // Catalog operations: the version lifecycle over any Store. They use only the Store
-// interface, so every store gets the same flip, rollback and gc semantics; pipeline,
+// methods, so every store gets the same flip, rollback and gc semantics; pipeline,
 // lookup and cmd call these rather than SwapLive and DeleteVersion directly.
 
 // Version is a manifest together with the state a user sees.
@@ -24,7 +24,7 @@ type Version struct {
 const VersionIDLayout = "20060102T150405Z"
 
 // List returns the live version of ns and every version, oldest first.
-func List(ctx context.Context, s Store, ns string) (live string, versions []Version, err error) {
+func List(ctx context.Context, s *Store, ns string) (live string, versions []Version, err error) {
 	if err := ValidateNamespace(ns); err != nil {
 		return "", nil, fmt.Errorf("list versions: %w", err)
 	}
@@ -46,7 +46,7 @@ func List(ctx context.Context, s Store, ns string) (live string, versions []Vers
 
 // NewVersionID returns the id for a run started at t: t.UTC() formatted 20060102T150405Z,
 // or with -2, -3, ... appended if a manifest with that id exists.
-func NewVersionID(ctx context.Context, s Store, ns string, t time.Time) (string, error) {
+func NewVersionID(ctx context.Context, s *Store, ns string, t time.Time) (string, error) {
 	if err := ValidateNamespace(ns); err != nil {
 		return "", fmt.Errorf("new version id: %w", err)
 	}
@@ -92,7 +92,7 @@ func NewVersionID(ctx context.Context, s Store, ns string, t time.Time) (string,
 //
 // Manifests are not compare-and-swapped, so two processes recording LiveAt on the same
 // manifest at once can lose one update; both write the same field, which makes it harmless.
-func Flip(ctx context.Context, s Store, ns, version string) (previous string, err error) {
+func Flip(ctx context.Context, s *Store, ns, version string) (previous string, err error) {
 	if err := validateNV(ns, version); err != nil {
 		return "", fmt.Errorf("flip: %w", err)
 	}
@@ -110,20 +110,20 @@ func Flip(ctx context.Context, s Store, ns, version string) (previous string, er
 // with an error wrapping ErrConflict, and changes nothing, unless expected is live. For
 // callers that decided to flip based on what was live (a gate compared row counts against
 // it) and must not overwrite a concurrent flip.
-func FlipFrom(ctx context.Context, s Store, ns, expected, version string) error {
+func FlipFrom(ctx context.Context, s *Store, ns, expected, version string) error {
 	if err := validateNV(ns, version); err != nil {
 		return fmt.Errorf("flip: %w", err)
 	}
 	return flipFrom(ctx, s, ns, expected, version)
 }
 
-func flipFrom(ctx context.Context, s Store, ns, expected, version string) error {
+func flipFrom(ctx context.Context, s *Store, ns, expected, version string) error {
 	m, err := s.Manifest(ctx, ns, version)
 	if err != nil {
 		return fmt.Errorf("flip %s to %s: %w", ns, version, err)
 	}
 	if m.State != StateComplete {
-		return fmt.Errorf("flip %s to %s: version is %s, only a complete version can be made live", ns, version, m.State)
+		return fmt.Errorf("flip %s to %s: version is %s: %w", ns, version, m.State, ErrNotComplete)
 	}
 	if expected == version {
 		// Already live (if the pointer agrees): no swap, no write. SwapLive still checks
@@ -154,7 +154,7 @@ func flipFrom(ctx context.Context, s Store, ns, expected, version string) error 
 // markLive records LiveAt on a manifest that lacks it, re-reading it first so that a
 // manifest updated since it was read is not overwritten with stale fields. Errors are
 // dropped: see Flip.
-func markLive(ctx context.Context, s Store, m *Manifest, now time.Time) {
+func markLive(ctx context.Context, s *Store, m *Manifest, now time.Time) {
 	if !m.LiveAt.IsZero() {
 		return
 	}
@@ -170,7 +170,7 @@ func markLive(ctx context.Context, s Store, m *Manifest, now time.Time) {
 // state is previous, and returns both. It fails with an error wrapping ErrNotFound when
 // there is no such version, and with one wrapping ErrConflict when the live version
 // changed while it ran.
-func Rollback(ctx context.Context, s Store, ns string) (from, to string, err error) {
+func Rollback(ctx context.Context, s *Store, ns string) (from, to string, err error) {
 	live, versions, err := List(ctx, s, ns)
 	if err != nil {
 		return "", "", fmt.Errorf("rollback: %w", err)
@@ -232,7 +232,7 @@ func (e *NoRollbackError) Unwrap() error { return ErrNotFound }
 // rolled back from), or a writing version younger than grace. grace must exceed the
 // longest run, or the caller must hold the namespace's writer lease, so that a slow run is
 // not mistaken for an abandoned one. A version that becomes live while GC runs is skipped.
-func GC(ctx context.Context, s Store, ns string, keep int, grace time.Duration, now time.Time) (removed []string, err error) {
+func GC(ctx context.Context, s *Store, ns string, keep int, grace time.Duration, now time.Time) (removed []string, err error) {
 	if keep < 0 {
 		return nil, fmt.Errorf("gc %s: %w: keep %d is negative", ns, ErrInvalid, keep)
 	}

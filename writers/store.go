@@ -1,5 +1,10 @@
-// Package writers holds the one store contract that every staticref store implements,
-// the stores themselves, and the conformance suite (writers/storetest) they all pass.
+// Package writers holds the one store contract that every staticref store implements:
+// the Store type that callers use, the Driver interface beneath it that each backend
+// implements (writers/pebble, writers/redis, writers/bigtable, registered by URL scheme;
+// writers/all links them all), the parsed store URL, and the catalog operations (flip,
+// rollback, gc) over any Store. The conformance suite every driver passes unchanged is
+// writers/storetest. This package links no store client: a package that only checks names
+// and URLs (jobs) imports it without pulling in Redis, Bigtable or Pebble.
 //
 // A store keeps, per namespace, a catalog of versions (each with a Manifest), the rows of
 // each version (key -> encoded prediction), and a live pointer that names the version
@@ -9,8 +14,6 @@
 package writers
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -32,54 +35,11 @@ var (
 	ErrLeaseHeld = errors.New("writers: lease held")
 	// ErrLeaseLost: the lease expired and was taken by another writer, or was released.
 	ErrLeaseLost = errors.New("writers: lease lost")
+	// ErrNotComplete: a flip or swap named a version whose state is not complete.
+	ErrNotComplete = errors.New("writers: only a complete version can be made live")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("writers: store closed")
 )
-
-// Store is the contract. Implementations must be safe for concurrent use.
-type Store interface {
-	// WriteRows stores rows.Keys[i] -> rows.Values[i] under version of ns. A key written
-	// twice keeps the last value. It must only be called for a version whose manifest
-	// exists with State writing.
-	WriteRows(ctx context.Context, ns, version string, rows Rows) error
-	// Get returns the value of key in version of ns, or ErrNotFound.
-	Get(ctx context.Context, ns, version string, key []byte) ([]byte, error)
-	// CountKeys counts the keys stored under version of ns (a full scan; for checks).
-	CountKeys(ctx context.Context, ns, version string) (int64, error)
-
-	// PutManifest creates or replaces the manifest of m.Namespace/m.Version.
-	PutManifest(ctx context.Context, m *Manifest) error
-	// Manifest returns the stored manifest, or ErrNotFound.
-	Manifest(ctx context.Context, ns, version string) (*Manifest, error)
-	// Manifests returns every manifest of ns, oldest version first.
-	Manifests(ctx context.Context, ns string) ([]*Manifest, error)
-	// DeleteVersion removes the rows of a version and marks its manifest retired. It
-	// returns an error wrapping ErrConflict when version is live.
-	DeleteVersion(ctx context.Context, ns, version string) error
-
-	// Live returns the live version of ns, or "" when there is none.
-	Live(ctx context.Context, ns string) (string, error)
-	// SwapLive sets the live pointer of ns to next if it currently is old ("" = none), and
-	// returns an error wrapping ErrConflict otherwise. next must name a complete version.
-	SwapLive(ctx context.Context, ns, old, next string) error
-
-	// AcquireLease takes the namespace's writer lease for ttl if it is free or its holder
-	// let it expire. While another holder's lease is unexpired it returns a
-	// *LeaseHeldError (wrapping ErrLeaseHeld) naming that holder and the expiry.
-	AcquireLease(ctx context.Context, ns, holder string, ttl time.Duration) (Lease, error)
-	// RenewLease extends a held lease to now+ttl. It returns an error wrapping ErrLeaseLost
-	// when the lease is no longer l's (expired and taken over, or released).
-	RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
-	// ReleaseLease gives the lease up; releasing a lease no longer held is not an error.
-	ReleaseLease(ctx context.Context, l Lease) error
-
-	// CommitShard records that every row of one unit of work (a file's row group) has been
-	// written to version. Committing the same ID again replaces the record. Concurrent
-	// commits of different IDs by different processes must all survive.
-	CommitShard(ctx context.Context, ns, version string, s Shard) error
-	// Shards returns the committed shards of version, in ID order.
-	Shards(ctx context.Context, ns, version string) ([]Shard, error)
-
-	Close() error
-}
 
 // Lease is a held writer lease on a namespace. Token is unique per acquisition, so a
 // holder that lost its lease can never renew or release its successor's.
@@ -155,7 +115,7 @@ type Manifest struct {
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 	Error       string    `json:"error,omitempty"` // why a failed version failed
 
-	Shards   []Shard      `json:"shards,omitempty"`
+	Commits  []Commit     `json:"shards,omitempty"`
 	Gates    []GateResult `json:"gates,omitempty"`
 	Defaults *Defaults    `json:"defaults,omitempty"`
 }
@@ -188,10 +148,12 @@ type Source struct {
 	Rows  int64  `json:"rows"`
 }
 
-// Shard is one committed unit of work of a (possibly sharded, resumable) run: every row
-// of one row group of one file has been written. It carries its own counts, so a resumed
-// or sharded run can total a version without reading its rows again.
-type Shard struct {
+// Commit records one committed unit of work of a (possibly sharded, resumable) run: every
+// row of one row group of one input file has been written. It carries its own counts, so a
+// resumed or sharded run can total a version without reading its rows again. (Stored
+// manifests call these "shards", and so does their JSON; in Go, a shard is one process of
+// a sharded run, as in Kubernetes' Indexed Jobs.)
+type Commit struct {
 	ID          string           `json:"id"`
 	Rows        int64            `json:"rows"` // rows read
 	Written     int64            `json:"written,omitempty"`
@@ -318,49 +280,7 @@ func splitVersionSuffix(v string) (string, int) {
 	return v[:i], n
 }
 
-// validateRows checks a WriteRows call's arguments, the same way in every store.
-func validateRows(ns, version string, rows Rows) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("write rows: %w", err)
-	}
-	if len(rows.Keys) != len(rows.Values) {
-		return fmt.Errorf("write rows %s/%s: %w: %d keys but %d values", ns, version, ErrInvalid, len(rows.Keys), len(rows.Values))
-	}
-	for i, k := range rows.Keys {
-		if err := ValidateKey(k); err != nil {
-			return fmt.Errorf("write rows %s/%s: row %d: %w", ns, version, i, err)
-		}
-	}
-	return nil
-}
-
-// validateSwap checks a SwapLive call's arguments, the same way in every store.
-func validateSwap(ns, old, next string) error {
-	if err := ValidateNamespace(ns); err != nil {
-		return fmt.Errorf("swap live: %w", err)
-	}
-	if err := ValidateVersion(next); err != nil {
-		return fmt.Errorf("swap live %s: %w", ns, err)
-	}
-	if old != "" {
-		if err := ValidateVersion(old); err != nil {
-			return fmt.Errorf("swap live %s: %w", ns, err)
-		}
-	}
-	return nil
-}
-
-// manifestJSON checks a manifest's names and encodes it, the same way in every store.
-func manifestJSON(m *Manifest) ([]byte, error) {
-	if m == nil {
-		return nil, fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
-	}
-	if err := validateNV(m.Namespace, m.Version); err != nil {
-		return nil, fmt.Errorf("put manifest: %w", err)
-	}
-	data, err := json.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
-	}
-	return data, nil
+// sortCommits orders commits by ID.
+func sortCommits(cs []Commit) {
+	sort.Slice(cs, func(i, j int) bool { return cs[i].ID < cs[j].ID })
 }

@@ -22,10 +22,10 @@ import (
 // Run runs the conformance suite. open must return a fresh, empty store for each call;
 // Run closes it when the subtest ends. The lease subtests use leases of 200ms and wait
 // for them to expire, so a store must honour expiry within a few hundred milliseconds.
-func Run(t *testing.T, open func(t *testing.T) writers.Store) {
+func Run(t *testing.T, open func(t *testing.T) *writers.Store) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s writers.Store)
+		fn   func(t *testing.T, s *writers.Store)
 	}{
 		{"rows written are read back unchanged", testRoundTrip},
 		{"a key written twice keeps the last value", testLastWriteWins},
@@ -46,9 +46,11 @@ func Run(t *testing.T, open func(t *testing.T) writers.Store) {
 		{"an expired lease can be taken over and is lost to its old holder", testLeaseExpiry},
 		{"a released lease can be acquired again", testLeaseRelease},
 		{"concurrent acquires of a lease have exactly one winner", testLeaseConcurrent},
-		{"committed shards are read back in id order", testShards},
-		{"concurrent commits of different shards all survive", testShardsConcurrent},
-		{"delete version drops the version's shards", testShardsDeleted},
+		{"committed work is read back in id order", testCommits},
+		{"concurrent commits of different work all survive", testCommitsConcurrent},
+		{"delete version drops the version's commits", testCommitsDeleted},
+		{"nothing done to a namespace touches one whose name extends it", testNeighbours},
+		{"close waits for the calls in flight and refuses later ones", testCloseInFlight},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,7 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) writers.Store) {
 var t0 = time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
 
 // put stores a minimal manifest for ns/version in state st.
-func put(t *testing.T, s writers.Store, ns, version string, st writers.State) *writers.Manifest {
+func put(t *testing.T, s *writers.Store, ns, version string, st writers.State) *writers.Manifest {
 	t.Helper()
 	m := &writers.Manifest{Namespace: ns, Version: version, Job: ns, State: st, Encoding: "binary", StartedAt: t0}
 	if err := s.PutManifest(context.Background(), m); err != nil {
@@ -76,7 +78,7 @@ func put(t *testing.T, s writers.Store, ns, version string, st writers.State) *w
 }
 
 // setState rewrites the stored manifest's state.
-func setState(t *testing.T, s writers.Store, ns, version string, st writers.State) {
+func setState(t *testing.T, s *writers.Store, ns, version string, st writers.State) {
 	t.Helper()
 	m, err := s.Manifest(context.Background(), ns, version)
 	if err != nil {
@@ -89,14 +91,14 @@ func setState(t *testing.T, s writers.Store, ns, version string, st writers.Stat
 }
 
 // complete writes one row into a new version and marks it complete.
-func complete(t *testing.T, s writers.Store, ns, version string) {
+func complete(t *testing.T, s *writers.Store, ns, version string) {
 	t.Helper()
 	put(t, s, ns, version, writers.StateWriting)
 	write(t, s, ns, version, []string{"k"}, []string{version})
 	setState(t, s, ns, version, writers.StateComplete)
 }
 
-func write(t *testing.T, s writers.Store, ns, version string, keys, values []string) {
+func write(t *testing.T, s *writers.Store, ns, version string, keys, values []string) {
 	t.Helper()
 	var rows writers.Rows
 	for i := range keys {
@@ -108,7 +110,7 @@ func write(t *testing.T, s writers.Store, ns, version string, keys, values []str
 	}
 }
 
-func wantValue(t *testing.T, s writers.Store, ns, version string, key, want []byte) {
+func wantValue(t *testing.T, s *writers.Store, ns, version string, key, want []byte) {
 	t.Helper()
 	got, err := s.Get(context.Background(), ns, version, key)
 	if err != nil {
@@ -120,7 +122,7 @@ func wantValue(t *testing.T, s writers.Store, ns, version string, key, want []by
 	}
 }
 
-func wantNotFound(t *testing.T, s writers.Store, ns, version string, key []byte) {
+func wantNotFound(t *testing.T, s *writers.Store, ns, version string, key []byte) {
 	t.Helper()
 	got, err := s.Get(context.Background(), ns, version, key)
 	if !errors.Is(err, writers.ErrNotFound) {
@@ -128,7 +130,7 @@ func wantNotFound(t *testing.T, s writers.Store, ns, version string, key []byte)
 	}
 }
 
-func wantCount(t *testing.T, s writers.Store, ns, version string, want int64) {
+func wantCount(t *testing.T, s *writers.Store, ns, version string, want int64) {
 	t.Helper()
 	got, err := s.CountKeys(context.Background(), ns, version)
 	if err != nil {
@@ -139,7 +141,7 @@ func wantCount(t *testing.T, s writers.Store, ns, version string, want int64) {
 	}
 }
 
-func wantLive(t *testing.T, s writers.Store, ns, want string) {
+func wantLive(t *testing.T, s *writers.Store, ns, want string) {
 	t.Helper()
 	got, err := s.Live(context.Background(), ns)
 	if err != nil {
@@ -150,7 +152,7 @@ func wantLive(t *testing.T, s writers.Store, ns, want string) {
 	}
 }
 
-func testRoundTrip(t *testing.T, s writers.Store) {
+func testRoundTrip(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	put(t, s, "rt", "v1", writers.StateWriting)
 
@@ -191,7 +193,7 @@ func testRoundTrip(t *testing.T, s writers.Store) {
 	wantValue(t, s, "rt", "v1", keys[1], values[1])
 }
 
-func testLastWriteWins(t *testing.T, s writers.Store) {
+func testLastWriteWins(t *testing.T, s *writers.Store) {
 	put(t, s, "lw", "v1", writers.StateWriting)
 	write(t, s, "lw", "v1", []string{"a", "b", "a"}, []string{"a1", "b1", "a2"})
 	wantValue(t, s, "lw", "v1", []byte("a"), []byte("a2"))
@@ -200,7 +202,7 @@ func testLastWriteWins(t *testing.T, s writers.Store) {
 	wantCount(t, s, "lw", "v1", 2)
 }
 
-func testNotFound(t *testing.T, s writers.Store) {
+func testNotFound(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	put(t, s, "nf", "v1", writers.StateWriting)
 	write(t, s, "nf", "v1", []string{"here"}, []string{"x"})
@@ -218,7 +220,7 @@ func testNotFound(t *testing.T, s writers.Store) {
 	wantLive(t, s, "nf", "")
 }
 
-func testIsolation(t *testing.T, s writers.Store) {
+func testIsolation(t *testing.T, s *writers.Store) {
 	// Namespaces and versions that are prefixes of each other, and keys that contain
 	// what a naive encoding would use as separators.
 	type cell struct{ ns, version string }
@@ -274,7 +276,7 @@ func testIsolation(t *testing.T, s writers.Store) {
 	}
 }
 
-func testInvalid(t *testing.T, s writers.Store) {
+func testInvalid(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	put(t, s, "ok", "v1", writers.StateWriting)
 	good := writers.Rows{Keys: [][]byte{[]byte("a"), []byte("b")}, Values: [][]byte{[]byte("1"), []byte("2")}}
@@ -339,7 +341,7 @@ func testInvalid(t *testing.T, s writers.Store) {
 	})
 }
 
-func testWriteState(t *testing.T, s writers.Store) {
+func testWriteState(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	rows := writers.Rows{Keys: [][]byte{[]byte("a")}, Values: [][]byte{[]byte("1")}}
 	if err := s.WriteRows(ctx, "ws", "missing", rows); err == nil {
@@ -370,7 +372,7 @@ func jsonRoundTrip(t *testing.T, m *writers.Manifest) *writers.Manifest {
 	return out
 }
 
-func testManifestRoundTrip(t *testing.T, s writers.Store) {
+func testManifestRoundTrip(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	full := &writers.Manifest{
 		Namespace: "churn",
@@ -398,7 +400,7 @@ func testManifestRoundTrip(t *testing.T, s writers.Store) {
 		StartedAt:   t0,
 		CompletedAt: t0.Add(30 * time.Minute),
 		Error:       "",
-		Shards: []writers.Shard{
+		Commits: []writers.Commit{
 			{ID: "0-of-2", Rows: 1000, CommittedAt: t0.Add(10 * time.Minute)},
 			{ID: "1-of-2", Rows: 1990, CommittedAt: t0.Add(20 * time.Minute)},
 		},
@@ -445,7 +447,7 @@ func testManifestRoundTrip(t *testing.T, s writers.Store) {
 	}
 }
 
-func testManifestOrder(t *testing.T, s writers.Store) {
+func testManifestOrder(t *testing.T, s *writers.Store) {
 	want := []string{
 		"20261126T230000Z",
 		"20261127T020000Z",
@@ -470,7 +472,7 @@ func testManifestOrder(t *testing.T, s writers.Store) {
 	}
 }
 
-func testSwapLive(t *testing.T, s writers.Store) {
+func testSwapLive(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	complete(t, s, "sw", "v1")
 	complete(t, s, "sw", "v2")
@@ -505,7 +507,7 @@ func testSwapLive(t *testing.T, s writers.Store) {
 	wantLive(t, s, "other", "")
 }
 
-func testSwapLiveState(t *testing.T, s writers.Store) {
+func testSwapLiveState(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	complete(t, s, "sl", "v1")
 	if err := s.SwapLive(ctx, "sl", "", "v1"); err != nil {
@@ -529,7 +531,7 @@ func testSwapLiveState(t *testing.T, s writers.Store) {
 	wantLive(t, s, "sl", "v1")
 }
 
-func testConcurrentFlips(t *testing.T, s writers.Store) {
+func testConcurrentFlips(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	const n = 16
 	complete(t, s, "race", "v00")
@@ -569,7 +571,7 @@ func testConcurrentFlips(t *testing.T, s writers.Store) {
 	wantLive(t, s, "race", winners[0])
 }
 
-func wantStates(t *testing.T, s writers.Store, ns string, want map[string]writers.State) {
+func wantStates(t *testing.T, s *writers.Store, ns string, want map[string]writers.State) {
 	t.Helper()
 	_, versions, err := writers.List(context.Background(), s, ns)
 	if err != nil {
@@ -584,7 +586,7 @@ func wantStates(t *testing.T, s writers.Store, ns string, want map[string]writer
 	}
 }
 
-func testFlipRollback(t *testing.T, s writers.Store) {
+func testFlipRollback(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	const ns = "life"
 	complete(t, s, ns, "v1")
@@ -640,7 +642,7 @@ func testFlipRollback(t *testing.T, s writers.Store) {
 	wantLive(t, s, ns, "v1")
 }
 
-func testGC(t *testing.T, s writers.Store) {
+func testGC(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	const ns = "gc"
 	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
@@ -701,7 +703,7 @@ func testGC(t *testing.T, s writers.Store) {
 	wantLive(t, s, ns, "20260101T050000Z")
 }
 
-func testDeleteVersion(t *testing.T, s writers.Store) {
+func testDeleteVersion(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	complete(t, s, "del", "v1")
 	complete(t, s, "del", "v2")
@@ -727,7 +729,7 @@ func testDeleteVersion(t *testing.T, s writers.Store) {
 	}
 }
 
-func testNewVersionID(t *testing.T, s writers.Store) {
+func testNewVersionID(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	at := time.Date(2026, 11, 27, 3, 0, 0, 0, time.FixedZone("CET", 3600))
 	want := []string{"20261127T020000Z", "20261127T020000Z-2", "20261127T020000Z-3"}
@@ -761,7 +763,7 @@ func wantHeld(t *testing.T, err error, ns, holder string) {
 	}
 }
 
-func acquire(t *testing.T, s writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
+func acquire(t *testing.T, s *writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
 	t.Helper()
 	l, err := s.AcquireLease(context.Background(), ns, holder, ttl)
 	if err != nil {
@@ -774,7 +776,7 @@ func acquire(t *testing.T, s writers.Store, ns, holder string, ttl time.Duration
 }
 
 // acquireEventually polls AcquireLease until it succeeds or 5 seconds pass.
-func acquireEventually(t *testing.T, s writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
+func acquireEventually(t *testing.T, s *writers.Store, ns, holder string, ttl time.Duration) writers.Lease {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -789,7 +791,7 @@ func acquireEventually(t *testing.T, s writers.Store, ns, holder string, ttl tim
 	}
 }
 
-func testLeaseHeld(t *testing.T, s writers.Store) {
+func testLeaseHeld(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	before := time.Now()
 	a := acquire(t, s, "ls", "run-a", time.Minute)
@@ -843,7 +845,7 @@ func testLeaseHeld(t *testing.T, s writers.Store) {
 	}
 }
 
-func testLeaseExpiry(t *testing.T, s writers.Store) {
+func testLeaseExpiry(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	a := acquire(t, s, "lx", "run-a", 200*time.Millisecond)
 	b := acquireEventually(t, s, "lx", "run-b", time.Minute)
@@ -871,7 +873,7 @@ func testLeaseExpiry(t *testing.T, s writers.Store) {
 	}
 }
 
-func testLeaseRelease(t *testing.T, s writers.Store) {
+func testLeaseRelease(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	a := acquire(t, s, "lr", "run-a", time.Minute)
 	if err := s.ReleaseLease(ctx, a); err != nil {
@@ -895,7 +897,7 @@ func testLeaseRelease(t *testing.T, s writers.Store) {
 	acquire(t, s, "lr", "run-c", time.Minute)
 }
 
-func testLeaseConcurrent(t *testing.T, s writers.Store) {
+func testLeaseConcurrent(t *testing.T, s *writers.Store) {
 	const n = 16
 	leases := make([]writers.Lease, n)
 	errs := make([]error, n)
@@ -927,36 +929,36 @@ func testLeaseConcurrent(t *testing.T, s writers.Store) {
 	}
 }
 
-func wantShards(t *testing.T, s writers.Store, ns, version string, want []writers.Shard) {
+func wantCommits(t *testing.T, s *writers.Store, ns, version string, want []writers.Commit) {
 	t.Helper()
-	got, err := s.Shards(context.Background(), ns, version)
+	got, err := s.Commits(context.Background(), ns, version)
 	if err != nil {
-		t.Fatalf("Shards(%s/%s): %v", ns, version, err)
+		t.Fatalf("Commits(%s/%s): %v", ns, version, err)
 	}
 	if len(got) != len(want) {
-		t.Fatalf("Shards(%s/%s) = %d shards %+v, want %d %+v", ns, version, len(got), got, len(want), want)
+		t.Fatalf("Commits(%s/%s) = %d shards %+v, want %d %+v", ns, version, len(got), got, len(want), want)
 	}
 	for i := range want {
 		if got[i].ID != want[i].ID || got[i].Rows != want[i].Rows || !got[i].CommittedAt.Equal(want[i].CommittedAt) {
-			t.Errorf("Shards(%s/%s)[%d] = %+v, want %+v", ns, version, i, got[i], want[i])
+			t.Errorf("Commits(%s/%s)[%d] = %+v, want %+v", ns, version, i, got[i], want[i])
 		}
 	}
 }
 
-func commit(t *testing.T, s writers.Store, ns, version string, sh writers.Shard) {
+func commit(t *testing.T, s *writers.Store, ns, version string, sh writers.Commit) {
 	t.Helper()
-	if err := s.CommitShard(context.Background(), ns, version, sh); err != nil {
+	if err := s.CommitWork(context.Background(), ns, version, sh); err != nil {
 		t.Fatalf("CommitShard(%s/%s, %s): %v", ns, version, sh.ID, err)
 	}
 }
 
-func testShards(t *testing.T, s writers.Store) {
+func testCommits(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	put(t, s, "sh", "v1", writers.StateWriting)
 	put(t, s, "sh", "v10", writers.StateWriting)
-	wantShards(t, s, "sh", "v1", nil)
+	wantCommits(t, s, "sh", "v1", nil)
 
-	shards := []writers.Shard{
+	shards := []writers.Commit{
 		{ID: "part-1.parquet#0", Rows: 10, CommittedAt: t0.Add(time.Minute)},
 		{ID: "part-0.parquet#1", Rows: 20, CommittedAt: t0.Add(2 * time.Minute)},
 		{ID: "part-0.parquet#0", Rows: 30, CommittedAt: t0.Add(3 * time.Minute)},
@@ -965,44 +967,44 @@ func testShards(t *testing.T, s writers.Store) {
 	for _, sh := range shards {
 		commit(t, s, "sh", "v1", sh)
 	}
-	commit(t, s, "sh", "v10", writers.Shard{ID: "other", Rows: 1, CommittedAt: t0})
-	want := []writers.Shard{shards[3], shards[2], shards[1], shards[0]}
-	wantShards(t, s, "sh", "v1", want)
+	commit(t, s, "sh", "v10", writers.Commit{ID: "other", Rows: 1, CommittedAt: t0})
+	want := []writers.Commit{shards[3], shards[2], shards[1], shards[0]}
+	wantCommits(t, s, "sh", "v1", want)
 
 	// Committing an ID again replaces its record.
-	again := writers.Shard{ID: "part-0.parquet#1", Rows: 21, CommittedAt: t0.Add(time.Hour)}
+	again := writers.Commit{ID: "part-0.parquet#1", Rows: 21, CommittedAt: t0.Add(time.Hour)}
 	commit(t, s, "sh", "v1", again)
 	want[2] = again
-	wantShards(t, s, "sh", "v1", want)
+	wantCommits(t, s, "sh", "v1", want)
 
-	wantShards(t, s, "sh", "v10", []writers.Shard{{ID: "other", Rows: 1, CommittedAt: t0}})
-	wantShards(t, s, "other", "v1", nil)
+	wantCommits(t, s, "sh", "v10", []writers.Commit{{ID: "other", Rows: 1, CommittedAt: t0}})
+	wantCommits(t, s, "other", "v1", nil)
 
 	for _, id := range []string{"", "bad\xff", strings.Repeat("x", writers.MaxKeyLen+1)} {
-		if err := s.CommitShard(ctx, "sh", "v1", writers.Shard{ID: id}); !errors.Is(err, writers.ErrInvalid) {
+		if err := s.CommitWork(ctx, "sh", "v1", writers.Commit{ID: id}); !errors.Is(err, writers.ErrInvalid) {
 			t.Errorf("CommitShard(id %q) error = %v, want ErrInvalid", id, err)
 		}
 	}
-	if err := s.CommitShard(ctx, "sh", "v/1", writers.Shard{ID: "x"}); !errors.Is(err, writers.ErrInvalid) {
+	if err := s.CommitWork(ctx, "sh", "v/1", writers.Commit{ID: "x"}); !errors.Is(err, writers.ErrInvalid) {
 		t.Errorf("CommitShard(version v/1) error = %v, want ErrInvalid", err)
 	}
-	wantShards(t, s, "sh", "v1", want)
+	wantCommits(t, s, "sh", "v1", want)
 }
 
-func testShardsConcurrent(t *testing.T, s writers.Store) {
+func testCommitsConcurrent(t *testing.T, s *writers.Store) {
 	const n = 16
 	put(t, s, "shc", "v1", writers.StateWriting)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	start := make(chan struct{})
-	want := make([]writers.Shard, n)
+	want := make([]writers.Commit, n)
 	for i := range n {
-		want[i] = writers.Shard{ID: fmt.Sprintf("shard-%02d", i), Rows: int64(100 + i), CommittedAt: t0.Add(time.Duration(i) * time.Second)}
+		want[i] = writers.Commit{ID: fmt.Sprintf("shard-%02d", i), Rows: int64(100 + i), CommittedAt: t0.Add(time.Duration(i) * time.Second)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
-			errs[i] = s.CommitShard(context.Background(), "shc", "v1", want[i])
+			errs[i] = s.CommitWork(context.Background(), "shc", "v1", want[i])
 		}()
 	}
 	close(start)
@@ -1012,19 +1014,138 @@ func testShardsConcurrent(t *testing.T, s writers.Store) {
 			t.Errorf("CommitShard(%s): %v", want[i].ID, err)
 		}
 	}
-	wantShards(t, s, "shc", "v1", want)
+	wantCommits(t, s, "shc", "v1", want)
 }
 
-func testShardsDeleted(t *testing.T, s writers.Store) {
+func testCommitsDeleted(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	complete(t, s, "shd", "v1")
 	complete(t, s, "shd", "v2")
 	for _, v := range []string{"v1", "v2"} {
-		commit(t, s, "shd", v, writers.Shard{ID: "0", Rows: 1, CommittedAt: t0})
+		commit(t, s, "shd", v, writers.Commit{ID: "0", Rows: 1, CommittedAt: t0})
 	}
 	if err := s.DeleteVersion(ctx, "shd", "v1"); err != nil {
 		t.Fatalf("DeleteVersion(v1): %v", err)
 	}
-	wantShards(t, s, "shd", "v1", nil)
-	wantShards(t, s, "shd", "v2", []writers.Shard{{ID: "0", Rows: 1, CommittedAt: t0}})
+	wantCommits(t, s, "shd", "v1", nil)
+	wantCommits(t, s, "shd", "v2", []writers.Commit{{ID: "0", Rows: 1, CommittedAt: t0}})
+}
+
+// testNeighbours runs the whole lifecycle on namespace demo (rows, commits, a lease,
+// flips, rollback, gc, delete) next to demo2 and demo.x, whose names extend it, and
+// checks that nothing of theirs changed: a store whose prefixes do not end where a name
+// ends would read or delete their live pointers, manifests, rows or commits.
+func testNeighbours(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	neighbours := []string{"demo2", "demo.x", "demo-", "demo_"}
+	for _, ns := range neighbours {
+		for _, v := range []string{"v1", "v2"} {
+			put(t, s, ns, v, writers.StateWriting)
+			write(t, s, ns, v, []string{"k1", "k2"}, []string{ns + v + "1", ns + v + "2"})
+			commit(t, s, ns, v, writers.Commit{ID: "c-" + v, Rows: 2})
+			complete(t, s, ns, v)
+		}
+		if _, err := writers.Flip(ctx, s, ns, "v1"); err != nil {
+			t.Fatalf("Flip(%s, v1): %v", ns, err)
+		}
+	}
+	neighbourLease := acquire(t, s, "demo2", "other-run", time.Minute)
+
+	for _, v := range []string{"v1", "v2", "v3"} {
+		put(t, s, "demo", v, writers.StateWriting)
+		write(t, s, "demo", v, []string{"k1", "k2"}, []string{"d1", "d2"})
+		commit(t, s, "demo", v, writers.Commit{ID: "c-" + v, Rows: 2})
+		complete(t, s, "demo", v)
+		if _, err := writers.Flip(ctx, s, "demo", v); err != nil {
+			t.Fatalf("Flip(demo, %s): %v", v, err)
+		}
+	}
+	if _, _, err := writers.Rollback(ctx, s, "demo"); err != nil {
+		t.Fatalf("Rollback(demo): %v", err)
+	}
+	if _, err := writers.GC(ctx, s, "demo", 0, time.Hour, time.Now()); err != nil {
+		t.Fatalf("GC(demo): %v", err)
+	}
+	l := acquire(t, s, "demo", "run", time.Minute)
+	if err := s.ReleaseLease(ctx, l); err != nil {
+		t.Fatalf("ReleaseLease(demo): %v", err)
+	}
+	if err := s.DeleteVersion(ctx, "demo", "v3"); err != nil {
+		t.Fatalf("DeleteVersion(demo, v3): %v", err)
+	}
+
+	for _, ns := range neighbours {
+		wantLive(t, s, ns, "v1")
+		wantStates(t, s, ns, map[string]writers.State{"v1": writers.StateLive, "v2": writers.StateComplete})
+		for _, v := range []string{"v1", "v2"} {
+			wantValue(t, s, ns, v, []byte("k1"), []byte(ns+v+"1"))
+			wantCount(t, s, ns, v, 2)
+			wantCommits(t, s, ns, v, []writers.Commit{{ID: "c-" + v, Rows: 2}})
+		}
+	}
+	if _, err := s.AcquireLease(ctx, "demo2", "intruder", time.Minute); !errors.Is(err, writers.ErrLeaseHeld) {
+		t.Errorf("AcquireLease(demo2) after demo's lease came and went = %v, want ErrLeaseHeld", err)
+	}
+	if _, err := s.RenewLease(ctx, neighbourLease, time.Minute); err != nil {
+		t.Errorf("RenewLease(demo2): %v, want its lease untouched", err)
+	}
+}
+
+// testCloseInFlight closes the store while goroutines read and write it: every call
+// either completes or fails with ErrClosed (a driver closed under a call would panic or
+// fail otherwise), and once Close returns every call fails with ErrClosed.
+func testCloseInFlight(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	put(t, s, "cl", "v1", writers.StateWriting)
+	write(t, s, "cl", "v1", []string{"k"}, []string{"v"})
+
+	var wg, running sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		wg.Add(1)
+		running.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ; j++ {
+				if j == 1 {
+					running.Done() // one call made: Close now races the ones that follow
+				}
+				var err error
+				switch (i + j) % 4 {
+				case 0:
+					_, err = s.Get(ctx, "cl", "v1", []byte("k"))
+				case 1:
+					err = s.WriteRows(ctx, "cl", "v1", writers.Rows{Keys: [][]byte{[]byte(fmt.Sprint("k", i, j))}, Values: [][]byte{[]byte("v")}})
+				case 2:
+					_, err = s.Manifests(ctx, "cl")
+				case 3:
+					_, err = s.CountKeys(ctx, "cl", "v1")
+				}
+				if err != nil {
+					if !errors.Is(err, writers.ErrClosed) {
+						errs <- err
+					}
+					if j == 0 {
+						running.Done()
+					}
+					return
+				}
+			}
+		}()
+	}
+	running.Wait()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := s.Get(ctx, "cl", "v1", []byte("k")); !errors.Is(err, writers.ErrClosed) {
+		t.Errorf("Get after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Live(ctx, "cl"); !errors.Is(err, writers.ErrClosed) {
+		t.Errorf("Live after Close = %v, want ErrClosed", err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a call racing Close failed with %v, want success or ErrClosed", err)
+	}
 }
