@@ -288,7 +288,7 @@ func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 	// The snapshot's own store: for Pebble, the checkpoint the service answers from.
 	_, versions, err := writers.List(ctx, sn.Store, n.name)
 	if err != nil {
-		s.writeError(w, s.storeError(n.name, err))
+		s.writeError(w, s.apiErrorOf(n.name, err))
 		return
 	}
 	now, stale := s.stale(n, sn)
@@ -348,12 +348,12 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 	defer cancel()
 	store, release, err := n.src.catalog(ctx)
 	if err != nil {
-		s.writeError(w, s.storeError(n.name, err))
+		s.writeError(w, s.apiErrorOf(n.name, err))
 		return
 	}
 	var ans FlipAnswer
 	if action == "flip" {
-		m, err := store.Manifest(ctx, n.name, body.Version)
+		_, err := store.Manifest(ctx, n.name, body.Version)
 		switch {
 		case errors.Is(err, writers.ErrNotFound):
 			release()
@@ -361,25 +361,24 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 			return
 		case err != nil:
 			release()
-			s.writeError(w, s.storeError(n.name, err))
-			return
-		case m.State != writers.StateComplete:
-			release()
-			s.writeError(w, errorf(CodeConflict, "version %s is %s: only a complete version can be made live", body.Version, m.State))
+			s.writeError(w, s.apiErrorOf(n.name, err))
 			return
 		}
 		prev, err := writers.Flip(ctx, store, n.name, body.Version)
 		ans = FlipAnswer{Namespace: n.name, Version: body.Version, Previous: prev}
 		if err != nil {
 			release()
-			s.writeError(w, s.flipError(n.name, err))
+			s.writeError(w, s.apiErrorOf(n.name, err))
 			return
 		}
 	} else {
 		from, to, err := writers.Rollback(ctx, store, n.name)
 		if err != nil {
 			release()
-			s.writeError(w, s.flipError(n.name, err))
+			if errors.Is(err, writers.ErrNotFound) && !errors.As(err, new(*writers.NoRollbackError)) {
+				err = errorf(CodeNotFound, "%s: nothing to roll back to", n.name) // no live version
+			}
+			s.writeError(w, s.apiErrorOf(n.name, err))
 			return
 		}
 		ans = FlipAnswer{Namespace: n.name, Version: to, Previous: from}
@@ -388,18 +387,6 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 	s.log.Info("admin "+action, "namespace", n.name, "version", ans.Version, "previous", ans.Previous, "remote", r.RemoteAddr)
 	s.refresh(r.Context(), n)
 	writeJSON(w, http.StatusOK, ans)
-}
-
-func (s *Service) flipError(ns string, err error) *apiError {
-	switch {
-	case errors.Is(err, writers.ErrConflict):
-		return errorf(CodeConflict, "the live version of %s changed concurrently; read it and retry", ns)
-	case errors.As(err, new(*writers.NoRollbackError)):
-		return errorf(CodeNotFound, "%v", err)
-	case errors.Is(err, writers.ErrNotFound):
-		return errorf(CodeNotFound, "%s: nothing to roll back to", ns)
-	}
-	return s.storeError(ns, err)
 }
 
 // decode reads a JSON body of at most max_body_bytes into v, answering 4xx itself.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/pebble"
 )
 
 // Serving from the embedded store while runs publish into it.
@@ -26,16 +27,16 @@ import (
 //     its files). An unchanged fingerprint means no process has written since: nothing
 //     to do, and no file is opened.
 //  2. When the fingerprint changed, it reads the live pointer with
-//     writers.ReadPebbleLive, which opens the directory read-only *without* taking the
+//     pebble.ReadLive, which opens the directory read-only *without* taking the
 //     lock. A writer
 //     may be running: Pebble's files are either immutable (sstables) or append-only
 //     (WAL, MANIFEST), and a read-only open replays what it finds, treating a torn tail
 //     as the end. If a concurrent compaction removed a file under it, the open or read
 //     fails; the snapshot in use stays, and the next poll tries again.
-//  3. When the pointer names another version, writers.CopyPebbleVersion copies what
+//  3. When the pointer names another version, pebble.CopyVersion copies what
 //     serving that version needs (the namespace's pointer and manifests, and the live
 //     version's rows) into a private Pebble database beside the store and opens the copy
-//     as an ordinary writers.Pebble. (Pebble's
+//     as an ordinary Pebble store. (Pebble's
 //     Checkpoint would link files instead of copying rows, but it does not work from a
 //     read-only handle.) The copy is this process's alone, immune to the writer's
 //     compactions and deletions, and it holds every row of the live version, because a
@@ -57,23 +58,18 @@ type pebbleSource struct {
 
 	mu          sync.Mutex
 	fingerprint string
-	cur         *writers.Pebble // the checkpoint in use
+	cur         *writers.Store // the checkpoint in use
 	curDir      string
 	retired     []retiredCheckpoint
 }
 
 type retiredCheckpoint struct {
-	store *writers.Pebble
+	store *writers.Store
 	dir   string
 	at    time.Time
 }
 
-func newPebbleSource(url string, log *slog.Logger) (*pebbleSource, error) {
-	dir := strings.TrimPrefix(url[len("pebble:"):], "//")
-	if strings.HasPrefix(url[len("pebble:"):], "//") {
-		dir = "/" + strings.TrimPrefix(strings.TrimPrefix(dir, "localhost"), "/")
-	}
-	dir = filepath.Clean(dir)
+func newPebbleSource(dir string, log *slog.Logger) (*pebbleSource, error) {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("pebble store %s: no such directory: run a job into it first", dir)
 	}
@@ -108,7 +104,7 @@ func (p *pebbleSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*
 	if fp == p.fingerprint && p.fingerprint != "" {
 		return cur, nil
 	}
-	live, err := writers.ReadPebbleLive(p.dir, ns)
+	live, err := pebble.ReadLive(p.dir, ns)
 	if err != nil {
 		return nil, fmt.Errorf("read live pointer of %s in %s: %w", ns, p.dir, err)
 	}
@@ -124,7 +120,7 @@ func (p *pebbleSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pebble store %s: %w", p.dir, err)
 	}
-	s, _, err := writers.CopyPebbleVersion(p.dir, filepath.Join(ckpt, "db"), ns)
+	s, _, err := pebble.CopyVersion(p.dir, filepath.Join(ckpt, "db"), ns)
 	if err != nil || s == nil {
 		os.RemoveAll(ckpt)
 		return nil, err
@@ -166,8 +162,8 @@ func (p *pebbleSource) reap(all bool) {
 }
 
 // catalog opens the real directory, taking its lock, for a flip or a status read.
-func (p *pebbleSource) catalog(ctx context.Context) (writers.Store, func(), error) {
-	s, err := writers.OpenPebble(p.dir)
+func (p *pebbleSource) catalog(ctx context.Context) (*writers.Store, func(), error) {
+	s, err := pebble.Open(p.dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", errStoreBusy, err)
 	}

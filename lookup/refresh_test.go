@@ -28,9 +28,11 @@ func (o *orderedSource) resolve(ctx context.Context, ns string, cur *Snapshot) (
 	}
 	return o.after, nil
 }
-func (o *orderedSource) catalog(context.Context) (writers.Store, func(), error) { return nil, nil, nil }
-func (o *orderedSource) watch(context.Context, string, chan<- struct{})         {}
-func (o *orderedSource) close() error                                           { return nil }
+func (o *orderedSource) catalog(context.Context) (*writers.Store, func(), error) {
+	return nil, nil, nil
+}
+func (o *orderedSource) watch(context.Context, string, chan<- struct{}) {}
+func (o *orderedSource) close() error                                   { return nil }
 
 // TestRefreshesDoNotOverwriteANewerSnapshot: the background refresh read the pointer just
 // before an admin flip and is slow to finish; the flip's own refresh comes after it.

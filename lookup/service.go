@@ -34,7 +34,7 @@ var errStoreBusy = errors.New("lookup: store busy")
 // started on it finish on it without an error.
 //
 // Flips reach the service in two ways: the store's notification (Redis pub/sub on
-// writers.RedisFlipChannel) kicks an immediate refresh, and a poll every poll_interval
+// redis.FlipChannel, found through writers.Store.WatchFlips) kicks an immediate refresh, and a poll every poll_interval
 // catches whatever a notification missed (pub/sub delivers at most once) and the stores
 // that have no notification.
 type Service struct {

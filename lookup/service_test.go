@@ -25,6 +25,8 @@ import (
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/pebble"
+	_ "github.com/staticref/staticref/writers/redis" // redis:// stores under test
 	"github.com/staticref/staticref/writers/redistest"
 )
 
@@ -58,7 +60,7 @@ func TestMain(m *testing.M) {
 }
 
 // publish runs the scoring job into store as a new, flipped version of namespace churn.
-func publish(t testing.TB, s writers.Store, noFlip bool) *writers.Manifest {
+func publish(t testing.TB, s *writers.Store, noFlip bool) *writers.Manifest {
 	t.Helper()
 	yaml := `name: churn
 source: {uri: ` + filepath.Join(dataDir, "features", "*.parquet") + `, key: user_id, features: [f0, f1, f2, f3]}
@@ -147,10 +149,10 @@ func call(t testing.TB, method, url, body string, header ...string) response {
 	return r
 }
 
-func pebbleStore(t testing.TB) (writers.Store, string) {
+func pebbleStore(t testing.TB) (*writers.Store, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "store")
-	s, err := writers.OpenPebble(dir)
+	s, err := pebble.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +478,7 @@ func TestServingFromPebbleWhileARunFlips(t *testing.T) {
 	}
 
 	dir := strings.TrimPrefix(url, "pebble:")
-	w, err := writers.OpenPebble(dir) // the run's own handle: the service holds no lock
+	w, err := pebble.Open(dir) // the run's own handle: the service holds no lock
 	if err != nil {
 		t.Fatalf("a run cannot open the store while serve answers from it: %v", err)
 	}
@@ -526,7 +528,7 @@ func TestServingFromPebbleWhileARunFlips(t *testing.T) {
 }
 
 // redisVersions publishes two versions into a real Redis and returns the store.
-func redisVersions(t *testing.T) (writers.Store, string, string, string) {
+func redisVersions(t *testing.T) (*writers.Store, string, string, string) {
 	url := redistest.Standalone(t)
 	s, err := writers.Open(context.Background(), url)
 	if err != nil {

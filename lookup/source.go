@@ -2,10 +2,8 @@ package lookup
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -19,7 +17,7 @@ type source interface {
 	resolve(ctx context.Context, ns string, cur *Snapshot) (*Snapshot, error)
 	// catalog returns a store through which the catalog may be read and changed (status,
 	// flip, rollback), and a function to call when done with it.
-	catalog(ctx context.Context) (writers.Store, func(), error)
+	catalog(ctx context.Context) (*writers.Store, func(), error)
 	// watch sends on kick whenever the store announces a flip, until ctx is done. Stores
 	// without notifications return at once.
 	watch(ctx context.Context, ns string, kick chan<- struct{})
@@ -28,8 +26,12 @@ type source interface {
 
 // openSource opens the source a namespace's store URL names.
 func openSource(ctx context.Context, url string, log *slog.Logger) (source, error) {
-	if strings.HasPrefix(strings.ToLower(url), "pebble:") {
-		return newPebbleSource(url, log)
+	u, err := writers.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme == "pebble" {
+		return newPebbleSource(u.Dir, log)
 	}
 	s, err := writers.Open(ctx, url)
 	if err != nil {
@@ -40,7 +42,7 @@ func openSource(ctx context.Context, url string, log *slog.Logger) (source, erro
 
 // storeSource reads pointer and rows straight from a shared store (Redis, Bigtable).
 type storeSource struct {
-	store writers.Store
+	store *writers.Store
 	log   *slog.Logger
 }
 
@@ -62,40 +64,22 @@ func (s *storeSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*S
 	return &Snapshot{Namespace: ns, Manifest: m, Store: s.store}, nil
 }
 
-func (s *storeSource) catalog(context.Context) (writers.Store, func(), error) {
+func (s *storeSource) catalog(context.Context) (*writers.Store, func(), error) {
 	return s.store, func() {}, nil
 }
 
-// watch subscribes to the Redis flip channel. Delivery is at most once, so a lost
-// message (a reconnect) is covered by the periodic poll.
+// watch follows the store's flip announcements, if it makes any (Redis does). Delivery
+// is at most once, so a lost message (a reconnect) is covered by the periodic poll.
 func (s *storeSource) watch(ctx context.Context, ns string, kick chan<- struct{}) {
-	r, ok := s.store.(*writers.Redis)
-	if !ok {
-		return
-	}
-	sub := r.Client().Subscribe(ctx, writers.RedisFlipChannel)
-	defer sub.Close()
-	ch := sub.Channel()
-	for {
-		select {
-		case <-ctx.Done():
+	s.store.WatchFlips(ctx, func(flipped string) {
+		if flipped != ns {
 			return
-		case msg, ok := <-ch:
-			if !ok {
-				return
-			}
-			var f struct {
-				Namespace string `json:"namespace"`
-			}
-			if err := json.Unmarshal([]byte(msg.Payload), &f); err != nil || f.Namespace != ns {
-				continue
-			}
-			select {
-			case kick <- struct{}{}:
-			default: // a refresh is already pending
-			}
 		}
-	}
+		select {
+		case kick <- struct{}{}:
+		default: // a refresh is already pending
+		}
+	})
 }
 
 func (s *storeSource) close() error { return s.store.Close() }

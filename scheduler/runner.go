@@ -24,7 +24,7 @@ type PipelineRunner struct {
 }
 
 type sharedStore struct {
-	s    writers.Store
+	s    *writers.Store
 	refs int
 }
 
@@ -52,7 +52,7 @@ type endless struct{ progress.Reporter }
 
 func (endless) Finish(progress.Summary) {}
 
-func (p *PipelineRunner) acquire(ctx context.Context, url string) (writers.Store, error) {
+func (p *PipelineRunner) acquire(ctx context.Context, url string) (*writers.Store, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if sh := p.stores[url]; sh != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/writers"
+	_ "github.com/staticref/staticref/writers/pebble" // pebble: stores under test
 )
 
 // fakeClock is a Clock whose time moves only when the test says so.

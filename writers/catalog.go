@@ -123,7 +123,7 @@ func flipFrom(ctx context.Context, s *Store, ns, expected, version string) error
 		return fmt.Errorf("flip %s to %s: %w", ns, version, err)
 	}
 	if m.State != StateComplete {
-		return fmt.Errorf("flip %s to %s: version is %s: %w", ns, version, m.State, ErrNotComplete)
+		return &NotCompleteError{Namespace: ns, Version: version, State: m.State}
 	}
 	if expected == version {
 		// Already live (if the pointer agrees): no swap, no write. SwapLive still checks
@@ -199,6 +199,19 @@ func Rollback(ctx context.Context, s *Store, ns string) (from, to string, err er
 	}
 	return live, to, nil
 }
+
+// NotCompleteError is Flip's answer for a version that is not complete. It wraps
+// ErrNotComplete.
+type NotCompleteError struct {
+	Namespace, Version string
+	State              State
+}
+
+func (e *NotCompleteError) Error() string {
+	return fmt.Sprintf("flip %s to %s: version %s is %s: only a complete version can be made live", e.Namespace, e.Version, e.Version, e.State)
+}
+
+func (e *NotCompleteError) Unwrap() error { return ErrNotComplete }
 
 // NoRollbackError is Rollback's answer when no version older than the live one can be
 // made live again. It wraps ErrNotFound.

@@ -428,7 +428,7 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		if err != nil {
 			return nil, err
 		}
-		job, err := pipelineJob(d, model, "benchp", cfg, storeURLFor(cfg, store, st))
+		job, err := pipelineJob(d, model, "benchp", cfg, st.URL().Raw)
 		if err != nil {
 			st.Close()
 			cleanup()
@@ -726,7 +726,7 @@ func (wb *writeBench) meanValue() float64 { return float64(len(wb.vals)) / float
 // does at its end: a store's write of a version includes what completing it costs
 // (Pebble merges the version's rows into the bottom level then), and the pipeline (d)
 // pays for it too.
-func (wb *writeBench) run(ctx context.Context, st writers.Store, ns string) error {
+func (wb *writeBench) run(ctx context.Context, st *writers.Store, ns string) error {
 	version, err := writers.NewVersionID(ctx, st, ns, time.Now())
 	if err != nil {
 		return err
@@ -758,7 +758,7 @@ func (wb *writeBench) run(ctx context.Context, st writers.Store, ns string) erro
 
 // openStore opens a fresh store of the given kind: a new Pebble directory, or the
 // bench's redis-server emptied with FLUSHALL. cleanup removes what it made.
-func openStore(ctx context.Context, cfg Config, kind string) (writers.Store, func(), error) {
+func openStore(ctx context.Context, cfg Config, kind string) (*writers.Store, func(), error) {
 	switch kind {
 	case "pebble":
 		dir, err := os.MkdirTemp("", "staticref-bench-pebble-")
@@ -782,13 +782,6 @@ func openStore(ctx context.Context, cfg Config, kind string) (writers.Store, fun
 		return st, func() { _ = flushRedis(context.Background(), cfg.redisURL) }, nil
 	}
 	return nil, nil, fmt.Errorf("unknown store %q", kind)
-}
-
-func storeURLFor(cfg Config, kind string, st writers.Store) string {
-	if p, ok := st.(*writers.Pebble); ok {
-		return "pebble:" + p.Dir()
-	}
-	return cfg.redisURL
 }
 
 // pipelineJob builds the job a user would write, through jobs.Parse, so defaults and
@@ -853,7 +846,7 @@ func (c *Config) profilePath(stage, model, store string, run int) string {
 }
 
 // runPipeline runs the job once.
-func runPipeline(ctx context.Context, job *jobs.Job, st writers.Store, nReaders int) error {
+func runPipeline(ctx context.Context, job *jobs.Job, st *writers.Store, nReaders int) error {
 	res, err := pipeline.Run(ctx, pipeline.Config{
 		Job:     job,
 		Store:   st,

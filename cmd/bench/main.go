@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+
+	_ "github.com/staticref/staticref/writers/all" // every store driver
 )
 
 func main() {

@@ -214,7 +214,7 @@ func runChild(ctx context.Context, cfg Config, stdout io.Writer) error {
 	}
 	defer cleanup()
 	defer st.Close()
-	job, err := pipelineJob(d, cfg.Models[0], "benchp", cfg, storeURLFor(cfg, store, st))
+	job, err := pipelineJob(d, cfg.Models[0], "benchp", cfg, st.URL().Raw)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
+	_ "github.com/staticref/staticref/writers/all" // every store driver
 )
 
 func main() {

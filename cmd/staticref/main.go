@@ -20,6 +20,7 @@ import (
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/writers"
+	_ "github.com/staticref/staticref/writers/all" // every store driver
 )
 
 // Exit codes.
@@ -156,7 +157,7 @@ func requireFlags(c *cobra.Command, names ...string) error {
 // versions): a URL that cannot be right is bad usage (exit 2); a store that is missing,
 // cannot be reached or is locked is a failure (exit 1). It never creates a store (run
 // opens its job's, which job validation has checked, with writers.Open).
-func openStore(c *cobra.Command, url string) (writers.Store, error) {
+func openStore(c *cobra.Command, url string) (*writers.Store, error) {
 	if err := writers.CheckURL(url); err != nil {
 		return nil, usageError{fmt.Errorf("store: %w", err)}
 	}

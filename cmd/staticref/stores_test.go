@@ -199,7 +199,7 @@ func (d *bigData) checkVersion(t *testing.T, env []string, store, ns string) {
 	}
 }
 
-func openFromEnv(t *testing.T, env []string, url string) writers.Store {
+func openFromEnv(t *testing.T, env []string, url string) *writers.Store {
 	t.Helper()
 	for _, e := range env {
 		k, v, _ := strings.Cut(e, "=")
@@ -466,7 +466,7 @@ func waitForShards(t *testing.T, url, ns, version string, n int) {
 	defer s.Close()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if shards, err := s.Shards(context.Background(), ns, version); err == nil && len(shards) >= n {
+		if shards, err := s.Commits(context.Background(), ns, version); err == nil && len(shards) >= n {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)

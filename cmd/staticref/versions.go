@@ -29,7 +29,7 @@ func newVersionsCmd() *cobra.Command {
 	pf.StringVar(&ns, "namespace", "", "namespace")
 	// open checks the flags and a VERSION argument, if any, then opens the store, which
 	// must exist: these commands never create one.
-	open := func(c *cobra.Command, a []string) (writers.Store, error) {
+	open := func(c *cobra.Command, a []string) (*writers.Store, error) {
 		if err := requireFlags(c, "store", "namespace"); err != nil {
 			return nil, err
 		}

@@ -1,4 +1,6 @@
-package writers
+// Package bigtable is the Bigtable store driver, for bigtable://PROJECT/INSTANCE/TABLE
+// URLs: import it (or writers/all) and writers.Open opens them.
+package bigtable
 
 import (
 	"context"
@@ -8,28 +10,33 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"cloud.google.com/go/bigtable"
+	bt "cloud.google.com/go/bigtable"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/internal/driverkit"
 )
 
-// Defaults for the bulk writer of the Bigtable store (see Bigtable.MaxInFlight and
-// Bigtable.MutationsPerRequest).
+func init() {
+	writers.Register(openURL, "bigtable")
+}
+
+// Defaults for the bulk writer (see Driver.MaxInFlight and Driver.MutationsPerRequest).
 const (
-	DefaultBigtableMaxInFlight         = 4
-	DefaultBigtableMutationsPerRequest = 5000
+	DefaultMaxInFlight         = 4
+	DefaultMutationsPerRequest = 5000
 )
 
 // Column layout of the Bigtable store: one column family, and in it one column per cell
-// kind. Every cell is written at timestamp 0 (btCellTime), see Bigtable.
+// kind. Every cell is written at timestamp 0 (btCellTime), see Driver.
 const (
 	btFamily     = "p"
-	btColValue   = "v"       // data value, manifest JSON, live pointer, shard JSON
+	btColValue   = "v"       // data value, manifest JSON, live pointer, commit JSON
 	btColHolder  = "holder"  // lease: who holds it
 	btColToken   = "token"   // lease: unique per acquisition
 	btColExpires = "expires" // lease: RFC 3339 UTC, compared in Go
@@ -39,20 +46,20 @@ const (
 // rewrite of a cell replace it in place (Bigtable keeps one cell per column and
 // timestamp), so "last write wins" needs no clock, and makes every mutation idempotent,
 // so the client library may retry failed ApplyBulk entries.
-const btCellTime = bigtable.Timestamp(0)
+const btCellTime = bt.Timestamp(0)
 
-// Bigtable is the store for bigtable://PROJECT/INSTANCE/TABLE: one table holds every
+// Driver is the store for bigtable://PROJECT/INSTANCE/TABLE: one table holds every
 // namespace. Row keys, all in the column family "p":
 //
 //	d#<ns>#<version>#<key>  column v: the value          rows of a version
 //	m#<ns>#<version>        column v: manifest JSON      the catalog
 //	p#<ns>                  column v: version id         the live pointer
 //	l#<ns>                  columns holder, token, expires   the writer lease
-//	s#<ns>#<version>#<id>   column v: Shard JSON         committed shards
+//	s#<ns>#<version>#<id>   column v: Commit JSON        committed work
 //
 // Namespaces and version ids cannot contain '#' (ValidateNamespace, ValidateVersion), so
 // the '#' after each ends it: the prefix "d#a#v1#" of a/v1 is not a prefix of any row of
-// namespace "ab" or version "v10". Keys and shard ids come last and may contain anything,
+// namespace "ab" or version "v10". Keys and commit ids come last and may contain anything,
 // '#' and NUL included. All rows of a version lie under one prefix: CountKeys is one
 // prefix scan, and DeleteVersion one DropRowRange per prefix.
 //
@@ -68,13 +75,13 @@ const btCellTime = bigtable.Timestamp(0)
 // because ApplyBulk applies entries in no particular order.
 //
 // WriteRows checks that the version's manifest is in state writing, and then trusts that
-// answer for writingTTL (one second) before reading the manifest again. Only "writing"
-// is cached, and every PutManifest and DeleteVersion through this *Bigtable forgets the
-// cached answer first. So within one process a version stops taking rows as soon as its
-// manifest leaves writing, exactly as with Pebble (an in-process lock orders the two); a
-// manifest changed by another process is noticed within a second. Rows that land in that
-// second belong to a version that the other process just completed, failed or retired
-// while this one was still writing it, which the shard protocol does not do.
+// answer for driverkit.WritingTTL (one second) before reading the manifest again. Only
+// "writing" is cached, and every PutManifest and DeleteVersion through this *Driver
+// forgets the cached answer first. So within one process a version stops taking rows as
+// soon as its manifest leaves writing, exactly as with Pebble (an in-process lock orders
+// the two); a manifest changed by another process is noticed within a second. Rows that
+// land in that second belong to a version that the other process just completed, failed
+// or retired while this one was still writing it, which the commit protocol does not do.
 //
 // # The live pointer
 //
@@ -103,85 +110,145 @@ const btCellTime = bigtable.Timestamp(0)
 // renewal racing a takeover cannot both succeed. A lease that expired is lost to its
 // holder even before anyone takes it over (as with Pebble and Redis). Release deletes the
 // row only while it carries the caller's token.
-type Bigtable struct {
+type Driver struct {
 	// MaxInFlight bounds the ApplyBulk requests one WriteRows sends at once; 0 means
-	// DefaultBigtableMaxInFlight. Set it before the store is used.
+	// DefaultMaxInFlight. Set it before the store is used.
 	MaxInFlight int
 	// MutationsPerRequest bounds the rows of one ApplyBulk request; 0 means
-	// DefaultBigtableMutationsPerRequest. Set it before the store is used.
+	// DefaultMutationsPerRequest. Set it before the store is used.
 	MutationsPerRequest int
 
 	project, instance, tableID string
-	client                     *bigtable.Client
-	admin                      *bigtable.AdminClient
-	tbl                        *bigtable.Table
+	client                     *bt.Client
+	admin                      *bt.AdminClient
+	tbl                        *bt.Table
 
 	// catalog orders row writes against catalog changes within this process, as in
-	// Pebble: WriteRows holds it shared, PutManifest, SwapLive, DeleteVersion and Close
-	// exclusively.
+	// Pebble: WriteRows and CommitWork hold it shared, PutManifest, SwapLive and
+	// DeleteVersion exclusively.
 	catalog sync.RWMutex
-	closed  atomic.Bool
 
-	writing writingCache
+	writing driverkit.WritingCache
 }
 
-var _ Store = (*Bigtable)(nil)
+var (
+	_ writers.Driver    = (*Driver)(nil)
+	_ writers.Describer = (*Driver)(nil)
+)
 
-// OpenBigtable opens the store a bigtable://PROJECT/INSTANCE/TABLE URL names, creating the
-// table and its column family when they are missing and the credentials allow it. opts
-// go to both the data and the admin client. When BIGTABLE_EMULATOR_HOST is set the
-// client library connects to that emulator instead of Google Cloud.
-func OpenBigtable(ctx context.Context, url string, opts ...option.ClientOption) (*Bigtable, error) {
-	project, instance, table, err := parseBigtableURL(url)
+// Open opens the store a bigtable://PROJECT/INSTANCE/TABLE URL names, creating the table
+// and its column family when they are missing and the credentials allow it. opts go to
+// both the data and the admin client. When BIGTABLE_EMULATOR_HOST is set the client
+// library connects to that emulator instead of Google Cloud. writers.Open opens the same
+// URLs, without options.
+func Open(ctx context.Context, url string, opts ...option.ClientOption) (*writers.Store, error) {
+	u, err := writers.ParseURL(url)
+	if err != nil {
+		if what := missingPart(url); what != "" {
+			return nil, fmt.Errorf("open bigtable store: %w (%s)", err, what)
+		}
+		return nil, fmt.Errorf("open bigtable store: %w", err)
+	}
+	d, err := open(ctx, u, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return writers.NewStore(d, u), nil
+}
+
+// openURL is the writers.OpenFunc of the bigtable scheme. opts.MustExist changes nothing:
+// a missing table is created, as Open does (only Pebble tells a store never written from
+// an empty one).
+func openURL(ctx context.Context, u writers.URL, _ writers.OpenOptions) (writers.Driver, error) {
+	return open(ctx, u)
+}
+
+func open(ctx context.Context, u writers.URL, opts ...option.ClientOption) (*Driver, error) {
+	project, instance, table, err := splitURL(u)
 	if err != nil {
 		return nil, fmt.Errorf("open bigtable store: %w", err)
 	}
-	client, err := bigtable.NewClient(ctx, project, instance, opts...)
+	client, err := bt.NewClient(ctx, project, instance, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("open bigtable store %s: %w", url, err)
+		return nil, fmt.Errorf("open bigtable store %s: %w", u.Redacted(), err)
 	}
-	admin, err := bigtable.NewAdminClient(ctx, project, instance, opts...)
+	admin, err := bt.NewAdminClient(ctx, project, instance, opts...)
 	if err != nil {
 		client.Close()
-		return nil, fmt.Errorf("open bigtable store %s: admin client: %w", url, err)
+		return nil, fmt.Errorf("open bigtable store %s: admin client: %w", u.Redacted(), err)
 	}
-	b := &Bigtable{
+	d := &Driver{
 		project: project, instance: instance, tableID: table,
 		client: client, admin: admin, tbl: client.Open(table),
 	}
-	if err := b.ensureTable(ctx); err != nil {
-		b.closeClients()
-		return nil, fmt.Errorf("open bigtable store %s: %w", url, err)
+	if err := d.ensureTable(ctx); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open bigtable store %s: %w", u.Redacted(), err)
 	}
-	return b, nil
+	return d, nil
 }
 
-// parseBigtableURL splits bigtable://PROJECT/INSTANCE/TABLE, naming the part that is missing.
-func parseBigtableURL(raw string) (project, instance, table string, err error) {
-	const want = "want bigtable://PROJECT/INSTANCE/TABLE"
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok || !strings.EqualFold(scheme, "bigtable") {
-		return "", "", "", fmt.Errorf("store URL %q: %s", raw, want)
+const wantURL = "want bigtable://PROJECT/INSTANCE/TABLE"
+
+// splitURL takes PROJECT, INSTANCE and TABLE from a parsed URL, naming the part that is
+// missing.
+func splitURL(u writers.URL) (project, instance, table string, err error) {
+	if u.Scheme != "bigtable" {
+		return "", "", "", fmt.Errorf("store URL %q: %s", u.Redacted(), wantURL)
 	}
-	parts := strings.Split(rest, "/")
-	if len(parts) > 3 {
-		return "", "", "", fmt.Errorf("store URL %q: too many path parts: %s", raw, want)
+	parts, problem := urlParts(u.Hosts, u.Path)
+	if problem != "" {
+		return "", "", "", fmt.Errorf("store URL %q: %s: %s", u.Redacted(), problem, wantURL)
 	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+// urlParts returns PROJECT, INSTANCE and TABLE from the hosts and path of a URL, or says
+// what is wrong with them: "missing INSTANCE".
+func urlParts(hosts []string, path string) (parts []string, problem string) {
+	if len(hosts) > 1 {
+		return nil, "several projects"
+	}
+	rest := strings.Split(path, "/")
+	if len(rest) > 2 {
+		return nil, "too many path parts"
+	}
+	parts = append(append(parts, hosts...), rest...)
 	for len(parts) < 3 {
 		parts = append(parts, "")
 	}
 	for i, name := range []string{"PROJECT", "INSTANCE", "TABLE"} {
 		if parts[i] == "" {
-			return "", "", "", fmt.Errorf("store URL %q: missing %s: %s", raw, name, want)
+			return nil, "missing " + name
 		}
 	}
-	return parts[0], parts[1], parts[2], nil
+	return parts, ""
+}
+
+// missingPart names what a bigtable: URL that writers.ParseURL refused lacks ("missing
+// INSTANCE"), which ParseURL does not say; "" when it cannot tell. It takes the URL apart
+// only for this message: what is opened is always what ParseURL returned.
+func missingPart(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok || !strings.EqualFold(scheme, "bigtable") {
+		return ""
+	}
+	head := rest
+	if i := strings.IndexByte(head, '?'); i >= 0 {
+		head = head[:i]
+	}
+	if i := strings.LastIndexByte(head, '@'); i >= 0 {
+		rest = rest[i+1:] // past the userinfo, which is never shown
+	}
+	authority, path, _ := strings.Cut(rest, "/")
+	_, problem := urlParts(strings.Split(authority, ","), path)
+	return problem
 }
 
 // ensureTable creates the table and the column family when they are missing.
-func (b *Bigtable) ensureTable(ctx context.Context) error {
-	family := bigtable.Family{GCPolicy: bigtable.MaxVersionsPolicy(1)}
-	info, err := b.admin.TableInfo(ctx, b.tableID)
+func (d *Driver) ensureTable(ctx context.Context) error {
+	family := bt.Family{GCPolicy: bt.MaxVersionsPolicy(1)}
+	info, err := d.admin.TableInfo(ctx, d.tableID)
 	switch status.Code(err) {
 	case codes.OK:
 		for _, f := range info.FamilyInfos {
@@ -189,61 +256,56 @@ func (b *Bigtable) ensureTable(ctx context.Context) error {
 				return nil
 			}
 		}
-		err := b.admin.CreateColumnFamilyWithConfig(ctx, b.tableID, btFamily, family)
+		err := d.admin.CreateColumnFamilyWithConfig(ctx, d.tableID, btFamily, family)
 		if err != nil && status.Code(err) != codes.AlreadyExists {
 			return fmt.Errorf("table %s has no column family %q and it could not be created: create it with "+
 				"cbt -project %s -instance %s createfamily %s %s && cbt -project %s -instance %s setgcpolicy %s %s maxversions=1: %w",
-				b.tableID, btFamily, b.project, b.instance, b.tableID, btFamily, b.project, b.instance, b.tableID, btFamily, err)
+				d.tableID, btFamily, d.project, d.instance, d.tableID, btFamily, d.project, d.instance, d.tableID, btFamily, err)
 		}
 		return nil
 	case codes.NotFound:
-		conf := &bigtable.TableConf{TableID: b.tableID, ColumnFamilies: map[string]bigtable.Family{btFamily: family}}
-		err := b.admin.CreateTableFromConf(ctx, conf)
+		conf := &bt.TableConf{TableID: d.tableID, ColumnFamilies: map[string]bt.Family{btFamily: family}}
+		err := d.admin.CreateTableFromConf(ctx, conf)
 		if status.Code(err) == codes.AlreadyExists {
-			return b.ensureTable(ctx) // created concurrently; check its family
+			return d.ensureTable(ctx) // created concurrently; check its family
 		}
 		if err != nil {
 			return fmt.Errorf("table %s does not exist and it could not be created: create it with "+
 				"cbt -project %s -instance %s createtable %s families=%s:maxversions=1: %w",
-				b.tableID, b.project, b.instance, b.tableID, btFamily, err)
+				d.tableID, d.project, d.instance, d.tableID, btFamily, err)
 		}
 		return nil
 	case codes.PermissionDenied:
 		// Data-only credentials cannot inspect the table: check that it answers reads.
-		_, rerr := b.tbl.ReadRow(ctx, btPointerKey("-"))
+		_, rerr := d.tbl.ReadRow(ctx, btPointerKey("-"))
 		if status.Code(rerr) == codes.NotFound {
 			return fmt.Errorf("table %s does not exist and these credentials cannot create it: create it with "+
 				"cbt -project %s -instance %s createtable %s families=%s:maxversions=1",
-				b.tableID, b.project, b.instance, b.tableID, btFamily)
+				d.tableID, d.project, d.instance, d.tableID, btFamily)
 		}
 		if rerr != nil {
-			return fmt.Errorf("table %s: %w", b.tableID, rerr)
+			return fmt.Errorf("table %s: %w", d.tableID, rerr)
 		}
 		return nil
 	default:
-		return fmt.Errorf("table %s: %w", b.tableID, err)
+		return fmt.Errorf("table %s: %w", d.tableID, err)
 	}
 }
 
 // Table is the Bigtable table the store lives in.
-func (b *Bigtable) Table() string { return b.tableID }
+func (d *Driver) Table() string { return d.tableID }
 
-// WriteRows implements Store; see Bigtable for how a batch is split and sent.
-func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows) error {
-	if err := validateRows(ns, version, rows); err != nil {
+// Describe implements writers.Describer: "bigtable PROJECT/INSTANCE/TABLE".
+func (d *Driver) Describe() string {
+	return "bigtable " + d.project + "/" + d.instance + "/" + d.tableID
+}
+
+// WriteRows implements writers.Driver; see Driver for how a batch is split and sent.
+func (d *Driver) WriteRows(ctx context.Context, ns, version string, rows writers.Rows) error {
+	d.catalog.RLock()
+	defer d.catalog.RUnlock()
+	if err := d.checkWriting(ctx, ns, version); err != nil {
 		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
-	}
-
-	b.catalog.RLock()
-	defer b.catalog.RUnlock()
-	if b.closed.Load() {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, errClosed)
-	}
-	if err := b.checkWriting(ctx, ns, version); err != nil {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
 	}
 
 	// Keep only the last occurrence of each key: ApplyBulk applies entries in any order.
@@ -258,13 +320,13 @@ func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows)
 		idx = append(idx, i)
 	}
 
-	per := b.MutationsPerRequest
+	per := d.MutationsPerRequest
 	if per <= 0 {
-		per = DefaultBigtableMutationsPerRequest
+		per = DefaultMutationsPerRequest
 	}
-	inFlight := b.MaxInFlight
+	inFlight := d.MaxInFlight
 	if inFlight <= 0 {
-		inFlight = DefaultBigtableMaxInFlight
+		inFlight = DefaultMaxInFlight
 	}
 	prefix := btDataPrefix(ns, version)
 	g, gctx := errgroup.WithContext(ctx)
@@ -274,14 +336,14 @@ func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows)
 		chunk := idx[start:min(start+per, len(idx))]
 		g.Go(func() error {
 			keys := make([]string, len(chunk))
-			muts := make([]*bigtable.Mutation, len(chunk))
+			muts := make([]*bt.Mutation, len(chunk))
 			for j, i := range chunk {
 				keys[j] = prefix + string(rows.Keys[i])
-				m := bigtable.NewMutation()
+				m := bt.NewMutation()
 				m.Set(btFamily, btColValue, btCellTime, rows.Values[i])
 				muts[j] = m
 			}
-			errs, err := b.tbl.ApplyBulk(gctx, keys, muts)
+			errs, err := d.tbl.ApplyBulk(gctx, keys, muts)
 			if err != nil {
 				return err
 			}
@@ -297,103 +359,53 @@ func (b *Bigtable) WriteRows(ctx context.Context, ns, version string, rows Rows)
 	if err == nil && start < len(idx) {
 		err = context.Cause(gctx) // stopped before every request was sent
 	}
-	if err != nil {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
-	}
-	return nil
+	return err
 }
 
 // checkWriting returns nil if the manifest of ns/version is in state writing.
-func (b *Bigtable) checkWriting(ctx context.Context, ns, version string) error {
-	return b.writing.check(ctx, ns, version, func(ctx context.Context) (*Manifest, error) {
-		return b.manifest(ctx, ns, version)
+func (d *Driver) checkWriting(ctx context.Context, ns, version string) error {
+	return d.writing.Check(ctx, ns, version, func(ctx context.Context) (*writers.Manifest, error) {
+		return d.manifest(ctx, ns, version)
 	})
 }
 
-func (b *Bigtable) forgetWriting(ns, version string) { b.writing.forget(ns, version) }
-
-// Get implements Store. The returned slice is the caller's.
-func (b *Bigtable) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
-	if err := ValidateKey(key); err != nil {
-		return nil, fmt.Errorf("get %s/%s: %w", ns, version, err)
-	}
-	if b.closed.Load() {
-		return nil, fmt.Errorf("get %s/%s: %w", ns, version, errClosed)
-	}
-	v, err := b.readValue(ctx, btDataPrefix(ns, version)+string(key))
-	if err != nil {
-		return nil, fmt.Errorf("get %s/%s key %q: %w", ns, version, key, err)
-	}
-	return v, nil
+// Get implements writers.Driver. The returned slice is the caller's.
+func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
+	return d.readValue(ctx, btDataPrefix(ns, version)+string(key))
 }
 
-// CountKeys implements Store with a prefix scan that returns row keys only.
-func (b *Bigtable) CountKeys(ctx context.Context, ns, version string) (int64, error) {
-	if err := validateNV(ns, version); err != nil {
-		return 0, fmt.Errorf("count keys: %w", err)
-	}
-	if b.closed.Load() {
-		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, errClosed)
-	}
+// CountKeys implements writers.Driver with a prefix scan that returns row keys only.
+func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
 	var n int64
-	err := b.tbl.ReadRows(ctx, bigtable.PrefixRange(btDataPrefix(ns, version)),
-		func(bigtable.Row) bool { n++; return true },
-		bigtable.RowFilter(bigtable.ChainFilters(bigtable.CellsPerRowLimitFilter(1), bigtable.StripValueFilter())))
+	err := d.tbl.ReadRows(ctx, bt.PrefixRange(btDataPrefix(ns, version)),
+		func(bt.Row) bool { n++; return true },
+		bt.RowFilter(bt.ChainFilters(bt.CellsPerRowLimitFilter(1), bt.StripValueFilter())))
 	if err != nil {
-		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
+		return 0, err
 	}
 	return n, nil
 }
 
-// PutManifest implements Store.
-func (b *Bigtable) PutManifest(ctx context.Context, m *Manifest) error {
-	data, err := manifestJSON(m)
-	if err != nil {
-		return err
-	}
-	b.catalog.Lock()
-	defer b.catalog.Unlock()
-	if b.closed.Load() {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, errClosed)
-	}
-	b.forgetWriting(m.Namespace, m.Version)
-	if err := b.setValue(ctx, btManifestKey(m.Namespace, m.Version), data); err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
-	}
-	return nil
+// PutManifest implements writers.Driver.
+func (d *Driver) PutManifest(ctx context.Context, m *writers.Manifest, data []byte) error {
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	d.writing.Forget(m.Namespace, m.Version)
+	return d.setValue(ctx, btManifestKey(m.Namespace, m.Version), data)
 }
 
-// Manifest implements Store.
-func (b *Bigtable) Manifest(ctx context.Context, ns, version string) (*Manifest, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
-	}
-	if b.closed.Load() {
-		return nil, fmt.Errorf("manifest %s/%s: %w", ns, version, errClosed)
-	}
-	m, err := b.manifest(ctx, ns, version)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s/%s: %w", ns, version, err)
-	}
-	return m, nil
+// Manifest implements writers.Driver.
+func (d *Driver) Manifest(ctx context.Context, ns, version string) (*writers.Manifest, error) {
+	return d.manifest(ctx, ns, version)
 }
 
-// Manifests implements Store.
-func (b *Bigtable) Manifests(ctx context.Context, ns string) ([]*Manifest, error) {
-	if err := ValidateNamespace(ns); err != nil {
-		return nil, fmt.Errorf("manifests: %w", err)
-	}
-	if b.closed.Load() {
-		return nil, fmt.Errorf("manifests %s: %w", ns, errClosed)
-	}
+// Manifests implements writers.Driver.
+func (d *Driver) Manifests(ctx context.Context, ns string) ([]*writers.Manifest, error) {
 	prefix := btManifestPrefix(ns)
-	var ms []*Manifest
+	var ms []*writers.Manifest
 	var derr error
-	err := b.tbl.ReadRows(ctx, bigtable.PrefixRange(prefix), func(r bigtable.Row) bool {
-		m := new(Manifest)
+	err := d.tbl.ReadRows(ctx, bt.PrefixRange(prefix), func(r bt.Row) bool {
+		m := new(writers.Manifest)
 		if err := json.Unmarshal(btValue(r), m); err != nil {
 			derr = fmt.Errorf("decode %q: %w", r.Key()[len(prefix):], err)
 			return false
@@ -402,229 +414,183 @@ func (b *Bigtable) Manifests(ctx context.Context, ns string) ([]*Manifest, error
 		return true
 	}, btValueFilter())
 	if err := errors.Join(err, derr); err != nil {
-		return nil, fmt.Errorf("manifests %s: %w", ns, err)
+		return nil, err
 	}
-	SortManifests(ms)
 	return ms, nil
 }
 
-// DeleteVersion implements Store; see Bigtable for how it guards against a racing flip.
-// The manifest is retired before the rows are dropped, so a DeleteVersion that failed
-// half-way is finished by calling it again.
-func (b *Bigtable) DeleteVersion(ctx context.Context, ns, version string) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("delete version: %w", err)
+// DeleteVersion implements writers.Driver; see Driver for how it guards against a racing
+// flip. The manifest is retired before the rows are dropped, so a DeleteVersion that
+// failed half-way is finished by calling it again.
+func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	d.writing.Forget(ns, version)
+	if err := d.refuseLive(ctx, ns, version); err != nil {
+		return err
 	}
-	b.catalog.Lock()
-	defer b.catalog.Unlock()
-	if b.closed.Load() {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, errClosed)
-	}
-	b.forgetWriting(ns, version)
-	if err := b.refuseLive(ctx, ns, version); err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
-	}
-	m, err := b.manifest(ctx, ns, version)
+	m, err := d.manifest(ctx, ns, version)
 	if err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+		return err
 	}
 	was := m.State
-	if was != StateRetired {
-		m.State = StateRetired
-		if err := b.putManifest(ctx, m); err != nil {
-			return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+	if was != writers.StateRetired {
+		m.State = writers.StateRetired
+		if err := d.putManifest(ctx, m); err != nil {
+			return err
 		}
-		if err := b.refuseLive(ctx, ns, version); err != nil {
+		if err := d.refuseLive(ctx, ns, version); err != nil {
 			// A flip won the race: give the version its state back.
 			m.State = was
-			if perr := b.putManifest(ctx, m); perr != nil {
+			if perr := d.putManifest(ctx, m); perr != nil {
 				err = errors.Join(err, fmt.Errorf("restore state %s: %w", was, perr))
 			}
-			return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+			return err
 		}
 	}
-	for _, prefix := range []string{btDataPrefix(ns, version), btShardPrefix(ns, version)} {
-		if err := b.admin.DropRowRange(ctx, b.tableID, prefix); err != nil {
-			return fmt.Errorf("delete version %s/%s: drop rows %q (needs Bigtable admin rights on table %s): %w",
-				ns, version, prefix, b.tableID, err)
+	for _, prefix := range []string{btDataPrefix(ns, version), btCommitPrefix(ns, version)} {
+		if err := d.admin.DropRowRange(ctx, d.tableID, prefix); err != nil {
+			return fmt.Errorf("drop rows %q (needs Bigtable admin rights on table %s): %w", prefix, d.tableID, err)
 		}
 	}
 	return nil
 }
 
 // refuseLive returns ErrConflict if version is the live version of ns.
-func (b *Bigtable) refuseLive(ctx context.Context, ns, version string) error {
-	live, err := b.live(ctx, ns)
+func (d *Driver) refuseLive(ctx context.Context, ns, version string) error {
+	live, err := d.live(ctx, ns)
 	if err != nil {
 		return err
 	}
 	if live == version {
-		return fmt.Errorf("%w: it is the live version", ErrConflict)
+		return fmt.Errorf("%w: it is the live version", writers.ErrConflict)
 	}
 	return nil
 }
 
-// Live implements Store.
-func (b *Bigtable) Live(ctx context.Context, ns string) (string, error) {
-	if err := ValidateNamespace(ns); err != nil {
-		return "", fmt.Errorf("live: %w", err)
-	}
-	if b.closed.Load() {
-		return "", fmt.Errorf("live %s: %w", ns, errClosed)
-	}
-	v, err := b.live(ctx, ns)
-	if err != nil {
-		return "", fmt.Errorf("live %s: %w", ns, err)
-	}
-	return v, nil
+// Live implements writers.Driver.
+func (d *Driver) Live(ctx context.Context, ns string) (string, error) {
+	return d.live(ctx, ns)
 }
 
-// SwapLive implements Store with one CheckAndMutateRow on the pointer row; see Bigtable.
-func (b *Bigtable) SwapLive(ctx context.Context, ns, old, next string) error {
-	if err := validateSwap(ns, old, next); err != nil {
+// SwapLive implements writers.Driver with one CheckAndMutateRow on the pointer row; see
+// Driver.
+func (d *Driver) SwapLive(ctx context.Context, ns, old, next string) error {
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	m, err := d.manifest(ctx, ns, next)
+	if err != nil {
 		return err
 	}
-	b.catalog.Lock()
-	defer b.catalog.Unlock()
-	if b.closed.Load() {
-		return fmt.Errorf("swap live %s: %w", ns, errClosed)
-	}
-	m, err := b.manifest(ctx, ns, next)
-	if err != nil {
-		return fmt.Errorf("swap live %s to %s: %w", ns, next, err)
-	}
-	if m.State != StateComplete {
-		return fmt.Errorf("swap live %s to %s: version is %s, only a complete version can be made live", ns, next, m.State)
+	if m.State != writers.StateComplete {
+		return fmt.Errorf("version is %s: %w", m.State, writers.ErrNotComplete)
 	}
 
-	set := bigtable.NewMutation()
+	set := bt.NewMutation()
 	set.Set(btFamily, btColValue, btCellTime, []byte(next))
-	var mut *bigtable.Mutation
+	var mut *bt.Mutation
 	if old == "" {
-		mut = bigtable.NewCondMutation(btColumnFilter(btColValue), nil, set) // set only if absent
+		mut = bt.NewCondMutation(btColumnFilter(btColValue), nil, set) // set only if absent
 	} else {
-		mut = bigtable.NewCondMutation(btExactFilter(btColValue, old), set, nil)
+		mut = bt.NewCondMutation(btExactFilter(btColValue, old), set, nil)
 	}
 	var matched bool
-	if err := b.tbl.Apply(ctx, btPointerKey(ns), mut, bigtable.GetCondMutationResult(&matched)); err != nil {
-		return fmt.Errorf("swap live %s to %s: %w", ns, next, err)
+	if err := d.tbl.Apply(ctx, btPointerKey(ns), mut, bt.GetCondMutationResult(&matched)); err != nil {
+		return err
 	}
 	if matched == (old == "") {
-		cur, err := b.live(ctx, ns)
+		cur, err := d.live(ctx, ns)
 		if err != nil {
-			return fmt.Errorf("swap live %s from %q to %q: %w", ns, old, next, ErrConflict)
+			return fmt.Errorf("from %q: %w", old, writers.ErrConflict)
 		}
-		return fmt.Errorf("swap live %s from %q to %q: %w: live is %q", ns, old, next, ErrConflict, cur)
+		return fmt.Errorf("from %q: %w: live is %q", old, writers.ErrConflict, cur)
 	}
 	return nil
 }
 
-// AcquireLease implements Store; see Bigtable for the takeover of an expired lease.
-func (b *Bigtable) AcquireLease(ctx context.Context, ns, holder string, ttl time.Duration) (Lease, error) {
-	if err := checkLeaseArgs(ns, holder, ttl); err != nil {
-		return Lease{}, fmt.Errorf("acquire lease: %w", err)
-	}
-	if b.closed.Load() {
-		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, errClosed)
-	}
+// AcquireLease implements writers.Driver; see Driver for the takeover of an expired lease.
+func (d *Driver) AcquireLease(ctx context.Context, ns, holder, token string, ttl time.Duration) (writers.Lease, error) {
 	// Each round either returns or lost a conditional write to another writer, which
 	// then holds an unexpired lease that the next read reports. More rounds only cover
-	// a holder that keeps releasing in between.
+	// a holder that keeps releasing in between. A lost round wrote nothing, so every
+	// round may use the same token.
 	for range 4 {
-		cur, ok, err := b.readLease(ctx, ns)
+		cur, ok, err := d.readLease(ctx, ns)
 		if err != nil {
-			return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
+			return writers.Lease{}, err
 		}
 		now := time.Now()
 		if ok && cur.Expires.After(now) {
-			return Lease{}, &LeaseHeldError{Namespace: ns, Holder: cur.Holder, Expires: cur.Expires}
+			return writers.Lease{}, &writers.LeaseHeldError{Namespace: ns, Holder: cur.Holder, Expires: cur.Expires}
 		}
-		token, err := randomToken()
-		if err != nil {
-			return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
-		}
-		l := Lease{Namespace: ns, Holder: holder, Token: token, Expires: now.Add(ttl).UTC()}
-		set := bigtable.NewMutation()
+		l := writers.Lease{Namespace: ns, Holder: holder, Token: token, Expires: now.Add(ttl).UTC()}
+		set := bt.NewMutation()
 		set.Set(btFamily, btColHolder, btCellTime, []byte(l.Holder))
 		set.Set(btFamily, btColToken, btCellTime, []byte(l.Token))
 		set.Set(btFamily, btColExpires, btCellTime, btExpires(l.Expires))
-		var mut *bigtable.Mutation
+		var mut *bt.Mutation
 		if ok {
 			// Expired: take it over only if it is still exactly the lease we read.
-			mut = bigtable.NewCondMutation(btLeaseIs(cur), set, nil)
+			mut = bt.NewCondMutation(btLeaseIs(cur), set, nil)
 		} else {
 			// Free: take it only if nobody took it since we read.
-			mut = bigtable.NewCondMutation(bigtable.PassAllFilter(), nil, set)
+			mut = bt.NewCondMutation(bt.PassAllFilter(), nil, set)
 		}
 		var matched bool
-		if err := b.tbl.Apply(ctx, btLeaseKey(ns), mut, bigtable.GetCondMutationResult(&matched)); err != nil {
-			return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
+		if err := d.tbl.Apply(ctx, btLeaseKey(ns), mut, bt.GetCondMutationResult(&matched)); err != nil {
+			return writers.Lease{}, err
 		}
 		if matched == ok {
 			return l, nil
 		}
 	}
-	return Lease{}, fmt.Errorf("acquire lease %s: %w: contended, try again", ns, ErrLeaseHeld)
+	return writers.Lease{}, fmt.Errorf("%w: contended, try again", writers.ErrLeaseHeld)
 }
 
-// RenewLease implements Store. As with Pebble and Redis, an expired lease is lost even
-// before anyone takes it over. The new expiry is written only if the row is still exactly
-// the unexpired lease that was read, so a renewal and a takeover never both succeed.
-func (b *Bigtable) RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
-	if err := checkLeaseArgs(l.Namespace, l.Holder, ttl); err != nil {
-		return Lease{}, fmt.Errorf("renew lease: %w", err)
-	}
-	if b.closed.Load() {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, errClosed)
-	}
-	lost := fmt.Errorf("renew lease %s of %s: %w", l.Namespace, l.Holder, ErrLeaseLost)
-	cur, ok, err := b.readLease(ctx, l.Namespace)
+// RenewLease implements writers.Driver. As with Pebble and Redis, an expired lease is
+// lost even before anyone takes it over. The new expiry is written only if the row is
+// still exactly the unexpired lease that was read, so a renewal and a takeover never both
+// succeed.
+func (d *Driver) RenewLease(ctx context.Context, l writers.Lease, ttl time.Duration) (writers.Lease, error) {
+	cur, ok, err := d.readLease(ctx, l.Namespace)
 	if err != nil {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, err)
+		return writers.Lease{}, err
 	}
 	now := time.Now()
 	if !ok || cur.Token != l.Token || !cur.Expires.After(now) {
-		return Lease{}, lost
+		return writers.Lease{}, writers.ErrLeaseLost
 	}
 	l.Expires = now.Add(ttl).UTC()
-	set := bigtable.NewMutation()
+	set := bt.NewMutation()
 	set.Set(btFamily, btColExpires, btCellTime, btExpires(l.Expires))
 	var matched bool
-	mut := bigtable.NewCondMutation(btLeaseIs(cur), set, nil)
-	if err := b.tbl.Apply(ctx, btLeaseKey(l.Namespace), mut, bigtable.GetCondMutationResult(&matched)); err != nil {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, err)
+	mut := bt.NewCondMutation(btLeaseIs(cur), set, nil)
+	if err := d.tbl.Apply(ctx, btLeaseKey(l.Namespace), mut, bt.GetCondMutationResult(&matched)); err != nil {
+		return writers.Lease{}, err
 	}
 	if !matched {
-		return Lease{}, lost
+		return writers.Lease{}, writers.ErrLeaseLost
 	}
 	return l, nil
 }
 
-// ReleaseLease implements Store: the lease row is deleted only if it still carries l's token.
-func (b *Bigtable) ReleaseLease(ctx context.Context, l Lease) error {
-	if err := ValidateNamespace(l.Namespace); err != nil {
-		return fmt.Errorf("release lease: %w", err)
-	}
-	if b.closed.Load() {
-		return fmt.Errorf("release lease %s: %w", l.Namespace, errClosed)
-	}
+// ReleaseLease implements writers.Driver: the lease row is deleted only if it still
+// carries l's token.
+func (d *Driver) ReleaseLease(ctx context.Context, l writers.Lease) error {
 	if l.Token == "" {
 		return nil
 	}
-	del := bigtable.NewMutation()
+	del := bt.NewMutation()
 	del.DeleteRow()
-	mut := bigtable.NewCondMutation(btExactFilter(btColToken, l.Token), del, nil)
-	if err := b.tbl.Apply(ctx, btLeaseKey(l.Namespace), mut); err != nil {
-		return fmt.Errorf("release lease %s: %w", l.Namespace, err)
-	}
-	return nil
+	mut := bt.NewCondMutation(btExactFilter(btColToken, l.Token), del, nil)
+	return d.tbl.Apply(ctx, btLeaseKey(l.Namespace), mut)
 }
 
 // readLease reads the lease row; ok is false when there is none.
-func (b *Bigtable) readLease(ctx context.Context, ns string) (l Lease, ok bool, err error) {
-	r, err := b.tbl.ReadRow(ctx, btLeaseKey(ns), bigtable.RowFilter(bigtable.LatestNFilter(1)))
+func (d *Driver) readLease(ctx context.Context, ns string) (l writers.Lease, ok bool, err error) {
+	r, err := d.tbl.ReadRow(ctx, btLeaseKey(ns), bt.RowFilter(bt.LatestNFilter(1)))
 	if err != nil {
-		return Lease{}, false, err
+		return writers.Lease{}, false, err
 	}
 	l.Namespace = ns
 	for _, it := range r[btFamily] {
@@ -635,12 +601,12 @@ func (b *Bigtable) readLease(ctx context.Context, ns string) (l Lease, ok bool, 
 			l.Token = string(it.Value)
 		case btColExpires:
 			if l.Expires, err = time.Parse(time.RFC3339Nano, string(it.Value)); err != nil {
-				return Lease{}, false, fmt.Errorf("decode lease expiry %q: %w", it.Value, err)
+				return writers.Lease{}, false, fmt.Errorf("decode lease expiry %q: %w", it.Value, err)
 			}
 		}
 	}
 	if len(r[btFamily]) > 0 && l.Token == "" {
-		return Lease{}, false, fmt.Errorf("lease row %q has no token: delete it by hand", btLeaseKey(ns))
+		return writers.Lease{}, false, fmt.Errorf("lease row %q has no token: delete it by hand", btLeaseKey(ns))
 	}
 	return l, l.Token != "", nil
 }
@@ -651,142 +617,108 @@ func btExpires(t time.Time) []byte { return []byte(t.UTC().Format(time.RFC3339Na
 // btLeaseIs matches the lease row only while it still carries both the token and the
 // expiry of l: a condition filter is the AND of two cell predicates, evaluated by
 // CheckAndMutateRow atomically with its mutation.
-func btLeaseIs(l Lease) bigtable.Filter {
-	return bigtable.ConditionFilter(
+func btLeaseIs(l writers.Lease) bt.Filter {
+	return bt.ConditionFilter(
 		btExactFilter(btColToken, l.Token),
 		btExactFilter(btColExpires, string(btExpires(l.Expires))),
 		nil)
 }
 
-// CommitShard implements Store: one row per shard, so concurrent commits of different
-// shards, from any process, touch different rows.
-func (b *Bigtable) CommitShard(ctx context.Context, ns, version string, s Shard) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("commit shard: %w", err)
-	}
-	if err := checkShardID(s.ID); err != nil {
-		return fmt.Errorf("commit shard %s/%s: %w", ns, version, err)
-	}
-	data, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("commit shard %s/%s %q: %w", ns, version, s.ID, err)
-	}
-	// Shared, like WriteRows: a shard row cannot slip in after DeleteVersion dropped them
+// CommitWork implements writers.Driver: one row per commit, so concurrent commits of
+// different work, from any process, touch different rows.
+func (d *Driver) CommitWork(ctx context.Context, ns, version string, c writers.Commit, data []byte) error {
+	// Shared, like WriteRows: a commit row cannot slip in after DeleteVersion dropped them
 	// (within this process).
-	b.catalog.RLock()
-	defer b.catalog.RUnlock()
-	if b.closed.Load() {
-		return fmt.Errorf("commit shard %s/%s: %w", ns, version, errClosed)
-	}
-	if err := b.setValue(ctx, btShardPrefix(ns, version)+s.ID, data); err != nil {
-		return fmt.Errorf("commit shard %s/%s %q: %w", ns, version, s.ID, err)
-	}
-	return nil
+	d.catalog.RLock()
+	defer d.catalog.RUnlock()
+	return d.setValue(ctx, btCommitPrefix(ns, version)+c.ID, data)
 }
 
-// Shards implements Store; row keys sort by shard id.
-func (b *Bigtable) Shards(ctx context.Context, ns, version string) ([]Shard, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("shards: %w", err)
-	}
-	if b.closed.Load() {
-		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, errClosed)
-	}
-	prefix := btShardPrefix(ns, version)
-	var out []Shard
+// Commits implements writers.Driver; row keys sort by commit id.
+func (d *Driver) Commits(ctx context.Context, ns, version string) ([]writers.Commit, error) {
+	prefix := btCommitPrefix(ns, version)
+	var out []writers.Commit
 	var derr error
-	err := b.tbl.ReadRows(ctx, bigtable.PrefixRange(prefix), func(r bigtable.Row) bool {
-		var s Shard
-		if err := json.Unmarshal(btValue(r), &s); err != nil {
-			derr = fmt.Errorf("decode shard %q: %w", r.Key()[len(prefix):], err)
+	err := d.tbl.ReadRows(ctx, bt.PrefixRange(prefix), func(r bt.Row) bool {
+		var c writers.Commit
+		if err := json.Unmarshal(btValue(r), &c); err != nil {
+			derr = fmt.Errorf("decode commit %q: %w", r.Key()[len(prefix):], err)
 			return false
 		}
-		out = append(out, s)
+		out = append(out, c)
 		return true
 	}, btValueFilter())
 	if err := errors.Join(err, derr); err != nil {
-		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, err)
+		return nil, err
 	}
 	return out, nil
 }
 
-// Close implements Store. It waits for writes and catalog changes in flight; calling it
-// again is a no-op.
-func (b *Bigtable) Close() error {
-	b.catalog.Lock()
-	defer b.catalog.Unlock()
-	if b.closed.Swap(true) {
-		return nil
-	}
-	if err := b.closeClients(); err != nil {
-		return fmt.Errorf("close bigtable store %s: %w", b.tableID, err)
-	}
-	return nil
+// Close implements writers.Driver: it closes the data and the admin client.
+func (d *Driver) Close() error {
+	return errors.Join(d.client.Close(), d.admin.Close())
 }
 
-func (b *Bigtable) closeClients() error {
-	return errors.Join(b.client.Close(), b.admin.Close())
-}
-
-// manifest reads a manifest; the caller has validated ns and version.
-func (b *Bigtable) manifest(ctx context.Context, ns, version string) (*Manifest, error) {
-	data, err := b.readValue(ctx, btManifestKey(ns, version))
+// manifest reads a manifest.
+func (d *Driver) manifest(ctx context.Context, ns, version string) (*writers.Manifest, error) {
+	data, err := d.readValue(ctx, btManifestKey(ns, version))
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("version %s: %w", version, ErrNotFound)
+		if errors.Is(err, writers.ErrNotFound) {
+			return nil, fmt.Errorf("version %s: %w", version, writers.ErrNotFound)
 		}
 		return nil, err
 	}
-	m := new(Manifest)
+	m := new(writers.Manifest)
 	if err := json.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("decode manifest: %w", err)
 	}
 	return m, nil
 }
 
-func (b *Bigtable) putManifest(ctx context.Context, m *Manifest) error {
+// putManifest writes a manifest that the driver changed itself (DeleteVersion).
+func (d *Driver) putManifest(ctx context.Context, m *writers.Manifest) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return b.setValue(ctx, btManifestKey(m.Namespace, m.Version), data)
+	return d.setValue(ctx, btManifestKey(m.Namespace, m.Version), data)
 }
 
 // live reads the live pointer, "" when there is none.
-func (b *Bigtable) live(ctx context.Context, ns string) (string, error) {
-	v, err := b.readValue(ctx, btPointerKey(ns))
-	if errors.Is(err, ErrNotFound) {
+func (d *Driver) live(ctx context.Context, ns string) (string, error) {
+	v, err := d.readValue(ctx, btPointerKey(ns))
+	if errors.Is(err, writers.ErrNotFound) {
 		return "", nil
 	}
 	return string(v), err
 }
 
 // readValue reads the value cell of a row, ErrNotFound when the row has none.
-func (b *Bigtable) readValue(ctx context.Context, row string) ([]byte, error) {
-	r, err := b.tbl.ReadRow(ctx, row, btValueFilter())
+func (d *Driver) readValue(ctx context.Context, row string) ([]byte, error) {
+	r, err := d.tbl.ReadRow(ctx, row, btValueFilter())
 	if err != nil {
 		return nil, err
 	}
 	if len(r[btFamily]) == 0 {
-		return nil, ErrNotFound
+		return nil, writers.ErrNotFound
 	}
 	return btValue(r), nil
 }
 
 // setValue writes the value cell of a row.
-func (b *Bigtable) setValue(ctx context.Context, row string, value []byte) error {
-	m := bigtable.NewMutation()
+func (d *Driver) setValue(ctx context.Context, row string, value []byte) error {
+	m := bt.NewMutation()
 	m.Set(btFamily, btColValue, btCellTime, value)
-	return b.tbl.Apply(ctx, row, m)
+	return d.tbl.Apply(ctx, row, m)
 }
 
 // btValueFilter reads the newest value cell of a row only.
-func btValueFilter() bigtable.ReadOption {
-	return bigtable.RowFilter(bigtable.ChainFilters(btColumnFilter(btColValue), bigtable.LatestNFilter(1)))
+func btValueFilter() bt.ReadOption {
+	return bt.RowFilter(bt.ChainFilters(btColumnFilter(btColValue), bt.LatestNFilter(1)))
 }
 
 // btValue is the value cell of a row read with btValueFilter, never nil.
-func btValue(r bigtable.Row) []byte {
+func btValue(r bt.Row) []byte {
 	items := r[btFamily]
 	if len(items) == 0 || items[0].Value == nil {
 		return []byte{}
@@ -795,22 +727,22 @@ func btValue(r bigtable.Row) []byte {
 }
 
 // btColumnFilter matches the cells of one column of the store's family.
-func btColumnFilter(column string) bigtable.Filter {
-	return bigtable.ChainFilters(
-		bigtable.FamilyFilter("^"+btFamily+"$"),
-		bigtable.ColumnFilter("^"+regexp.QuoteMeta(column)+"$"))
+func btColumnFilter(column string) bt.Filter {
+	return bt.ChainFilters(
+		bt.FamilyFilter("^"+btFamily+"$"),
+		bt.ColumnFilter("^"+regexp.QuoteMeta(column)+"$"))
 }
 
 // btExactFilter matches the newest cell of column if its value is exactly value. Bigtable
 // regular expressions are RE2 over bytes; value is always ASCII here (version ids, tokens).
-func btExactFilter(column, value string) bigtable.Filter {
-	return bigtable.ChainFilters(btColumnFilter(column), bigtable.LatestNFilter(1),
-		bigtable.ValueFilter("^"+regexp.QuoteMeta(value)+"$"))
+func btExactFilter(column, value string) bt.Filter {
+	return bt.ChainFilters(btColumnFilter(column), bt.LatestNFilter(1),
+		bt.ValueFilter("^"+regexp.QuoteMeta(value)+"$"))
 }
 
-func btDataPrefix(ns, version string) string  { return "d#" + ns + "#" + version + "#" }
-func btManifestPrefix(ns string) string       { return "m#" + ns + "#" }
-func btManifestKey(ns, version string) string { return btManifestPrefix(ns) + version }
-func btPointerKey(ns string) string           { return "p#" + ns }
-func btLeaseKey(ns string) string             { return "l#" + ns }
-func btShardPrefix(ns, version string) string { return "s#" + ns + "#" + version + "#" }
+func btDataPrefix(ns, version string) string   { return "d#" + ns + "#" + version + "#" }
+func btManifestPrefix(ns string) string        { return "m#" + ns + "#" }
+func btManifestKey(ns, version string) string  { return btManifestPrefix(ns) + version }
+func btPointerKey(ns string) string            { return "p#" + ns }
+func btLeaseKey(ns string) string              { return "l#" + ns }
+func btCommitPrefix(ns, version string) string { return "s#" + ns + "#" + version + "#" }

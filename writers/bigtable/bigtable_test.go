@@ -1,22 +1,24 @@
-package writers_test
+package bigtable_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"cloud.google.com/go/bigtable"
+	bt "cloud.google.com/go/bigtable"
 	"cloud.google.com/go/bigtable/bttest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/bigtable"
 	"github.com/staticref/staticref/writers/storetest"
 )
 
@@ -35,19 +37,29 @@ func startEmulator(tb testing.TB, opts ...grpc.ServerOption) {
 var btTables atomic.Int64
 
 // openBigtable opens a store on a fresh table of the running emulator.
-func openBigtable(tb testing.TB) *writers.Bigtable {
+func openBigtable(tb testing.TB) *writers.Store {
 	tb.Helper()
 	url := fmt.Sprintf("bigtable://proj/inst/t%d", btTables.Add(1))
-	s, err := writers.OpenBigtable(context.Background(), url)
+	s, err := bigtable.Open(context.Background(), url)
 	if err != nil {
-		tb.Fatalf("OpenBigtable(%s): %v", url, err)
+		tb.Fatalf("bigtable.Open(%s): %v", url, err)
 	}
 	return s
 }
 
+// driver is the Bigtable driver beneath s, for its tuning fields.
+func driver(tb testing.TB, s *writers.Store) *bigtable.Driver {
+	tb.Helper()
+	d, ok := s.Driver().(*bigtable.Driver)
+	if !ok {
+		tb.Fatalf("driver is %T, want *bigtable.Driver", s.Driver())
+	}
+	return d
+}
+
 func TestBigtableConformance(t *testing.T) {
 	startEmulator(t)
-	storetest.Run(t, func(t *testing.T) writers.Store {
+	storetest.Run(t, func(t *testing.T) *writers.Store {
 		// Through Open, so the URL scheme is wired as users reach it.
 		url := fmt.Sprintf("bigtable://proj/inst/conformance%d", btTables.Add(1))
 		s, err := writers.Open(context.Background(), url)
@@ -69,26 +81,122 @@ func TestBigtableURLNamesTheMissingPart(t *testing.T) {
 		{"bigtable://proj/inst", "missing TABLE"},
 		{"bigtable://proj/inst/", "missing TABLE"},
 		{"bigtable://proj/inst/table/extra", "too many path parts"},
+		{"bigtable://user:pw@proj/inst", "missing TABLE"},
+		{"bigtable://user:pw@/inst/table", "missing PROJECT"},
+		{"bigtable://a,b/inst/table", "several projects"},
 		{"redis://proj/inst/table", "want bigtable://PROJECT/INSTANCE/TABLE"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.url+" is refused", func(t *testing.T) {
-			s, err := writers.OpenBigtable(context.Background(), tc.url)
+			s, err := bigtable.Open(context.Background(), tc.url)
 			if err == nil {
 				s.Close()
-				t.Fatal("OpenBigtable succeeded, want an error")
+				t.Fatal("bigtable.Open succeeded, want an error")
 			}
 			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("OpenBigtable error = %q, want it to contain %q", err, tc.want)
+				t.Errorf("bigtable.Open error = %q, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestBigtableURLsNeverShowTheirPassword(t *testing.T) {
+	// Bigtable takes no password from its URL, but a URL may carry one by mistake (or be
+	// a redis URL pasted into the wrong flag): no message may show it.
+	const secret = "s3cr3t-pw"
+	opens := []struct {
+		name string
+		open func(ctx context.Context, url string) (*writers.Store, error)
+	}{
+		{"bigtable.Open", func(ctx context.Context, url string) (*writers.Store, error) { return bigtable.Open(ctx, url) }},
+		{"writers.Open", writers.Open},
+		{"writers.OpenExisting", writers.OpenExisting},
+	}
+	bad := []struct{ url, want string }{
+		{"bigtable://user:" + secret + "@proj/inst", "bigtable://user:xxxxx@proj/inst"},
+		{"bigtable://user:" + secret + "@/inst/table", "bigtable://user:xxxxx@/inst/table"},
+		{"bigtable://user:" + secret + "@proj//table", "bigtable://user:xxxxx@proj//table"},
+		{"bigtable://user:" + secret + "@proj/inst/table/extra", "bigtable://user:xxxxx@proj/inst/table/extra"},
+		{"bigtable://user:" + secret + "@a,b/inst/table", "bigtable://user:xxxxx@a,b/inst/table"},
+	}
+	for _, o := range opens {
+		for _, tc := range bad {
+			t.Run(o.name+" of "+strings.ReplaceAll(tc.url, secret, "SECRET")+" names it without the password", func(t *testing.T) {
+				s, err := o.open(context.Background(), tc.url)
+				if err == nil {
+					s.Close()
+					t.Fatal("open succeeded, want an error")
+				}
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error = %q shows the password", err)
+				}
+				if !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("error = %q, want it to contain %q", err, tc.want)
+				}
+			})
+		}
+	}
+
+	t.Run("a store that does not answer is named without the password", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close() // nothing listens there now
+		t.Setenv("BIGTABLE_EMULATOR_HOST", addr)
+		const url = "bigtable://user:" + secret + "@proj/inst/table"
+		for _, o := range opens {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s, err := o.open(ctx, url)
+			cancel()
+			if err == nil {
+				s.Close()
+				t.Fatalf("%s(%s) succeeded with nothing listening, want an error", o.name, addr)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s error = %q shows the password", o.name, err)
+			}
+			if want := "bigtable://user:xxxxx@proj/inst/table"; !strings.Contains(err.Error(), want) {
+				t.Errorf("%s error = %q, want it to name %s", o.name, err, want)
+			}
+		}
+	})
+
+	t.Run("an open store is described without the password", func(t *testing.T) {
+		startEmulator(t)
+		s, err := bigtable.Open(context.Background(), "bigtable://user:"+secret+"@proj/inst/described")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for _, got := range []string{s.String(), fmt.Sprint(s.URL())} {
+			if strings.Contains(got, secret) {
+				t.Errorf("store shows as %q, with the password", got)
+			}
+		}
+	})
+}
+
+func TestBigtableDescribesItsTable(t *testing.T) {
+	startEmulator(t)
+	s, err := writers.Open(context.Background(), "bigtable://proj/inst/mytable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, want := s.String(), "bigtable proj/inst/mytable"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	if got := driver(t, s).Table(); got != "mytable" {
+		t.Errorf("Table() = %q, want mytable", got)
 	}
 }
 
 func TestBigtableCreatesTableAndFamily(t *testing.T) {
 	startEmulator(t)
 	ctx := context.Background()
-	admin, err := bigtable.NewAdminClient(ctx, "proj", "inst")
+	admin, err := bt.NewAdminClient(ctx, "proj", "inst")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,18 +204,18 @@ func TestBigtableCreatesTableAndFamily(t *testing.T) {
 	if err := admin.CreateTable(ctx, "nofamily"); err != nil {
 		t.Fatal(err)
 	}
-	if err := admin.CreateTableFromConf(ctx, &bigtable.TableConf{
+	if err := admin.CreateTableFromConf(ctx, &bt.TableConf{
 		TableID:        "ready",
-		ColumnFamilies: map[string]bigtable.Family{"p": {GCPolicy: bigtable.MaxVersionsPolicy(1)}},
+		ColumnFamilies: map[string]bt.Family{"p": {GCPolicy: bt.MaxVersionsPolicy(1)}},
 	}); err != nil {
 		t.Fatal(err)
 	}
 
 	for _, table := range []string{"missing", "nofamily", "ready"} {
 		t.Run("a table that is "+table+" ends up with family p keeping one version", func(t *testing.T) {
-			s, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/"+table)
+			s, err := bigtable.Open(ctx, "bigtable://proj/inst/"+table)
 			if err != nil {
-				t.Fatalf("OpenBigtable: %v", err)
+				t.Fatalf("bigtable.Open: %v", err)
 			}
 			defer s.Close()
 			info, err := admin.TableInfo(ctx, table)
@@ -127,9 +235,9 @@ func TestBigtableCreatesTableAndFamily(t *testing.T) {
 				t.Fatalf("PutManifest: %v", err)
 			}
 			// Opening it again finds everything in place.
-			s2, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/"+table)
+			s2, err := bigtable.Open(ctx, "bigtable://proj/inst/"+table)
 			if err != nil {
-				t.Fatalf("second OpenBigtable: %v", err)
+				t.Fatalf("second bigtable.Open: %v", err)
 			}
 			s2.Close()
 		})
@@ -140,7 +248,7 @@ func TestBigtableSaysWhatToCreateWhenCreationIsRefused(t *testing.T) {
 	const hint = "cbt -project proj -instance inst createtable t families=p:maxversions=1"
 	tests := []struct {
 		name    string
-		setup   *bigtable.TableConf // created before the admin calls are refused
+		setup   *bt.TableConf // created before the admin calls are refused
 		refused []string
 		want    string // in the error; "" for no error
 	}{
@@ -149,9 +257,9 @@ func TestBigtableSaysWhatToCreateWhenCreationIsRefused(t *testing.T) {
 		{"a missing table that may not even be inspected is an error that says what to create",
 			nil, []string{"GetTable", "CreateTable"}, hint},
 		{"a table without family p that may not be changed is an error that says what to create",
-			&bigtable.TableConf{TableID: "t"}, []string{"ModifyColumnFamilies"}, "createfamily t p"},
+			&bt.TableConf{TableID: "t"}, []string{"ModifyColumnFamilies"}, "createfamily t p"},
 		{"an existing table opens with data-only credentials",
-			&bigtable.TableConf{TableID: "t", ColumnFamilies: map[string]bigtable.Family{"p": {GCPolicy: bigtable.MaxVersionsPolicy(1)}}},
+			&bt.TableConf{TableID: "t", ColumnFamilies: map[string]bt.Family{"p": {GCPolicy: bt.MaxVersionsPolicy(1)}}},
 			[]string{"GetTable", "CreateTable", "ModifyColumnFamilies"}, ""},
 	}
 	for _, tc := range tests {
@@ -169,7 +277,7 @@ func TestBigtableSaysWhatToCreateWhenCreationIsRefused(t *testing.T) {
 			}))
 			ctx := context.Background()
 			if tc.setup != nil {
-				admin, err := bigtable.NewAdminClient(ctx, "proj", "inst")
+				admin, err := bt.NewAdminClient(ctx, "proj", "inst")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -179,22 +287,22 @@ func TestBigtableSaysWhatToCreateWhenCreationIsRefused(t *testing.T) {
 				}
 			}
 			refusing.Store(true)
-			s, err := writers.OpenBigtable(ctx, "bigtable://proj/inst/t")
+			s, err := bigtable.Open(ctx, "bigtable://proj/inst/t")
 			if tc.want == "" {
 				if err != nil {
-					t.Fatalf("OpenBigtable: %v", err)
+					t.Fatalf("bigtable.Open: %v", err)
 				}
 				s.Close()
 				return
 			}
 			if err == nil {
 				s.Close()
-				t.Fatal("OpenBigtable succeeded, want an error")
+				t.Fatal("bigtable.Open succeeded, want an error")
 			}
 			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("OpenBigtable error = %q, want it to contain %q", err, tc.want)
+				t.Errorf("bigtable.Open error = %q, want it to contain %q", err, tc.want)
 			}
-			t.Logf("OpenBigtable: %v", err)
+			t.Logf("bigtable.Open: %v", err)
 		})
 	}
 }
@@ -208,7 +316,7 @@ func rowsOf(n int, prefix string) writers.Rows {
 	return r
 }
 
-func mustCount(t *testing.T, s writers.Store, ns, version string, want int64) {
+func mustCount(t *testing.T, s *writers.Store, ns, version string, want int64) {
 	t.Helper()
 	got, err := s.CountKeys(context.Background(), ns, version)
 	if err != nil {
@@ -224,8 +332,9 @@ func TestBigtableDeleteVersionOf20kRows(t *testing.T) {
 	ctx := context.Background()
 	s := openBigtable(t)
 	defer s.Close()
-	s.MutationsPerRequest = 1500 // 14 requests, at most 4 at once
-	s.MaxInFlight = 4
+	d := driver(t, s)
+	d.MutationsPerRequest = 1500 // 14 requests, at most 4 at once
+	d.MaxInFlight = 4
 
 	cells := []struct {
 		ns, version string
@@ -238,7 +347,7 @@ func TestBigtableDeleteVersionOf20kRows(t *testing.T) {
 		if err := s.WriteRows(ctx, c.ns, c.version, rowsOf(c.rows, "k")); err != nil {
 			t.Fatalf("WriteRows(%s/%s): %v", c.ns, c.version, err)
 		}
-		if err := s.CommitShard(ctx, c.ns, c.version, writers.Shard{ID: "0", Rows: int64(c.rows)}); err != nil {
+		if err := s.CommitWork(ctx, c.ns, c.version, writers.Commit{ID: "0", Rows: int64(c.rows)}); err != nil {
 			t.Fatal(err)
 		}
 		mustCount(t, s, c.ns, c.version, int64(c.rows))
@@ -248,8 +357,8 @@ func TestBigtableDeleteVersionOf20kRows(t *testing.T) {
 		t.Fatalf("DeleteVersion(big/v1): %v", err)
 	}
 	mustCount(t, s, "big", "v1", 0)
-	if sh, err := s.Shards(ctx, "big", "v1"); err != nil || len(sh) != 0 {
-		t.Errorf("Shards(big/v1) after delete = %v, %v; want none", sh, err)
+	if sh, err := s.Commits(ctx, "big", "v1"); err != nil || len(sh) != 0 {
+		t.Errorf("Commits(big/v1) after delete = %v, %v; want none", sh, err)
 	}
 	if m, err := s.Manifest(ctx, "big", "v1"); err != nil || m.State != writers.StateRetired {
 		t.Errorf("Manifest(big/v1) = %v, %v; want state retired", m, err)
@@ -259,8 +368,8 @@ func TestBigtableDeleteVersionOf20kRows(t *testing.T) {
 		if v, err := s.Get(ctx, c.ns, c.version, []byte("k000099")); err != nil || string(v) != "value-99" {
 			t.Errorf("Get(%s/%s, k000099) = %q, %v; want value-99", c.ns, c.version, v, err)
 		}
-		if sh, err := s.Shards(ctx, c.ns, c.version); err != nil || len(sh) != 1 {
-			t.Errorf("Shards(%s/%s) = %v, %v; want one", c.ns, c.version, sh, err)
+		if sh, err := s.Commits(ctx, c.ns, c.version); err != nil || len(sh) != 1 {
+			t.Errorf("Commits(%s/%s) = %v, %v; want one", c.ns, c.version, sh, err)
 		}
 	}
 }
@@ -270,8 +379,9 @@ func TestBigtableWriteRowsInManyRequests(t *testing.T) {
 	ctx := context.Background()
 	s := openBigtable(t)
 	defer s.Close()
-	s.MutationsPerRequest = 7
-	s.MaxInFlight = 3
+	d := driver(t, s)
+	d.MutationsPerRequest = 7
+	d.MaxInFlight = 3
 
 	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}); err != nil {
 		t.Fatal(err)
@@ -405,7 +515,7 @@ func TestBigtableExpiredLeaseHasOneTaker(t *testing.T) {
 	}
 }
 
-func TestBigtableShards(t *testing.T) {
+func TestBigtableCommits(t *testing.T) {
 	startEmulator(t)
 	ctx := context.Background()
 	s := openBigtable(t)
@@ -415,19 +525,19 @@ func TestBigtableShards(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, id := range ids {
 		wg.Go(func() {
-			if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{ID: id, Rows: 1}); err != nil {
-				t.Errorf("CommitShard(%s): %v", id, err)
+			if err := s.CommitWork(ctx, "ns", "v1", writers.Commit{ID: id, Rows: 1}); err != nil {
+				t.Errorf("CommitWork(%s): %v", id, err)
 			}
 		})
 	}
 	wg.Wait()
-	if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{ID: "a", Rows: 42}); err != nil {
+	if err := s.CommitWork(ctx, "ns", "v1", writers.Commit{ID: "a", Rows: 42}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CommitShard(ctx, "ns", "v10", writers.Shard{ID: "z", Rows: 1}); err != nil {
+	if err := s.CommitWork(ctx, "ns", "v10", writers.Commit{ID: "z", Rows: 1}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Shards(ctx, "ns", "v1")
+	got, err := s.Commits(ctx, "ns", "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,10 +546,10 @@ func TestBigtableShards(t *testing.T) {
 		gotIDs = append(gotIDs, fmt.Sprintf("%s=%d", sh.ID, sh.Rows))
 	}
 	if want := "a=42 a/1=1 b#2=1 c:3=1 ü=1"; strings.Join(gotIDs, " ") != want {
-		t.Errorf("Shards = %s, want %s", strings.Join(gotIDs, " "), want)
+		t.Errorf("Commits = %s, want %s", strings.Join(gotIDs, " "), want)
 	}
-	if err := s.CommitShard(ctx, "ns", "v1", writers.Shard{}); !errors.Is(err, writers.ErrInvalid) {
-		t.Errorf("CommitShard(empty id) error = %v, want ErrInvalid", err)
+	if err := s.CommitWork(ctx, "ns", "v1", writers.Commit{}); !errors.Is(err, writers.ErrInvalid) {
+		t.Errorf("CommitWork(empty id) error = %v, want ErrInvalid", err)
 	}
 }
 
@@ -456,12 +566,13 @@ func BenchmarkBigtableWriteRows(b *testing.B) {
 		rows.Keys[i] = fmt.Appendf(nil, "user-%08d", i)
 		rows.Values[i] = val
 	}
-	for _, inFlight := range []int{1, writers.DefaultBigtableMaxInFlight} {
+	for _, inFlight := range []int{1, bigtable.DefaultMaxInFlight} {
 		b.Run(fmt.Sprintf("in_flight=%d", inFlight), func(b *testing.B) {
 			s := openBigtable(b)
 			defer s.Close()
-			s.MaxInFlight = inFlight
-			s.MutationsPerRequest = 2500 // four requests per batch
+			d := driver(b, s)
+			d.MaxInFlight = inFlight
+			d.MutationsPerRequest = 2500 // four requests per batch
 			if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting}); err != nil {
 				b.Fatal(err)
 			}

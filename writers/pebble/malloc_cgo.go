@@ -1,6 +1,6 @@
 //go:build cgo && linux
 
-package writers
+package pebble
 
 /*
 #include <malloc.h>
@@ -26,7 +26,7 @@ const cMallocMmapThreshold = 256 << 10
 var fixMalloc sync.Once
 
 // fixCMalloc keeps C-allocated memory that Pebble frees from staying resident. Pebble
-// allocates its memtables (256 KiB growing to pebbleMemTableSize) and block cache with C
+// allocates its memtables (256 KiB growing to memTableSize) and block cache with C
 // malloc. glibc serves large allocations with their own mmap, but raises that threshold
 // to the size of any such block freed (up to 32 MiB), so after the first 16 MiB memtable
 // is flushed and freed, the next ones come from malloc's heaps, where freed memory stays

@@ -1,28 +1,36 @@
-package writers
+// Package pebble is the embedded store driver: one Pebble database in a local directory,
+// the zero-setup default, opened for pebble:DIR and pebble:///abs/dir URLs. Import it (or
+// writers/all) for writers.Open to know the scheme; Open opens a directory directly.
+package pebble
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
+	pdb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/internal/driverkit"
 )
+
+func init() { writers.Register(openURL, "pebble") }
 
 // Key layout of the Pebble store. Every key starts with a one-byte tag and a NUL:
 //
 //	d\x00<ns>\x00<version>\x00<key>  -> value        rows of a version
 //	m\x00<ns>\x00<version>           -> manifest JSON  the catalog
 //	p\x00<ns>                        -> version id     the live pointer
-//	l\x00<ns>                        -> lease JSON     the writer lease (pebbleLease)
-//	s\x00<ns>\x00<version>\x00<id>   -> Shard JSON     committed shards of a version
+//	l\x00<ns>                        -> lease JSON     the writer lease (leaseRecord)
+//	s\x00<ns>\x00<version>\x00<id>   -> Commit JSON    committed work of a version
 //
 // Namespaces and version ids cannot contain NUL (ValidateNamespace, ValidateVersion), so
 // the NUL after each of them ends it unambiguously: the data prefix of namespace "a" is
@@ -30,13 +38,16 @@ import (
 // "v1\x00", which is not a prefix of "v10\x00". Keys come last and are the only free-form
 // part, so a key may contain anything, NUL included, without reaching into a neighbouring
 // namespace or version. All of a version's rows lie in one contiguous range, which is
-// what makes CountKeys a bounded scan and DeleteVersion a single range tombstone.
+// what makes CountKeys a bounded scan and DeleteVersion a single range tombstone. The
+// live pointer and lease keys end in the namespace itself, not in a NUL, so they are
+// only ever read and written whole, never used as a range prefix ("p\x00a" is a prefix
+// of "p\x00ab").
 const (
 	tagData     = 'd'
 	tagManifest = 'm'
 	tagPointer  = 'p'
 	tagLease    = 'l'
-	tagShard    = 's'
+	tagCommit   = 's' // "s" for shard, as stored manifests still call commits
 )
 
 // Pebble tuning for bulk loads. A run writes millions of rows in large batches and then
@@ -44,8 +55,8 @@ const (
 // load. Pebble's default 4 MiB memtable flushes tiny L0 files that are compacted again and
 // again; a 16 MiB memtable turns the same load into a quarter as many flushes and larger,
 // already-sorted L0 files. Memory stays bounded: a memtable starts small and grows to
-// pebbleMemTableSize, and writes stall (rather than memory growing) once
-// pebbleMemTableStopWrites memtables are queued for flushing, so the store never holds
+// memTableSize, and writes stall (rather than memory growing) once
+// memTableStopWrites memtables are queued for flushing, so the store never holds
 // more than 4 x 16 MiB of memtables plus the 32 MiB block cache, whatever the data size.
 // 64 MiB memtables were no faster (make bench: 1.05M vs 1.09M rows/s at 1M rows) but let
 // a 4M-row run peak at 1.31x the RSS of a 1M-row one, against 1.13x with 16 MiB.
@@ -53,8 +64,8 @@ const (
 // A load's keys come in no order, so every flushed L0 file spans the whole version, and
 // Pebble's default of compacting L0 once it is 4 files deep rewrites the same rows into
 // Lbase again and again while the load goes on. Instead, L0 may grow to
-// pebbleL0CompactionThreshold files before a compaction starts (writes stall at
-// pebbleL0StopWrites, which bounds both the files a compaction merges and its memory),
+// l0CompactionThreshold files before a compaction starts (writes stall at
+// l0StopWrites, which bounds both the files a compaction merges and its memory),
 // and when a version is complete PutManifest compacts its range down to the bottom level
 // (compactWritten): one pass from L0 into L6 in a store of this size, a pass per level
 // when the store is large enough to have Lbase above L6; it needs temporary disk of about
@@ -64,21 +75,18 @@ const (
 // against 0.83-0.89M rows/s including the final compaction (0.65-0.9 s); the default
 // thresholds plus the final compaction gave 0.61M.
 const (
-	pebbleMemTableSize          = 16 << 20
-	pebbleMemTableStopWrites    = 4
-	pebbleCacheSize             = 32 << 20
-	pebbleL0CompactionThreshold = 16
-	pebbleL0StopWrites          = 40
+	memTableSize          = 16 << 20
+	memTableStopWrites    = 4
+	cacheSize             = 32 << 20
+	l0CompactionThreshold = 16
+	l0StopWrites          = 40
 )
 
-// errClosed is returned by every method of a closed Pebble store.
-var errClosed = errors.New("writers: store closed")
-
-// Pebble is the embedded store: one Pebble database in a local directory, the
-// zero-setup default (pebble:DIR). Its key layout is described above (tagData and
-// friends). Pebble admits one process per directory (it takes a
-// lock file), so the in-process mutex below is enough to make SwapLive a true
-// compare-and-swap.
+// Driver is the Pebble driver beneath a *writers.Store: one Pebble database in a local
+// directory. Its key layout is described above (tagData and friends). Pebble admits one
+// process per directory (it takes a lock file), so the in-process mutexes below are
+// enough to make SwapLive a true compare-and-swap. Reach it, for Dir and the test hooks,
+// with s.Driver().(*pebble.Driver).
 //
 // Durability: rows are committed with pebble.NoSync, and every catalog change (manifest,
 // live pointer, retirement) with pebble.Sync. Pebble's write-ahead log is sequential, so
@@ -86,27 +94,25 @@ var errClosed = errors.New("writers: store closed")
 // manifest that says complete, once PutManifest returns, describes rows that survive a
 // crash. Rows written after the last synced record may be lost in a crash, but they
 // belong to a version still in state writing, which a resumed run rewrites.
-type Pebble struct {
-	db  *pebble.DB
+//
+// The wrapper calls Close only after every other call has returned, which is what keeps
+// Pebble (it panics on a closed DB) from being closed under a read, a lease change or the
+// final compaction; the driver itself needs no open/closed state.
+type Driver struct {
+	db  *pdb.DB
 	dir string
 
-	// catalog orders row writes against catalog changes. WriteRows holds it shared while
-	// it checks the version's state and commits its batch; PutManifest, SwapLive,
-	// DeleteVersion and Close hold it exclusively. So a version cannot be retired,
+	// catalog orders row writes against catalog changes. WriteRows and CommitWork hold it
+	// shared while they check the version's state and commit their batch; PutManifest,
+	// SwapLive and DeleteVersion hold it exclusively. So a version cannot be retired,
 	// completed or made live half-way through a WriteRows, and a row batch can never
-	// land in a version that is no longer writing. Reads hold open instead.
+	// land in a version that is no longer writing. Reads take no lock.
 	catalog sync.RWMutex
-	closed  atomic.Bool
 
 	// writing spares WriteRows a manifest read (a Pebble Get and a JSON decode) per
 	// batch. It is exact here: only this process can change a manifest (Pebble's lock
 	// file), and PutManifest and DeleteVersion forget a version under catalog's write lock.
-	writing writingCache
-
-	// open is held shared by each method that uses db without holding catalog (reads,
-	// lease changes, the final compaction) and exclusively by Close, so the database is
-	// never closed under them: Pebble panics on a closed DB. Close takes it before catalog.
-	open sync.RWMutex
+	writing driverkit.WritingCache
 
 	// lease serialises the lease's read-compare-write (see AcquireLease).
 	lease sync.Mutex
@@ -114,10 +120,43 @@ type Pebble struct {
 	now func() time.Time
 }
 
-var _ Store = (*Pebble)(nil)
+var (
+	_ writers.Driver    = (*Driver)(nil)
+	_ writers.Describer = (*Driver)(nil)
+)
 
-// OpenPebble opens (creating it if needed) the Pebble store in dir.
-func OpenPebble(dir string) (*Pebble, error) {
+// Open opens (creating it if needed) the Pebble store in dir.
+func Open(dir string) (*writers.Store, error) {
+	d, err := openDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return writers.NewStore(d, writers.URL{Raw: "pebble:" + dir, Scheme: "pebble", Dir: filepath.Clean(dir)}), nil
+}
+
+// openURL is the writers.OpenFunc of the pebble scheme. With opts.MustExist it refuses a
+// directory that does not exist or holds no Pebble database, rather than creating a store
+// in whatever directory a typo named.
+func openURL(ctx context.Context, u writers.URL, opts writers.OpenOptions) (writers.Driver, error) {
+	if opts.MustExist {
+		desc, err := pdb.Peek(u.Dir, vfs.Default)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("open store: store directory %s does not exist (check the path, or run a job into it first): %w", u.Dir, err)
+		case err != nil:
+			return nil, fmt.Errorf("open store %s: %w", u.Dir, err)
+		case !desc.Exists:
+			return nil, fmt.Errorf("open store: %s is not a store: it holds no Pebble database (check the path, or run a job into it first): %w", u.Dir, fs.ErrNotExist)
+		}
+	}
+	d, err := openDir(u.Dir)
+	if err != nil {
+		return nil, err // not a non-nil Driver holding a nil *Driver
+	}
+	return d, nil
+}
+
+func openDir(dir string) (*Driver, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("open pebble store: empty directory")
 	}
@@ -125,97 +164,69 @@ func OpenPebble(dir string) (*Pebble, error) {
 		return nil, fmt.Errorf("open pebble store %s: %w", dir, err)
 	}
 	fixCMalloc()
-	opts := &pebble.Options{
-		MemTableSize:                pebbleMemTableSize,
-		MemTableStopWritesThreshold: pebbleMemTableStopWrites,
-		CacheSize:                   pebbleCacheSize,
-		L0CompactionThreshold:       pebbleL0CompactionThreshold,
-		L0StopWritesThreshold:       pebbleL0StopWrites,
+	opts := &pdb.Options{
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: memTableStopWrites,
+		CacheSize:                   cacheSize,
+		L0CompactionThreshold:       l0CompactionThreshold,
+		L0StopWritesThreshold:       l0StopWrites,
 		Logger:                      quietLogger{},
 	}
-	db, err := pebble.Open(dir, opts)
+	db, err := pdb.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble store %s (is another staticref process using it?): %w", dir, err)
 	}
-	return &Pebble{db: db, dir: dir, now: time.Now}, nil
+	return &Driver{db: db, dir: dir, now: time.Now}, nil
 }
 
 // Dir is the directory the store lives in.
-func (p *Pebble) Dir() string { return p.dir }
+func (d *Driver) Dir() string { return d.dir }
 
-// WriteRows implements Store. All rows go into one Pebble batch, committed without sync.
-func (p *Pebble) WriteRows(ctx context.Context, ns, version string, rows Rows) error {
-	if err := validateRows(ns, version, rows); err != nil {
-		return err
-	}
+// Describe implements writers.Describer: the store's directory.
+func (d *Driver) Describe() string { return d.dir }
+
+// WriteRows implements writers.Driver. All rows go into one Pebble batch, committed
+// without sync.
+func (d *Driver) WriteRows(ctx context.Context, ns, version string, rows writers.Rows) error {
 	size := 0
 	for i, k := range rows.Keys {
 		size += len(k) + len(rows.Values[i])
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
-	}
 
-	p.catalog.RLock()
-	defer p.catalog.RUnlock()
-	if p.closed.Load() {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, errClosed)
-	}
-	if err := p.writing.check(ctx, ns, version, func(context.Context) (*Manifest, error) { return p.manifest(ns, version) }); err != nil {
-		return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
+	d.catalog.RLock()
+	defer d.catalog.RUnlock()
+	if err := d.writing.Check(ctx, ns, version, func(context.Context) (*writers.Manifest, error) { return d.manifest(ns, version) }); err != nil {
+		return err
 	}
 
 	prefix := dataPrefix(ns, version)
-	b := p.db.NewBatchWithSize(size + len(rows.Keys)*(len(prefix)+8))
+	b := d.db.NewBatchWithSize(size + len(rows.Keys)*(len(prefix)+8))
 	defer b.Close()
-	buf := make([]byte, 0, len(prefix)+MaxKeyLen)
+	buf := make([]byte, 0, len(prefix)+writers.MaxKeyLen)
 	for i, k := range rows.Keys {
 		buf = append(append(buf[:0], prefix...), k...)
 		// Batch.Set copies key and value into the batch.
 		if err := b.Set(buf, rows.Values[i], nil); err != nil {
-			return fmt.Errorf("write rows %s/%s: %w", ns, version, err)
+			return err
 		}
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("write rows %s/%s: commit: %w", ns, version, err)
+	if err := b.Commit(pdb.NoSync); err != nil {
+		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
 }
 
-// Get implements Store. The returned slice is the caller's.
-func (p *Pebble) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
-	if err := ValidateKey(key); err != nil {
-		return nil, fmt.Errorf("get %s/%s: %w", ns, version, err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return nil, fmt.Errorf("get %s/%s: %w", ns, version, errClosed)
-	}
-	v, err := p.get(append(dataPrefix(ns, version), key...))
-	if err != nil {
-		return nil, fmt.Errorf("get %s/%s key %q: %w", ns, version, key, err)
-	}
-	return v, nil
+// Get implements writers.Driver. The returned slice is the caller's.
+func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
+	return d.get(append(dataPrefix(ns, version), key...))
 }
 
-// CountKeys implements Store by iterating over the version's key range.
-func (p *Pebble) CountKeys(ctx context.Context, ns, version string) (int64, error) {
-	if err := validateNV(ns, version); err != nil {
-		return 0, fmt.Errorf("count keys: %w", err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, errClosed)
-	}
+// CountKeys implements writers.Driver by iterating over the version's key range.
+func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
 	lower := dataPrefix(ns, version)
-	it, err := p.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	it, err := d.db.NewIterWithContext(ctx, &pdb.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
 	if err != nil {
-		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
+		return 0, err
 	}
 	var n int64
 	for ok := it.First(); ok; ok = it.Next() {
@@ -223,227 +234,149 @@ func (p *Pebble) CountKeys(ctx context.Context, ns, version string) (int64, erro
 		if n%(1<<16) == 0 {
 			if err := ctx.Err(); err != nil {
 				it.Close()
-				return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
+				return 0, err
 			}
 		}
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
-		return 0, fmt.Errorf("count keys %s/%s: %w", ns, version, err)
+		return 0, err
 	}
 	return n, nil
 }
 
-// PutManifest implements Store; the manifest is written with sync. A manifest that
-// completes a version still writing first compacts the version's rows (compactWritten).
-func (p *Pebble) PutManifest(ctx context.Context, m *Manifest) error {
-	data, err := manifestJSON(m)
-	if err != nil {
-		return err
-	}
-	if m.State == StateComplete {
-		if err := p.compactWritten(ctx, m.Namespace, m.Version); err != nil {
-			return fmt.Errorf("put manifest %s/%s: compact the version's rows: %w", m.Namespace, m.Version, err)
+// PutManifest implements writers.Driver; the manifest is written with sync. A manifest
+// that completes a version still writing first compacts the version's rows
+// (compactWritten).
+func (d *Driver) PutManifest(ctx context.Context, m *writers.Manifest, data []byte) error {
+	if m.State == writers.StateComplete {
+		if err := d.compactWritten(ctx, m.Namespace, m.Version); err != nil {
+			return fmt.Errorf("compact the version's rows: %w", err)
 		}
 	}
-	p.catalog.Lock()
-	defer p.catalog.Unlock()
-	if p.closed.Load() {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, errClosed)
-	}
-	p.writing.forget(m.Namespace, m.Version)
-	if err := p.db.Set(manifestKey(m.Namespace, m.Version), data, pebble.Sync); err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
-	}
-	return nil
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	d.writing.Forget(m.Namespace, m.Version)
+	return d.db.Set(manifestKey(m.Namespace, m.Version), data, pdb.Sync)
 }
 
 // compactWritten compacts the rows of ns/version, if it is still writing, down to the
-// bottom level of the LSM (see pebbleL0CompactionThreshold). It holds open, not
-// the catalog: other jobs sharing the store (schedule) keep writing and flipping
-// meanwhile, and only Close waits for it.
-func (p *Pebble) compactWritten(ctx context.Context, ns, version string) error {
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return errClosed
-	}
-	m, err := p.manifest(ns, version)
-	if errors.Is(err, ErrNotFound) || (err == nil && m.State != StateWriting) {
+// bottom level of the LSM (see l0CompactionThreshold). It does not hold the catalog:
+// other jobs sharing the store (schedule) keep writing and flipping meanwhile, and only
+// Close (through the wrapper) waits for it.
+func (d *Driver) compactWritten(ctx context.Context, ns, version string) error {
+	m, err := d.manifest(ns, version)
+	if errors.Is(err, writers.ErrNotFound) || (err == nil && m.State != writers.StateWriting) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	lo := dataPrefix(ns, version)
-	return p.db.Compact(ctx, lo, prefixEnd(lo), true)
+	return d.db.Compact(ctx, lo, prefixEnd(lo), true)
 }
 
-// Manifest implements Store.
-func (p *Pebble) Manifest(ctx context.Context, ns, version string) (*Manifest, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return nil, fmt.Errorf("manifest %s/%s: %w", ns, version, errClosed)
-	}
-	m, err := p.manifest(ns, version)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s/%s: %w", ns, version, err)
-	}
-	return m, nil
+// Manifest implements writers.Driver.
+func (d *Driver) Manifest(ctx context.Context, ns, version string) (*writers.Manifest, error) {
+	return d.manifest(ns, version)
 }
 
-// Manifests implements Store.
-func (p *Pebble) Manifests(ctx context.Context, ns string) ([]*Manifest, error) {
-	if err := ValidateNamespace(ns); err != nil {
-		return nil, fmt.Errorf("manifests: %w", err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return nil, fmt.Errorf("manifests %s: %w", ns, errClosed)
-	}
-	lower := append(tagPrefix(tagManifest, ns), 0)
-	it, err := p.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+// Manifests implements writers.Driver.
+func (d *Driver) Manifests(ctx context.Context, ns string) ([]*writers.Manifest, error) {
+	lower := manifestPrefix(ns)
+	it, err := d.db.NewIterWithContext(ctx, &pdb.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
 	if err != nil {
-		return nil, fmt.Errorf("manifests %s: %w", ns, err)
+		return nil, err
 	}
-	var ms []*Manifest
+	var ms []*writers.Manifest
 	for ok := it.First(); ok; ok = it.Next() {
-		m := new(Manifest)
+		m := new(writers.Manifest)
 		if err := json.Unmarshal(it.Value(), m); err != nil {
 			it.Close()
-			return nil, fmt.Errorf("manifests %s: decode %q: %w", ns, it.Key()[len(lower):], err)
+			return nil, fmt.Errorf("decode %q: %w", it.Key()[len(lower):], err)
 		}
 		ms = append(ms, m)
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
-		return nil, fmt.Errorf("manifests %s: %w", ns, err)
+		return nil, err
 	}
-	SortManifests(ms)
 	return ms, nil
 }
 
-// DeleteVersion implements Store: range tombstones over the version's rows and shard
-// records and the manifest marked retired, in one synced batch.
-func (p *Pebble) DeleteVersion(ctx context.Context, ns, version string) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("delete version: %w", err)
-	}
-	p.catalog.Lock()
-	defer p.catalog.Unlock()
-	if p.closed.Load() {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, errClosed)
-	}
-	live, err := p.live(ns)
+// DeleteVersion implements writers.Driver: range tombstones over the version's rows and
+// commit records and the manifest marked retired, in one synced batch.
+func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	live, err := d.live(ns)
 	if err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+		return err
 	}
 	if live == version {
-		return fmt.Errorf("delete version %s/%s: %w: it is the live version", ns, version, ErrConflict)
+		return fmt.Errorf("%w: it is the live version", writers.ErrConflict)
 	}
-	m, err := p.manifest(ns, version)
+	m, err := d.manifest(ns, version)
 	if err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+		return err
 	}
-	m.State = StateRetired
+	m.State = writers.StateRetired
 	data, err := json.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+		return err
 	}
-	p.writing.forget(ns, version)
-	b := p.db.NewBatch()
+	d.writing.Forget(ns, version)
+	b := d.db.NewBatch()
 	defer b.Close()
-	for _, lower := range [][]byte{dataPrefix(ns, version), shardPrefix(ns, version)} {
+	for _, lower := range [][]byte{dataPrefix(ns, version), commitPrefix(ns, version)} {
 		if err := b.DeleteRange(lower, prefixEnd(lower), nil); err != nil {
-			return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
+			return err
 		}
 	}
 	if err := b.Set(manifestKey(ns, version), data, nil); err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("delete version %s/%s: %w", ns, version, err)
-	}
-	return nil
-}
-
-// Live implements Store.
-func (p *Pebble) Live(ctx context.Context, ns string) (string, error) {
-	if err := ValidateNamespace(ns); err != nil {
-		return "", fmt.Errorf("live: %w", err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return "", fmt.Errorf("live %s: %w", ns, errClosed)
-	}
-	v, err := p.live(ns)
-	if err != nil {
-		return "", fmt.Errorf("live %s: %w", ns, err)
-	}
-	return v, nil
-}
-
-// SwapLive implements Store. The exclusive catalog lock makes read-compare-write atomic
-// within the process, and Pebble's directory lock keeps other processes out.
-func (p *Pebble) SwapLive(ctx context.Context, ns, old, next string) error {
-	if err := validateSwap(ns, old, next); err != nil {
 		return err
 	}
-	p.catalog.Lock()
-	defer p.catalog.Unlock()
-	if p.closed.Load() {
-		return fmt.Errorf("swap live %s: %w", ns, errClosed)
-	}
-	m, err := p.manifest(ns, next)
+	return b.Commit(pdb.Sync)
+}
+
+// Live implements writers.Driver.
+func (d *Driver) Live(ctx context.Context, ns string) (string, error) {
+	return d.live(ns)
+}
+
+// SwapLive implements writers.Driver. The exclusive catalog lock makes read-compare-write
+// atomic within the process, and Pebble's directory lock keeps other processes out.
+func (d *Driver) SwapLive(ctx context.Context, ns, old, next string) error {
+	d.catalog.Lock()
+	defer d.catalog.Unlock()
+	m, err := d.manifest(ns, next)
 	if err != nil {
-		return fmt.Errorf("swap live %s to %s: %w", ns, next, err)
+		return err
 	}
-	if m.State != StateComplete {
-		return fmt.Errorf("swap live %s to %s: version is %s, only a complete version can be made live", ns, next, m.State)
+	if m.State != writers.StateComplete {
+		return fmt.Errorf("version is %s: %w", m.State, writers.ErrNotComplete)
 	}
-	cur, err := p.live(ns)
+	cur, err := d.live(ns)
 	if err != nil {
-		return fmt.Errorf("swap live %s: %w", ns, err)
+		return err
 	}
 	if cur != old {
-		return fmt.Errorf("swap live %s from %q to %q: %w: live is %q", ns, old, next, ErrConflict, cur)
+		return fmt.Errorf("%w: live is %q, expected %q", writers.ErrConflict, cur, old)
 	}
-	if err := p.db.Set(pointerKey(ns), []byte(next), pebble.Sync); err != nil {
-		return fmt.Errorf("swap live %s to %s: %w", ns, next, err)
-	}
-	return nil
+	return d.db.Set(pointerKey(ns), []byte(next), pdb.Sync)
 }
 
-// Close implements Store. It waits for writes and catalog changes in flight; calling it
-// again is a no-op.
-func (p *Pebble) Close() error {
-	p.open.Lock()
-	defer p.open.Unlock()
-	p.catalog.Lock()
-	defer p.catalog.Unlock()
-	if p.closed.Swap(true) {
-		return nil
-	}
-	if err := p.db.Close(); err != nil {
-		return fmt.Errorf("close pebble store %s: %w", p.dir, err)
-	}
-	return nil
-}
+// Close implements writers.Driver.
+func (d *Driver) Close() error { return d.db.Close() }
 
-// manifest reads a manifest; the caller has validated ns and version.
-func (p *Pebble) manifest(ns, version string) (*Manifest, error) {
-	data, err := p.get(manifestKey(ns, version))
+// manifest reads a manifest.
+func (d *Driver) manifest(ns, version string) (*writers.Manifest, error) {
+	data, err := d.get(manifestKey(ns, version))
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("version %s: %w", version, ErrNotFound)
+		if errors.Is(err, writers.ErrNotFound) {
+			return nil, fmt.Errorf("version %s: %w", version, writers.ErrNotFound)
 		}
 		return nil, err
 	}
-	m := new(Manifest)
+	m := new(writers.Manifest)
 	if err := json.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("decode manifest: %w", err)
 	}
@@ -451,19 +384,20 @@ func (p *Pebble) manifest(ns, version string) (*Manifest, error) {
 }
 
 // live reads the live pointer, "" when there is none.
-func (p *Pebble) live(ns string) (string, error) {
-	v, err := p.get(pointerKey(ns))
-	if errors.Is(err, ErrNotFound) {
+func (d *Driver) live(ns string) (string, error) {
+	v, err := d.get(pointerKey(ns))
+	if errors.Is(err, writers.ErrNotFound) {
 		return "", nil
 	}
 	return string(v), err
 }
 
-// get copies the value of key out of Pebble, mapping pebble.ErrNotFound to ErrNotFound.
-func (p *Pebble) get(key []byte) ([]byte, error) {
-	v, closer, err := p.db.Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, ErrNotFound
+// get copies the value of key out of Pebble, mapping pebble.ErrNotFound to
+// writers.ErrNotFound.
+func (d *Driver) get(key []byte) ([]byte, error) {
+	v, closer, err := d.db.Get(key)
+	if errors.Is(err, pdb.ErrNotFound) {
+		return nil, writers.ErrNotFound
 	}
 	if err != nil {
 		return nil, err
@@ -473,13 +407,6 @@ func (p *Pebble) get(key []byte) ([]byte, error) {
 		out = []byte{}
 	}
 	return out, closer.Close()
-}
-
-func validateNV(ns, version string) error {
-	if err := ValidateNamespace(ns); err != nil {
-		return err
-	}
-	return ValidateVersion(version)
 }
 
 // tagPrefix is "<tag>\x00<ns>".
@@ -496,25 +423,32 @@ func dataPrefix(ns, version string) []byte {
 	return append(b, 0)
 }
 
-func manifestKey(ns, version string) []byte {
-	b := append(tagPrefix(tagManifest, ns), 0)
-	return append(b, version...)
-}
+// manifestPrefix is "m\x00<ns>\x00", the prefix of every manifest of a namespace.
+func manifestPrefix(ns string) []byte { return append(tagPrefix(tagManifest, ns), 0) }
 
+func manifestKey(ns, version string) []byte { return append(manifestPrefix(ns), version...) }
+
+// pointerKey is "p\x00<ns>": a point key, not a prefix (see the key layout).
 func pointerKey(ns string) []byte { return tagPrefix(tagPointer, ns) }
 
+// leaseKey is "l\x00<ns>": a point key, not a prefix (see the key layout).
 func leaseKey(ns string) []byte { return tagPrefix(tagLease, ns) }
 
-// shardPrefix is "s\x00<ns>\x00<version>\x00", the prefix of a version's shard records.
-func shardPrefix(ns, version string) []byte {
-	b := append(tagPrefix(tagShard, ns), 0)
+// commitPrefix is "s\x00<ns>\x00<version>\x00", the prefix of a version's commit records.
+func commitPrefix(ns, version string) []byte {
+	b := append(tagPrefix(tagCommit, ns), 0)
 	b = append(b, version...)
 	return append(b, 0)
 }
 
-// prefixEnd is the smallest key greater than every key that starts with prefix. Every
-// prefix here ends in NUL, so incrementing the last byte never carries.
+// prefixEnd is the smallest key greater than every key that starts with prefix. Only
+// prefixes that end in NUL (dataPrefix, manifestPrefix, commitPrefix) are ranges here, so
+// incrementing the last byte never carries; any other key is refused, since its range
+// would take in the keys of namespaces whose names extend it.
 func prefixEnd(prefix []byte) []byte {
+	if len(prefix) == 0 || prefix[len(prefix)-1] != 0 {
+		panic(fmt.Sprintf("pebble: prefixEnd of %q, which does not end in NUL", prefix))
+	}
 	end := bytes.Clone(prefix)
 	end[len(end)-1]++
 	return end
@@ -526,223 +460,137 @@ type quietLogger struct{}
 
 func (quietLogger) Infof(string, ...any) {}
 func (quietLogger) Errorf(format string, args ...any) {
-	pebble.DefaultLogger.Errorf(format, args...)
+	pdb.DefaultLogger.Errorf(format, args...)
 }
 func (quietLogger) Fatalf(format string, args ...any) {
-	pebble.DefaultLogger.Fatalf(format, args...)
+	pdb.DefaultLogger.Fatalf(format, args...)
 }
 
 // The writer lease. One record per namespace, l\x00<ns> -> {holder, token, expires}.
 // AcquireLease, RenewLease and ReleaseLease each read the record, compare, and write it
-// under p.lease, so within this process they are atomic; Pebble's directory lock keeps
+// under d.lease, so within this process they are atomic; Pebble's directory lock keeps
 // every other process out of the store, so that is all the mutual exclusion needed.
-// Expiry is judged by p.now when the record is read: an expired record is as good as
+// Expiry is judged by d.now when the record is read: an expired record is as good as
 // absent, so it is taken over by the next AcquireLease and can no longer be renewed by
 // its old holder, even when nobody has taken it over yet (the same rule as Redis, where
 // the key itself expires). Records are written with sync, so a lease survives a crash
 // until it expires.
 
-// pebbleLease is the stored lease record.
-type pebbleLease struct {
+// leaseRecord is the stored lease record.
+type leaseRecord struct {
 	Holder  string    `json:"holder"`
 	Token   string    `json:"token"`
 	Expires time.Time `json:"expires"`
 }
 
-// AcquireLease implements Store.
-func (p *Pebble) AcquireLease(ctx context.Context, ns, holder string, ttl time.Duration) (Lease, error) {
-	if err := checkLeaseArgs(ns, holder, ttl); err != nil {
-		return Lease{}, fmt.Errorf("acquire lease: %w", err)
-	}
-	token, err := randomToken()
+// AcquireLease implements writers.Driver.
+func (d *Driver) AcquireLease(ctx context.Context, ns, holder, token string, ttl time.Duration) (writers.Lease, error) {
+	d.lease.Lock()
+	defer d.lease.Unlock()
+	now := d.now()
+	cur, err := d.readLease(ns)
 	if err != nil {
-		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
-	}
-	p.lease.Lock()
-	defer p.lease.Unlock()
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, errClosed)
-	}
-	now := p.now()
-	cur, err := p.readLease(ns)
-	if err != nil {
-		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
+		return writers.Lease{}, err
 	}
 	if cur != nil && cur.Expires.After(now) {
-		return Lease{}, &LeaseHeldError{Namespace: ns, Holder: cur.Holder, Expires: cur.Expires}
+		return writers.Lease{}, &writers.LeaseHeldError{Namespace: ns, Holder: cur.Holder, Expires: cur.Expires}
 	}
-	l := Lease{Namespace: ns, Holder: holder, Token: token, Expires: now.Add(ttl).UTC()}
-	if err := p.writeLease(l); err != nil {
-		return Lease{}, fmt.Errorf("acquire lease %s: %w", ns, err)
+	l := writers.Lease{Namespace: ns, Holder: holder, Token: token, Expires: now.Add(ttl).UTC()}
+	if err := d.writeLease(l); err != nil {
+		return writers.Lease{}, err
 	}
 	return l, nil
 }
 
-// RenewLease implements Store.
-func (p *Pebble) RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
-	if err := checkLeaseArgs(l.Namespace, l.Holder, ttl); err != nil {
-		return Lease{}, fmt.Errorf("renew lease: %w", err)
-	}
-	p.lease.Lock()
-	defer p.lease.Unlock()
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, errClosed)
-	}
-	now := p.now()
-	cur, err := p.readLease(l.Namespace)
+// RenewLease implements writers.Driver.
+func (d *Driver) RenewLease(ctx context.Context, l writers.Lease, ttl time.Duration) (writers.Lease, error) {
+	d.lease.Lock()
+	defer d.lease.Unlock()
+	now := d.now()
+	cur, err := d.readLease(l.Namespace)
 	if err != nil {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, err)
+		return writers.Lease{}, err
 	}
 	if cur == nil || cur.Token != l.Token || !cur.Expires.After(now) {
-		return Lease{}, fmt.Errorf("renew lease %s of %s: %w", l.Namespace, l.Holder, ErrLeaseLost)
+		return writers.Lease{}, writers.ErrLeaseLost
 	}
 	l.Expires = now.Add(ttl).UTC()
-	if err := p.writeLease(l); err != nil {
-		return Lease{}, fmt.Errorf("renew lease %s: %w", l.Namespace, err)
+	if err := d.writeLease(l); err != nil {
+		return writers.Lease{}, err
 	}
 	return l, nil
 }
 
-// ReleaseLease implements Store. It deletes the record only while it is still l's.
-func (p *Pebble) ReleaseLease(ctx context.Context, l Lease) error {
-	if err := ValidateNamespace(l.Namespace); err != nil {
-		return fmt.Errorf("release lease: %w", err)
-	}
-	p.lease.Lock()
-	defer p.lease.Unlock()
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return fmt.Errorf("release lease %s: %w", l.Namespace, errClosed)
-	}
-	cur, err := p.readLease(l.Namespace)
+// ReleaseLease implements writers.Driver. It deletes the record only while it is still
+// l's.
+func (d *Driver) ReleaseLease(ctx context.Context, l writers.Lease) error {
+	d.lease.Lock()
+	defer d.lease.Unlock()
+	cur, err := d.readLease(l.Namespace)
 	if err != nil {
-		return fmt.Errorf("release lease %s: %w", l.Namespace, err)
+		return err
 	}
 	if cur == nil || cur.Token != l.Token {
 		return nil
 	}
-	if err := p.db.Delete(leaseKey(l.Namespace), pebble.Sync); err != nil {
-		return fmt.Errorf("release lease %s: %w", l.Namespace, err)
-	}
-	return nil
+	return d.db.Delete(leaseKey(l.Namespace), pdb.Sync)
 }
 
 // readLease returns the stored lease record of ns, nil when there is none.
-func (p *Pebble) readLease(ns string) (*pebbleLease, error) {
-	data, err := p.get(leaseKey(ns))
-	if errors.Is(err, ErrNotFound) {
+func (d *Driver) readLease(ns string) (*leaseRecord, error) {
+	data, err := d.get(leaseKey(ns))
+	if errors.Is(err, writers.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	cur := new(pebbleLease)
+	cur := new(leaseRecord)
 	if err := json.Unmarshal(data, cur); err != nil {
 		return nil, fmt.Errorf("decode lease: %w", err)
 	}
 	return cur, nil
 }
 
-func (p *Pebble) writeLease(l Lease) error {
-	data, err := json.Marshal(pebbleLease{Holder: l.Holder, Token: l.Token, Expires: l.Expires})
+func (d *Driver) writeLease(l writers.Lease) error {
+	data, err := json.Marshal(leaseRecord{Holder: l.Holder, Token: l.Token, Expires: l.Expires})
 	if err != nil {
 		return err
 	}
-	return p.db.Set(leaseKey(l.Namespace), data, pebble.Sync)
+	return d.db.Set(leaseKey(l.Namespace), data, pdb.Sync)
 }
 
-// CommitShard implements Store: one record per shard, s\x00<ns>\x00<version>\x00<id>,
-// so commits of different IDs never touch the same key. It is written with sync: a
-// resumed run skips the shard, so its record must not outlive the rows it vouches for,
-// and syncing the log makes every row batch committed before it durable too.
-func (p *Pebble) CommitShard(ctx context.Context, ns, version string, s Shard) error {
-	if err := validateNV(ns, version); err != nil {
-		return fmt.Errorf("commit shard: %w", err)
-	}
-	if err := checkShardID(s.ID); err != nil {
-		return fmt.Errorf("commit shard %s/%s: %w", ns, version, err)
-	}
-	data, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("commit shard %s/%s %q: %w", ns, version, s.ID, err)
-	}
-	// Shared, like WriteRows: a shard record cannot slip in after DeleteVersion dropped them.
-	p.catalog.RLock()
-	defer p.catalog.RUnlock()
-	if p.closed.Load() {
-		return fmt.Errorf("commit shard %s/%s: %w", ns, version, errClosed)
-	}
-	if err := p.db.Set(append(shardPrefix(ns, version), s.ID...), data, pebble.Sync); err != nil {
-		return fmt.Errorf("commit shard %s/%s %q: %w", ns, version, s.ID, err)
-	}
-	return nil
+// CommitWork implements writers.Driver: one record per unit of work,
+// s\x00<ns>\x00<version>\x00<id>, so commits of different IDs never touch the same key.
+// It is written with sync: a resumed run skips the work, so its record must not outlive
+// the rows it vouches for, and syncing the log makes every row batch committed before it
+// durable too.
+func (d *Driver) CommitWork(ctx context.Context, ns, version string, c writers.Commit, data []byte) error {
+	// Shared, like WriteRows: a commit record cannot slip in after DeleteVersion dropped
+	// them.
+	d.catalog.RLock()
+	defer d.catalog.RUnlock()
+	return d.db.Set(append(commitPrefix(ns, version), c.ID...), data, pdb.Sync)
 }
 
-// Shards implements Store. Records are read in key order, which is ID order.
-func (p *Pebble) Shards(ctx context.Context, ns, version string) ([]Shard, error) {
-	if err := validateNV(ns, version); err != nil {
-		return nil, fmt.Errorf("shards: %w", err)
-	}
-	p.open.RLock()
-	defer p.open.RUnlock()
-	if p.closed.Load() {
-		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, errClosed)
-	}
-	lower := shardPrefix(ns, version)
-	it, err := p.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+// Commits implements writers.Driver. Records are read in key order, which is ID order.
+func (d *Driver) Commits(ctx context.Context, ns, version string) ([]writers.Commit, error) {
+	lower := commitPrefix(ns, version)
+	it, err := d.db.NewIterWithContext(ctx, &pdb.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
 	if err != nil {
-		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, err)
+		return nil, err
 	}
-	var out []Shard
+	var out []writers.Commit
 	for ok := it.First(); ok; ok = it.Next() {
-		var s Shard
-		if err := json.Unmarshal(it.Value(), &s); err != nil {
+		var c writers.Commit
+		if err := json.Unmarshal(it.Value(), &c); err != nil {
 			it.Close()
-			return nil, fmt.Errorf("shards %s/%s: decode %q: %w", ns, version, it.Key()[len(lower):], err)
+			return nil, fmt.Errorf("decode %q: %w", it.Key()[len(lower):], err)
 		}
-		out = append(out, s)
+		out = append(out, c)
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
-		return nil, fmt.Errorf("shards %s/%s: %w", ns, version, err)
+		return nil, err
 	}
 	return out, nil
-}
-
-// Checks shared by every store's lease and shard methods.
-
-// checkLeaseArgs checks the arguments of AcquireLease and RenewLease.
-func checkLeaseArgs(ns, holder string, ttl time.Duration) error {
-	if err := ValidateNamespace(ns); err != nil {
-		return err
-	}
-	if holder == "" {
-		return fmt.Errorf("%w: empty lease holder", ErrInvalid)
-	}
-	if ttl < time.Millisecond {
-		return fmt.Errorf("%w: lease ttl %s (at least 1ms)", ErrInvalid, ttl)
-	}
-	return nil
-}
-
-// checkShardID checks a shard ID: like a key, non-empty valid UTF-8 of at most
-// MaxKeyLen bytes.
-func checkShardID(id string) error {
-	if err := ValidateKey([]byte(id)); err != nil {
-		return fmt.Errorf("shard id: %w", err)
-	}
-	return nil
-}
-
-// randomToken returns 128 random bits, hex-encoded: unique per acquisition.
-func randomToken() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("lease token: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
 }

@@ -1,10 +1,12 @@
-package writers_test
+package pebble_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,12 +14,13 @@ import (
 	"time"
 
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/pebble"
 	"github.com/staticref/staticref/writers/storetest"
 )
 
-func openPebble(t *testing.T) writers.Store {
+func openPebble(t *testing.T) *writers.Store {
 	t.Helper()
-	s, err := writers.OpenPebble(t.TempDir())
+	s, err := pebble.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +34,7 @@ func TestPebbleConformance(t *testing.T) {
 func TestPebbleReopenKeepsDataAndPointer(t *testing.T) {
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "nested", "store")
-	s, err := writers.OpenPebble(dir)
+	s, err := pebble.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +55,9 @@ func TestPebbleReopenKeepsDataAndPointer(t *testing.T) {
 	}
 
 	// A second open of the same directory in the same process is refused by Pebble's lock.
-	if s2, err := writers.OpenPebble(dir); err == nil {
+	if s2, err := pebble.Open(dir); err == nil {
 		s2.Close()
-		t.Error("second OpenPebble of an open directory succeeded, want an error")
+		t.Error("second Open of an open directory succeeded, want an error")
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -66,7 +69,7 @@ func TestPebbleReopenKeepsDataAndPointer(t *testing.T) {
 		t.Error("Get after Close succeeded, want an error")
 	}
 
-	s, err = writers.OpenPebble(dir)
+	s, err = pebble.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,131 +103,6 @@ func TestPebbleWriteRowsNamesTheBadKey(t *testing.T) {
 	}
 }
 
-func TestOpenURL(t *testing.T) {
-	ctx := context.Background()
-	abs := t.TempDir()
-	t.Chdir(t.TempDir())
-	tests := []struct {
-		name    string
-		url     string
-		wantDir string // for pebble stores
-		wantErr string // substring
-	}{
-		{name: "a relative pebble dir opens under the working directory", url: "pebble:store/x", wantDir: "store/x"},
-		{name: "an absolute pebble dir opens as is", url: "pebble:" + abs + "/a", wantDir: abs + "/a"},
-		{name: "a pebble URL with three slashes opens an absolute dir", url: "pebble://" + abs + "/b", wantDir: abs + "/b"},
-		{name: "a pebble URL with a host is refused", url: "pebble://host/dir", wantErr: `names host "host"`},
-		{name: "a pebble URL without a dir is refused", url: "pebble:", wantErr: "has no directory"},
-		{name: "a redis URL with nothing listening names the address", url: "redis://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
-		{name: "a rediss URL with nothing listening names the address", url: "rediss://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
-		{name: "a redis cluster URL with nothing listening names the addresses", url: "redis+cluster://127.0.0.1:1,127.0.0.1:2", wantErr: "cannot reach redis at 127.0.0.1:1,127.0.0.1:2"},
-		{name: "a parquet URL is not available yet", url: "parquet:out", wantErr: "parquet: export is not available yet"},
-		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:"},
-		{name: "a bare path is refused", url: "store", wantErr: "missing scheme"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			s, err := writers.Open(ctx, tc.url)
-			if tc.wantErr != "" {
-				if err == nil {
-					s.Close()
-					t.Fatalf("Open(%q) succeeded, want an error containing %q", tc.url, tc.wantErr)
-				}
-				if !strings.Contains(err.Error(), tc.wantErr) {
-					t.Errorf("Open(%q) error = %q, want it to contain %q", tc.url, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Open(%q): %v", tc.url, err)
-			}
-			defer s.Close()
-			p, ok := s.(*writers.Pebble)
-			if !ok {
-				t.Fatalf("Open(%q) = %T, want *writers.Pebble", tc.url, s)
-			}
-			if got := p.Dir(); got != tc.wantDir {
-				t.Errorf("Open(%q) dir = %q, want %q", tc.url, got, tc.wantDir)
-			}
-		})
-	}
-}
-
-func TestCheckURL(t *testing.T) {
-	tests := []struct {
-		name    string
-		url     string
-		wantErr string // "" for a good URL
-	}{
-		{"a relative pebble dir is good", "pebble:.staticref/store", ""},
-		{"an absolute pebble URL is good", "pebble:///var/lib/store", ""},
-		{"a redis URL with credentials is good", "redis://user:pass@localhost:6379/0", ""},
-		{"a rediss URL is good", "rediss://cache.internal:6380/1", ""},
-		{"a redis cluster URL with several hosts is good", "redis+cluster://a:7000,b:7001", ""},
-		{"a bigtable URL is good", "bigtable://proj/inst/table", ""},
-		{"a parquet dir is not available yet", "parquet:exports", "not available yet"},
-		{"a redis URL without host is bad", "redis:///0", "missing host"},
-		{"a redis URL with several hosts is bad", "redis://a:1,b:2/0", "use redis+cluster"},
-		{"a redis URL without slashes is bad", "redis:localhost", "want redis://"},
-		{"a bigtable URL without table is bad", "bigtable://proj/inst", "want bigtable://PROJECT/INSTANCE/TABLE"},
-		{"an empty parquet dir is bad", "parquet:", "has no directory"},
-		{"an unknown scheme is bad", "s3://bucket", `unknown store scheme "s3"`},
-		{"an empty URL is bad", "", "missing scheme"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			err := writers.CheckURL(tc.url)
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Errorf("CheckURL(%q) = %v, want nil", tc.url, err)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Errorf("CheckURL(%q) = %v, want an error containing %q", tc.url, err, tc.wantErr)
-			}
-		})
-	}
-}
-
-func TestResolveURL(t *testing.T) {
-	tests := []struct {
-		name, url, base, want string
-	}{
-		{"a relative pebble dir is joined to the base", "pebble:.staticref/store", "/jobs", "pebble:/jobs/.staticref/store"},
-		{"a relative pebble dir with dot-dot is cleaned", "pebble:../store", "/srv/jobs", "pebble:/srv/store"},
-		{"a relative base gives a relative result", "pebble:store", "jobs", "pebble:jobs/store"},
-		{"an absolute pebble dir is unchanged", "pebble:/var/lib/store", "/jobs", "pebble:/var/lib/store"},
-		{"a three-slash pebble URL is unchanged", "pebble:///var/lib/store", "/jobs", "pebble:///var/lib/store"},
-		{"an empty base changes nothing", "pebble:store", "", "pebble:store"},
-		{"a redis URL is unchanged", "redis://localhost:6379/0", "/jobs", "redis://localhost:6379/0"},
-		{"a bigtable URL is unchanged", "bigtable://p/i/t", "/jobs", "bigtable://p/i/t"},
-		{"a parquet URL is unchanged", "parquet:out", "/jobs", "parquet:out"},
-		{"a string without scheme is unchanged", "store", "/jobs", "store"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := writers.ResolveURL(tc.url, tc.base); got != tc.want {
-				t.Errorf("ResolveURL(%q, %q) = %q, want %q", tc.url, tc.base, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestVersionLess(t *testing.T) {
-	ordered := []string{
-		"20261127T020000Z",
-		"20261127T020000Z-2",
-		"20261127T020000Z-10",
-		"20261127T020000Z-x",
-		"20261127T020001Z",
-	}
-	for i := range ordered {
-		for j := range ordered {
-			if got, want := writers.VersionLess(ordered[i], ordered[j]), i < j; got != want {
-				t.Errorf("VersionLess(%q, %q) = %v, want %v", ordered[i], ordered[j], got, want)
-			}
-		}
-	}
-}
-
 // FuzzValidate checks that names and keys either are refused or round-trip through a
 // Pebble write and Get unchanged, without reaching into a neighbouring namespace or
 // version: every value records where it was written, so a read that lands in another
@@ -244,7 +122,7 @@ func FuzzValidate(f *testing.F) {
 	} {
 		f.Add(seed.ns, seed.key)
 	}
-	s, err := writers.OpenPebble(f.TempDir())
+	s, err := pebble.Open(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -302,7 +180,7 @@ func FuzzValidate(f *testing.F) {
 
 func BenchmarkPebbleWriteRows(b *testing.B) {
 	ctx := context.Background()
-	s, err := writers.OpenPebble(b.TempDir())
+	s, err := pebble.Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -330,13 +208,14 @@ func BenchmarkPebbleWriteRows(b *testing.B) {
 // loadIntoL0 opens a Pebble store holding version ns/v1, still writing, whose
 // batches x per rows (key k%06d, value value(i), keys in no order within a batch) were
 // each flushed into an L0 file, as a long load does.
-func loadIntoL0(t *testing.T, batches, per int, value func(int) []byte) (*writers.Pebble, *writers.Manifest) {
+func loadIntoL0(t *testing.T, batches, per int, value func(int) []byte) (*writers.Store, *pebble.Driver, *writers.Manifest) {
 	t.Helper()
 	ctx := context.Background()
-	s, err := writers.OpenPebble(t.TempDir())
+	s, err := pebble.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	d := s.Driver().(*pebble.Driver)
 	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}
 	if err := s.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
@@ -350,14 +229,14 @@ func loadIntoL0(t *testing.T, batches, per int, value func(int) []byte) (*writer
 		if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.FlushForTest(); err != nil {
+		if err := d.FlushForTest(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := s.L0TablesForTest(); n < int64(batches) {
+	if n := d.L0TablesForTest(); n < int64(batches) {
 		t.Fatalf("after %d flushes L0 holds %d tables, want >= %d (the test needs an L0 to compact)", batches, n, batches)
 	}
-	return s, m
+	return s, d, m
 }
 
 // TestPebbleCompleteCompactsTheVersion: rows a load flushed into L0 are merged into the
@@ -366,14 +245,14 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 	ctx := context.Background()
 	const batches, per = 4, 2000
 	value := func(i int) []byte { return []byte(fmt.Sprintf(`{"score":%d}`, i*7)) }
-	s, m := loadIntoL0(t, batches, per, value)
+	s, d, m := loadIntoL0(t, batches, per, value)
 	defer s.Close()
 
 	m.State = writers.StateComplete
 	if err := s.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.L0TablesForTest(); n != 0 {
+	if n := d.L0TablesForTest(); n != 0 {
 		t.Errorf("after completing the version L0 holds %d tables, want 0", n)
 	}
 	if n, err := s.CountKeys(ctx, "ns", "v1"); err != nil || n != batches*per {
@@ -395,7 +274,7 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 // compaction (Pebble panics on a closed database) rather than racing it; whichever
 // comes first, neither panics and Close succeeds.
 func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
-	s, m := loadIntoL0(t, 4, 5000, func(int) []byte { return []byte("v") })
+	s, _, m := loadIntoL0(t, 4, 5000, func(int) []byte { return []byte("v") })
 	done := make(chan error, 1)
 	go func() {
 		m.State = writers.StateComplete
@@ -404,7 +283,7 @@ func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close during the compaction: %v", err)
 	}
-	if err := <-done; err != nil && !strings.Contains(err.Error(), "closed") {
+	if err := <-done; err != nil && !errors.Is(err, writers.ErrClosed) {
 		t.Errorf("PutManifest racing Close: %v, want success or a closed-store error", err)
 	}
 }
@@ -413,7 +292,7 @@ func TestPebbleCloseDuringTheFinalCompaction(t *testing.T) {
 // and lease renewals are in flight. Each read either answers or says the store is
 // closed; none reaches the closed database (Pebble panics there) and Close succeeds.
 func TestPebbleCloseDuringReads(t *testing.T) {
-	s, m := loadIntoL0(t, 1, 1000, func(int) []byte { return []byte("v") })
+	s, _, m := loadIntoL0(t, 1, 1000, func(int) []byte { return []byte("v") })
 	ctx := context.Background()
 	reads := map[string]func() error{
 		"Get":       func() error { _, err := s.Get(ctx, m.Namespace, m.Version, []byte("k000001")); return err },
@@ -421,7 +300,7 @@ func TestPebbleCloseDuringReads(t *testing.T) {
 		"Manifest":  func() error { _, err := s.Manifest(ctx, m.Namespace, m.Version); return err },
 		"Manifests": func() error { _, err := s.Manifests(ctx, m.Namespace); return err },
 		"Live":      func() error { _, err := s.Live(ctx, m.Namespace); return err },
-		"Shards":    func() error { _, err := s.Shards(ctx, m.Namespace, m.Version); return err },
+		"Commits":   func() error { _, err := s.Commits(ctx, m.Namespace, m.Version); return err },
 		"lease": func() error {
 			l, err := s.AcquireLease(ctx, m.Namespace, "reader", time.Minute)
 			if err != nil {
@@ -441,7 +320,7 @@ func TestPebbleCloseDuringReads(t *testing.T) {
 			started <- struct{}{}
 			for {
 				if err := read(); err != nil {
-					if !strings.Contains(err.Error(), "closed") {
+					if !errors.Is(err, writers.ErrClosed) {
 						errs <- fmt.Errorf("%s: %w", name, err)
 					}
 					return
@@ -459,5 +338,165 @@ func TestPebbleCloseDuringReads(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Errorf("read racing Close: %v, want success or a closed-store error", err)
+	}
+}
+
+// TestPebbleOpenExisting: OpenExisting refuses, with an error wrapping fs.ErrNotExist
+// and without creating anything, a directory that does not exist or holds no store,
+// and opens one that does.
+func TestPebbleOpenExisting(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("a directory that does not exist is refused and not created", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "nope", "store")
+		s, err := writers.OpenExisting(ctx, "pebble:"+dir)
+		if err == nil {
+			s.Close()
+			t.Fatal("OpenExisting succeeded, want an error")
+		}
+		want := "store directory " + dir + " does not exist (check the path, or run a job into it first)"
+		if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), want) {
+			t.Errorf("OpenExisting error = %v, want fs.ErrNotExist saying %q", err, want)
+		}
+		if _, err := os.Stat(filepath.Dir(dir)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("stat %s after OpenExisting: %v, want it not to exist", filepath.Dir(dir), err)
+		}
+	})
+	t.Run("a directory that holds no store is refused and left alone", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s, err := writers.OpenExisting(ctx, "pebble:"+dir)
+		if err == nil {
+			s.Close()
+			t.Fatal("OpenExisting succeeded, want an error")
+		}
+		want := dir + " is not a store: it holds no Pebble database (check the path, or run a job into it first)"
+		if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), want) {
+			t.Errorf("OpenExisting error = %v, want fs.ErrNotExist saying %q", err, want)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("OpenExisting wrote into the directory: %v", ents)
+		}
+	})
+	t.Run("a store opens, and Open creates one", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "store")
+		s, err := writers.Open(ctx, "pebble:"+dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s, err = writers.OpenExisting(ctx, "pebble://"+dir)
+		if err != nil {
+			t.Fatalf("OpenExisting of a store: %v", err)
+		}
+		defer s.Close()
+		if got := s.String(); got != dir {
+			t.Errorf("String() = %q, want the directory %q", got, dir)
+		}
+		if got := s.Driver().(*pebble.Driver).Dir(); got != dir {
+			t.Errorf("Dir() = %q, want %q", got, dir)
+		}
+	})
+}
+
+// publish writes rows k0..k<n-1> (values ns/version/i) into a new version of ns, marks it
+// complete and flips it live.
+func publish(t *testing.T, s *writers.Store, ns, version string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	m := &writers.Manifest{Namespace: ns, Version: version, State: writers.StateWriting}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var rows writers.Rows
+	for i := range n {
+		rows.Keys = append(rows.Keys, fmt.Appendf(nil, "k%d", i))
+		rows.Values = append(rows.Values, fmt.Appendf(nil, "%s/%s/%d", ns, version, i))
+	}
+	if err := s.WriteRows(ctx, ns, version, rows); err != nil {
+		t.Fatal(err)
+	}
+	m.State = writers.StateComplete
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writers.Flip(ctx, s, ns, version); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPebbleCopyVersionCopiesOnlyItsNamespace: the copy of demo's live version, taken
+// while the writer holds the directory, holds demo's pointer, manifests and live rows,
+// and nothing of the namespaces whose names extend demo (their pointer keys p\x00demo2
+// and p\x00demo.x start with demo's, p\x00demo; their manifest and row prefixes do not).
+func TestPebbleCopyVersionCopiesOnlyItsNamespace(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	w, err := pebble.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const n = 100
+	publish(t, w, "demo", "v1", n)
+	publish(t, w, "demo", "v2", n)
+	neighbours := []string{"demo2", "demo.x"}
+	for _, ns := range neighbours {
+		publish(t, w, ns, "v1", n)
+	}
+
+	if live, err := pebble.ReadLive(dir, "demo"); err != nil || live != "v2" {
+		t.Errorf("ReadLive(demo) = %q, %v; want v2", live, err)
+	}
+	if live, err := pebble.ReadLive(dir, "dem"); err != nil || live != "" {
+		t.Errorf("ReadLive(dem) = %q, %v; want \"\" (demo's pointer is not dem's)", live, err)
+	}
+
+	c, live, err := pebble.CopyVersion(dir, filepath.Join(t.TempDir(), "copy"), "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if live != "v2" {
+		t.Errorf("CopyVersion copied live version %q, want v2", live)
+	}
+	if got, err := c.Live(ctx, "demo"); err != nil || got != "v2" {
+		t.Errorf("copy: Live(demo) = %q, %v; want v2", got, err)
+	}
+	ms, err := c.Manifests(ctx, "demo")
+	if err != nil || len(ms) != 2 || ms[0].Version != "v1" || ms[1].Version != "v2" {
+		t.Errorf("copy: Manifests(demo) = %v, %v; want v1 and v2", ms, err)
+	}
+	if got, err := c.CountKeys(ctx, "demo", "v2"); err != nil || got != n {
+		t.Errorf("copy: CountKeys(demo, v2) = %d, %v; want %d", got, err, n)
+	}
+	for i := range n {
+		key, want := fmt.Appendf(nil, "k%d", i), fmt.Appendf(nil, "demo/v2/%d", i)
+		if got, err := c.Get(ctx, "demo", "v2", key); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("copy: Get(demo, v2, %s) = %q, %v; want %q", key, got, err, want)
+		}
+	}
+	if got, err := c.CountKeys(ctx, "demo", "v1"); err != nil || got != 0 {
+		t.Errorf("copy: CountKeys(demo, v1) = %d, %v; want 0 (only the live version's rows are copied)", got, err)
+	}
+	for _, ns := range neighbours {
+		if got, err := c.Live(ctx, ns); err != nil || got != "" {
+			t.Errorf("copy: Live(%s) = %q, %v; want \"\"", ns, got, err)
+		}
+		if ms, err := c.Manifests(ctx, ns); err != nil || len(ms) != 0 {
+			t.Errorf("copy: Manifests(%s) = %v, %v; want none", ns, ms, err)
+		}
+		if got, err := c.CountKeys(ctx, ns, "v1"); err != nil || got != 0 {
+			t.Errorf("copy: CountKeys(%s, v1) = %d, %v; want 0", ns, got, err)
+		}
+	}
+
+	// A namespace with no live version copies nothing and opens nothing.
+	if s, live, err := pebble.CopyVersion(dir, filepath.Join(t.TempDir(), "none"), "other"); s != nil || live != "" || err != nil {
+		t.Errorf("CopyVersion(other) = %v, %q, %v; want nil, \"\", nil", s, live, err)
 	}
 }

@@ -1,4 +1,4 @@
-package writers_test
+package redis_test
 
 import (
 	"context"
@@ -9,28 +9,33 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/redis"
 	"github.com/staticref/staticref/writers/redistest"
 	"github.com/staticref/staticref/writers/storetest"
 )
 
+// driver is the *redis.Driver beneath a store that redis.Open opened.
+func driver(s *writers.Store) *redis.Driver { return s.Driver().(*redis.Driver) }
+
 // openRedis opens the store at url and empties the whole server (every master of a
 // cluster) first, so that each conformance subtest starts from nothing.
-func openRedis(t *testing.T, url string) *writers.Redis {
+func openRedis(t *testing.T, url string) *writers.Store {
 	t.Helper()
 	ctx := context.Background()
-	s, err := writers.OpenRedis(ctx, url)
+	s, err := redis.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	switch c := s.Client().(type) {
-	case *redis.ClusterClient:
-		err = c.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+	switch c := driver(s).Client().(type) {
+	case *goredis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
 			return c.FlushAll(ctx).Err()
 		})
 	default:
@@ -45,28 +50,34 @@ func openRedis(t *testing.T, url string) *writers.Redis {
 
 func TestRedisStandalone(t *testing.T) {
 	url := redistest.Standalone(t)
-	open := func(t *testing.T) writers.Store { return openRedis(t, url) }
+	open := func(t *testing.T) *writers.Store { return openRedis(t, url) }
 	t.Run("conformance", func(t *testing.T) { storetest.Run(t, open) })
-	t.Run("Open returns a Redis store for a redis URL", func(t *testing.T) {
+	t.Run("writers.Open opens a redis URL with this driver", func(t *testing.T) {
 		s, err := writers.Open(context.Background(), url)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		if _, ok := s.(*writers.Redis); !ok {
-			t.Errorf("Open(%q) = %T, want *writers.Redis", url, s)
+		d, ok := s.Driver().(*redis.Driver)
+		if !ok {
+			t.Fatalf("writers.Open(%q) has driver %T, want *redis.Driver", url, s.Driver())
+		}
+		if got, want := s.String(), "redis "+d.Addr(); got != want || !strings.HasPrefix(want, "redis 127.0.0.1:") {
+			t.Errorf("String() = %q, want %q naming 127.0.0.1", got, want)
 		}
 	})
 	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
 	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
+	t.Run("a flip on one handle reaches WatchFlips on another", func(t *testing.T) { testWatchFlips(t, url) })
 }
 
 func TestRedisCluster(t *testing.T) {
 	url := redistest.Cluster(t)
-	open := func(t *testing.T) writers.Store { return openRedis(t, url) }
+	open := func(t *testing.T) *writers.Store { return openRedis(t, url) }
 	t.Run("conformance", func(t *testing.T) { storetest.Run(t, open) })
 	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
 	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
+	t.Run("a flip on one handle reaches WatchFlips on another", func(t *testing.T) { testWatchFlips(t, url) })
 	t.Run("the rows of a version spread over every master", func(t *testing.T) {
 		ctx := context.Background()
 		s := openRedis(t, url)
@@ -76,8 +87,8 @@ func TestRedisCluster(t *testing.T) {
 			mu        sync.Mutex
 			perMaster []int64
 		)
-		c := s.Client().(*redis.ClusterClient)
-		err := c.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		c := driver(s).Client().(*goredis.ClusterClient)
+		err := c.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
 			n, err := c.DBSize(ctx).Result()
 			if err != nil {
 				return err
@@ -104,7 +115,7 @@ func TestRedisCluster(t *testing.T) {
 
 // writeVersion creates ns/version, writes n rows "key-I" -> 40-byte values in batches of
 // 8192, and leaves the manifest in state st.
-func writeVersion(t *testing.T, s writers.Store, ns, version string, n int, st writers.State) {
+func writeVersion(t *testing.T, s *writers.Store, ns, version string, n int, st writers.State) {
 	t.Helper()
 	ctx := context.Background()
 	m := &writers.Manifest{Namespace: ns, Version: version, State: writers.StateWriting, StartedAt: time.Now().UTC()}
@@ -134,7 +145,7 @@ func makeRows(lo, hi int) writers.Rows {
 	return rows
 }
 
-func testRedisFlipPublishes(t *testing.T, s *writers.Redis) {
+func testRedisFlipPublishes(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	defer s.Close()
 	writeVersion(t, s, "pub", "v1", 1, writers.StateComplete)
@@ -143,7 +154,7 @@ func testRedisFlipPublishes(t *testing.T, s *writers.Redis) {
 		t.Fatal(err)
 	}
 
-	sub := s.Client().Subscribe(ctx, writers.RedisFlipChannel)
+	sub := driver(s).Client().Subscribe(ctx, redis.FlipChannel)
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
 		t.Fatal(err)
@@ -181,7 +192,125 @@ func testRedisFlipPublishes(t *testing.T, s *writers.Redis) {
 	}
 }
 
-func testRedisGC(t *testing.T, s *writers.Redis) {
+// testWatchFlips flips through writers.Flip on one store handle and watches with
+// WatchFlips on another handle of the same server: every flip that swaps the pointer
+// arrives, with its namespace, and nothing else does; cancelling the context or closing
+// the store ends the watch.
+func testWatchFlips(t *testing.T, url string) {
+	ctx := context.Background()
+	flipper := openRedis(t, url)
+	defer flipper.Close()
+	watcher, err := redis.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	for _, ns := range []string{"watch", "other"} {
+		writeVersion(t, flipper, ns, "v1", 1, writers.StateComplete)
+		writeVersion(t, flipper, ns, "v2", 1, writers.StateComplete)
+	}
+
+	got := make(chan string, 16)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	returned := make(chan bool, 1)
+	go func() { returned <- watcher.WatchFlips(wctx, func(ns string) { got <- ns }) }()
+	waitSubscribers(t, driver(flipper), 1)
+
+	want := func(what, ns string) {
+		t.Helper()
+		select {
+		case g := <-got:
+			if g != ns {
+				t.Errorf("%s: WatchFlips got namespace %q, want %q", what, g, ns)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: WatchFlips got nothing within 5s, want %q", what, ns)
+		}
+	}
+	for _, f := range []struct{ ns, version string }{{"watch", "v1"}, {"other", "v1"}, {"watch", "v2"}} {
+		if _, err := writers.Flip(ctx, flipper, f.ns, f.version); err != nil {
+			t.Fatal(err)
+		}
+		want(fmt.Sprintf("flip %s to %s", f.ns, f.version), f.ns)
+	}
+	// A flip that loses its compare-and-swap, and one to the version already live, swap
+	// nothing and announce nothing.
+	if err := writers.FlipFrom(ctx, flipper, "watch", "v1", "v1"); !errors.Is(err, writers.ErrConflict) {
+		t.Fatalf("FlipFrom(v1 -> v1) while v2 is live: %v, want ErrConflict", err)
+	}
+	if _, err := writers.Flip(ctx, flipper, "watch", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case g := <-got:
+		t.Errorf("WatchFlips got %q after flips that swapped nothing, want nothing", g)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	cancel()
+	select {
+	case announces := <-returned:
+		if !announces {
+			t.Error("WatchFlips = false, want true: a Redis store announces flips")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WatchFlips still running 5s after its context was cancelled")
+	}
+
+	// Closing the store ends a watch whose context lives on.
+	waitSubscribers(t, driver(flipper), 0)
+	go func() { returned <- watcher.WatchFlips(ctx, func(string) {}) }()
+	waitSubscribers(t, driver(flipper), 1)
+	if err := watcher.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WatchFlips still running 5s after the store was closed")
+	}
+}
+
+// waitSubscribers waits until the server (all masters of a cluster together) counts n
+// subscribers of the flip channel.
+func waitSubscribers(t *testing.T, d *redis.Driver, n int64) {
+	t.Helper()
+	ctx := context.Background()
+	count := func(c *goredis.Client) (int64, error) {
+		m, err := c.PubSubNumSub(ctx, redis.FlipChannel).Result()
+		return m[redis.FlipChannel], err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var total atomic.Int64
+		var err error
+		switch c := d.Client().(type) {
+		case *goredis.ClusterClient:
+			err = c.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+				k, err := count(c)
+				total.Add(k)
+				return err
+			})
+		case *goredis.Client:
+			var k int64
+			k, err = count(c)
+			total.Add(k)
+		}
+		if err != nil {
+			t.Fatalf("PUBSUB NUMSUB: %v", err)
+		}
+		if total.Load() == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscribers of %s after 5s, want %d", total.Load(), redis.FlipChannel, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testRedisGC(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	defer s.Close()
 	const n = 50_000
@@ -211,12 +340,12 @@ func testRedisGC(t *testing.T, s *writers.Redis) {
 func TestRedisWriteRowsSurvivesARestart(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.StartStandalone(t)
-	s, err := writers.OpenRedis(ctx, srv.URL())
+	s, err := redis.Open(ctx, srv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.RetryFor = 20 * time.Second
+	driver(s).RetryFor = 20 * time.Second
 	writeVersion(t, s, "rs", "v1", 100, writers.StateWriting)
 
 	srv.Kill()
@@ -243,12 +372,12 @@ func TestRedisWriteRowsSurvivesARestart(t *testing.T) {
 func TestRedisWriteRowsFailsClearlyWhenTheServerIsGone(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.StartStandalone(t)
-	s, err := writers.OpenRedis(ctx, srv.URL())
+	s, err := redis.Open(ctx, srv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.RetryFor = 500 * time.Millisecond
+	driver(s).RetryFor = 500 * time.Millisecond
 	writeVersion(t, s, "gone", "v1", 10, writers.StateWriting)
 	srv.Kill()
 
@@ -272,17 +401,17 @@ func TestOpenRedisNamesTheAddress(t *testing.T) {
 		"redis+cluster://127.0.0.1:1,127.0.0.1:2",
 	} {
 		start := time.Now()
-		s, err := writers.OpenRedis(ctx, url)
+		s, err := redis.Open(ctx, url)
 		if err == nil {
 			s.Close()
-			t.Errorf("OpenRedis(%q) succeeded, want an error", url)
+			t.Errorf("redis.Open(%q) succeeded, want an error", url)
 			continue
 		}
 		if !strings.Contains(err.Error(), "127.0.0.1:1") {
-			t.Errorf("OpenRedis(%q) error = %q, want it to name the address", url, err)
+			t.Errorf("redis.Open(%q) error = %q, want it to name the address", url, err)
 		}
 		if d := time.Since(start); d > 10*time.Second {
-			t.Errorf("OpenRedis(%q) took %s to fail", url, d)
+			t.Errorf("redis.Open(%q) took %s to fail", url, d)
 		}
 	}
 }
@@ -294,7 +423,7 @@ func BenchmarkRedisWriteRows(b *testing.B) {
 }
 
 // BenchmarkRedisPipelineSize is BenchmarkRedisWriteRows for several pipeline sizes; it
-// chose DefaultRedisPipelineSize.
+// chose DefaultPipelineSize.
 func BenchmarkRedisPipelineSize(b *testing.B) {
 	url := redistest.Standalone(b)
 	for _, size := range []int{256, 1024, 2048, 4096} {
@@ -304,15 +433,15 @@ func BenchmarkRedisPipelineSize(b *testing.B) {
 
 func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
 	ctx := context.Background()
-	s, err := writers.OpenRedis(ctx, url)
+	s, err := redis.Open(ctx, url)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
 	if pipelineSize > 0 {
-		s.PipelineSize = pipelineSize
+		driver(s).PipelineSize = pipelineSize
 	}
-	if err := s.Client().FlushAll(ctx).Err(); err != nil {
+	if err := driver(s).Client().FlushAll(ctx).Err(); err != nil {
 		b.Fatal(err)
 	}
 	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting}); err != nil {
@@ -337,15 +466,16 @@ func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
 
 func TestRedisURLCarriesWriteSettings(t *testing.T) {
 	url := redistest.Standalone(t)
-	s, err := writers.OpenRedis(context.Background(), url+"?pipeline=64&max_in_flight=2&retry_for=1500ms&dial_timeout=2s")
+	s, err := redis.Open(context.Background(), url+"?pipeline=64&max_in_flight=2&retry_for=1500ms&dial_timeout=2s")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.PipelineSize != 64 || s.MaxInFlight != 2 || s.RetryFor != 1500*time.Millisecond {
-		t.Errorf("got pipeline %d, max_in_flight %d, retry_for %s; want 64, 2, 1.5s", s.PipelineSize, s.MaxInFlight, s.RetryFor)
+	d := driver(s)
+	if d.PipelineSize != 64 || d.MaxInFlight != 2 || d.RetryFor != 1500*time.Millisecond {
+		t.Errorf("got pipeline %d, max_in_flight %d, retry_for %s; want 64, 2, 1.5s", d.PipelineSize, d.MaxInFlight, d.RetryFor)
 	}
-	if _, err := writers.OpenRedis(context.Background(), url+"?pipeline=0"); err == nil || !strings.Contains(err.Error(), "pipeline") {
+	if _, err := redis.Open(context.Background(), url+"?pipeline=0"); err == nil || !strings.Contains(err.Error(), "pipeline") {
 		t.Errorf("pipeline=0: got %v, want an error naming pipeline", err)
 	}
 }
@@ -362,7 +492,7 @@ func TestRedisTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("conformance", func(t *testing.T) {
-		storetest.Run(t, func(t *testing.T) writers.Store { return openRedis(t, trusted) })
+		storetest.Run(t, func(t *testing.T) *writers.Store { return openRedis(t, trusted) })
 	})
 	for _, tt := range []struct {
 		name, url string
@@ -375,10 +505,10 @@ func TestRedisTLS(t *testing.T) {
 		{"a tls_ca file with no certificate", url + "?tls_ca=" + notPEM, []string{"tls_ca", "not.pem", "no PEM certificate"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := writers.OpenRedis(ctx, tt.url)
+			s, err := redis.Open(ctx, tt.url)
 			if err == nil {
 				s.Close()
-				t.Fatalf("OpenRedis(%s) succeeded, want an error", tt.url)
+				t.Fatalf("redis.Open(%s) succeeded, want an error", tt.url)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {
@@ -405,18 +535,18 @@ func TestRedisURLErrorsNameTheParameterAndHideThePassword(t *testing.T) {
 		{"redis+cluster://:s3cret/x@127.0.0.1:1,127.0.0.1:2", "percent-encode"},
 		{"redis://:s3cret@x@127.0.0.1:1,127.0.0.1:2/0", "several hosts"},
 	} {
-		_, err := writers.OpenRedis(context.Background(), tt.url)
+		_, err := redis.Open(context.Background(), tt.url)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("OpenRedis(%s): %v, want an error with %q", tt.url, err, tt.want)
+			t.Errorf("redis.Open(%s): %v, want an error with %q", tt.url, err, tt.want)
 		}
 		if err == nil {
 			continue
 		}
 		if _, cerr := writers.Open(context.Background(), tt.url); cerr != nil && strings.Contains(cerr.Error(), "s3cret") {
-			t.Errorf("Open(%s): the error shows the password: %v", tt.url, cerr)
+			t.Errorf("writers.Open(%s): the error shows the password: %v", tt.url, cerr)
 		}
 		if strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "s3%zzcret") {
-			t.Errorf("OpenRedis(%s): the error shows the password: %v", tt.url, err)
+			t.Errorf("redis.Open(%s): the error shows the password: %v", tt.url, err)
 		}
 	}
 }
@@ -427,7 +557,7 @@ func TestRedisURLErrorsNameTheParameterAndHideThePassword(t *testing.T) {
 func TestRedisRefusedCredentials(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.StartStandalone(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 	defer c.Close()
 	if err := c.ConfigSet(ctx, "requirepass", "s3cret-pw").Err(); err != nil {
 		t.Fatal(err)
@@ -437,7 +567,7 @@ func TestRedisRefusedCredentials(t *testing.T) {
 		"no password":      "redis://" + srv.Addr() + "/0",
 	} {
 		t.Run(name, func(t *testing.T) {
-			s, err := writers.OpenRedis(ctx, url)
+			s, err := redis.Open(ctx, url)
 			if err == nil {
 				s.Close()
 				t.Fatal("opened without the right password")
@@ -450,7 +580,7 @@ func TestRedisRefusedCredentials(t *testing.T) {
 			}
 		})
 	}
-	s, err := writers.OpenRedis(ctx, "redis://:s3cret-pw@"+srv.Addr()+"/0")
+	s, err := redis.Open(ctx, "redis://:s3cret-pw@"+srv.Addr()+"/0")
 	if err != nil {
 		t.Fatalf("with the right password: %v", err)
 	}

@@ -1079,7 +1079,7 @@ func testNeighbours(t *testing.T, s *writers.Store) {
 		wantStates(t, s, ns, map[string]writers.State{"v1": writers.StateLive, "v2": writers.StateComplete})
 		for _, v := range []string{"v1", "v2"} {
 			wantValue(t, s, ns, v, []byte("k1"), []byte(ns+v+"1"))
-			wantCount(t, s, ns, v, 2)
+			wantCount(t, s, ns, v, 3) // k1, k2 and the k that complete writes
 			wantCommits(t, s, ns, v, []writers.Commit{{ID: "c-" + v, Rows: 2}})
 		}
 	}
