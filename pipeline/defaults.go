@@ -10,7 +10,7 @@ import (
 
 // Cold-start defaults are computed in one pass, in memory bounded by configuration.
 //
-// A mean comes from sums kept per shard (row group) and stored with its commit record, so
+// A mean comes from sums kept per row group and stored with its commit record, so
 // a resumed or sharded run totals them exactly without reading rows again. A median is
 // estimated from a uniform reservoir sample of at most globalReservoir rows
 // (segmentReservoir per segment) of the rows this process scored: exact while a version
@@ -125,7 +125,7 @@ func newDefaults(method, segmentBy string, outputs []writers.Output) *defaults {
 	return d
 }
 
-// add counts row r of a batch's outputs into the shard's sums and the samples; seg is
+// add counts row r of a batch's outputs into the row group's sums and the samples; seg is
 // its segment value when hasSeg. Rows with a NaN or infinite output are left out: the
 // null gate counts them.
 func (d *defaults) add(sums *writers.Sums, outs [][]float32, r int, seg []byte, hasSeg bool) error {
@@ -175,7 +175,7 @@ func (d *defaults) tooMany() error {
 	return fmt.Errorf("defaults.segment_by: column %q has more than %d distinct values; segment by a categorical column", d.segmentBy, MaxSegments)
 }
 
-// result turns the totals of every shard (total) and this run's samples into defaults.
+// result turns the totals of every row group (total) and this run's samples into defaults.
 func (d *defaults) result(total *writers.Sums) (*writers.Defaults, error) {
 	if d == nil {
 		return nil, nil

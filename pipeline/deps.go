@@ -9,8 +9,8 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// Shard is what the pipeline needs from one input file (satisfied by *readers.File).
-type Shard interface {
+// Input is what the pipeline needs from one input file (satisfied by *readers.File).
+type Input interface {
 	Info() readers.FileInfo
 	Width() int
 	ReadRowGroup(ctx context.Context, rg int, fn func(*readers.Batch) error) error
@@ -40,8 +40,8 @@ type Model struct {
 // Deps are the parts a run is built from. Tests of this package substitute fakes; real
 // runs use Default.
 type Deps struct {
-	// OpenShard opens one input file and checks its schema.
-	OpenShard func(path string, opts readers.Options) (Shard, error)
+	// OpenInput opens one input file and checks its schema.
+	OpenInput func(path string, opts readers.Options) (Input, error)
 	// LoadModel loads the job's model for rows of width features.
 	LoadModel func(path string, opts inference.Options) (*Model, error)
 }
@@ -49,7 +49,7 @@ type Deps struct {
 // Default wires the real Parquet reader and ONNX Runtime.
 func Default() Deps {
 	return Deps{
-		OpenShard: func(path string, opts readers.Options) (Shard, error) {
+		OpenInput: func(path string, opts readers.Options) (Input, error) {
 			return readers.Open(path, opts)
 		},
 		LoadModel: loadModel,

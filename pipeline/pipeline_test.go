@@ -21,6 +21,7 @@ import (
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
+	_ "github.com/staticref/staticref/writers/pebble" // pebble: stores for the runs under test
 )
 
 const modelSeed = 7
@@ -119,7 +120,7 @@ release:
 	return j
 }
 
-func openStore(t *testing.T) (writers.Store, string) {
+func openStore(t *testing.T) (*writers.Store, string) {
 	t.Helper()
 	url := "pebble:" + filepath.Join(t.TempDir(), "store")
 	s, err := writers.Open(context.Background(), url)
@@ -132,14 +133,14 @@ func openStore(t *testing.T) (writers.Store, string) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func run(t *testing.T, s writers.Store, j *jobs.Job) (*pipeline.Result, error) {
+func run(t *testing.T, s *writers.Store, j *jobs.Job) (*pipeline.Result, error) {
 	t.Helper()
 	return pipeline.Run(context.Background(), pipeline.Config{Job: j, Store: s, Log: quiet})
 }
 
 // checkEveryKey compares every stored value with the model's float64 reference computed
 // from the generated row, and the number of stored keys with the rows read.
-func checkEveryKey(t *testing.T, s writers.Store, d *dataset, m *writers.Manifest, model string, features func(shardgen.Row) []float64) {
+func checkEveryKey(t *testing.T, s *writers.Store, d *dataset, m *writers.Manifest, model string, features func(shardgen.Row) []float64) {
 	t.Helper()
 	ctx := context.Background()
 	ref := d.models[model]
@@ -531,16 +532,23 @@ func TestNullsAreSkippedAndCountedOrFilled(t *testing.T) {
 	})
 }
 
-// flakyStore fails WriteRows once after a number of successful calls, and counts rows.
-type flakyStore struct {
-	writers.Store
+// flakyDriver fails WriteRows once after a number of successful calls, and counts rows.
+type flakyDriver struct {
+	writers.Driver
 	mu        sync.Mutex
 	failAfter int
 	calls     int
 	rows      int
 }
 
-func (f *flakyStore) WriteRows(ctx context.Context, ns, v string, rows writers.Rows) error {
+// flaky wraps s's driver in a flakyDriver, returning the driver (for its counts) and a
+// store over it that shares s's database.
+func flaky(s *writers.Store, failAfter int) (*flakyDriver, *writers.Store) {
+	f := &flakyDriver{Driver: s.Driver(), failAfter: failAfter}
+	return f, writers.NewStore(f, s.URL())
+}
+
+func (f *flakyDriver) WriteRows(ctx context.Context, ns, v string, rows writers.Rows) error {
 	f.mu.Lock()
 	f.calls++
 	fail := f.calls == f.failAfter+1
@@ -551,17 +559,17 @@ func (f *flakyStore) WriteRows(ctx context.Context, ns, v string, rows writers.R
 	if fail {
 		return errors.New("connection reset by peer")
 	}
-	return f.Store.WriteRows(ctx, ns, v, rows)
+	return f.Driver.WriteRows(ctx, ns, v, rows)
 }
 
 func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 12_000, Shards: 3, RowGroupRows: 1000, Seed: 13})
 	ctx := context.Background()
 	s, url := openStore(t)
-	flaky := &flakyStore{Store: s, failAfter: 6}
+	_, failing := flaky(s, 6)
 	j := newJob(t, d, url, "model.batch_size=1000", "model.workers=1")
 
-	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Readers: 1})
+	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Readers: 1})
 	if err == nil || !strings.Contains(err.Error(), "connection reset by peer") {
 		t.Fatalf("got %v, want the write error", err)
 	}
@@ -570,7 +578,7 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 		t.Fatalf("after the failure: got %d manifests, state %v; want 1 failed", len(ms), ms[0].State)
 	}
 	version := ms[0].Version
-	committed, _ := s.Shards(ctx, "scores", version)
+	committed, _ := s.Commits(ctx, "scores", version)
 	if len(committed) == 0 || len(committed) >= 12 {
 		t.Fatalf("committed shards after the failure: got %d, want some of 12", len(committed))
 	}
@@ -579,8 +587,8 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	}
 
 	t.Run("a new run with the same --version skips committed row groups", func(t *testing.T) {
-		counter := &flakyStore{Store: s, failAfter: -2}
-		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: counter, Log: quiet, Version: version})
+		counter, cs := flaky(s, -2)
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: cs, Log: quiet, Version: version})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -590,8 +598,8 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 		if res.Manifest.Version != version || !res.Flipped {
 			t.Errorf("resume: version %s flipped %v, want %s flipped", res.Manifest.Version, res.Flipped, version)
 		}
-		if len(res.Manifest.Shards) != 12 {
-			t.Errorf("manifest shards: got %d, want 12", len(res.Manifest.Shards))
+		if len(res.Manifest.Commits) != 12 {
+			t.Errorf("manifest shards: got %d, want 12", len(res.Manifest.Commits))
 		}
 		checkEveryKey(t, s, d, res.Manifest, "logistic", scalarFeatures)
 	})
@@ -608,8 +616,8 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		flaky := &flakyStore{Store: s, failAfter: 1}
-		pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Version: "v2"})
+		_, failing := flaky(s, 1)
+		pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Version: "v2"})
 		_, err = pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "model.path="+d.model("mlp")), Store: s, Log: quiet, Version: "v2"})
 		if err == nil || !strings.Contains(err.Error(), "cannot resume version v2") || !strings.Contains(err.Error(), "model sha256") {
 			t.Errorf("got %v, want a refusal naming the model", err)
@@ -677,10 +685,10 @@ func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
 			d := generate(t, t.TempDir(), tt.spec)
 			s, url := openStore(t)
 			j := newJob(t, d, url)
-			counter := &flakyStore{Store: s, failAfter: -2}
+			counter, cs := flaky(s, -2)
 			var results []*pipeline.Result
 			for i := range 4 {
-				res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: counter, Log: quiet, Version: "v-sharded", ShardIndex: i, ShardCount: 4})
+				res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: cs, Log: quiet, Version: "v-sharded", ShardIndex: i, ShardCount: 4})
 				if err != nil {
 					t.Fatalf("shard %d: %v", i, err)
 				}
