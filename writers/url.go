@@ -181,6 +181,21 @@ func RedactURL(raw string) string {
 	return scheme + "://" + user + ":xxxxx@" + hostpath
 }
 
+// URLPassword returns the password in a URL's userinfo, as written (percent-encoded, if
+// it was), for code that must scrub it from messages it did not write.
+func URLPassword(raw string) (string, bool) {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return "", false
+	}
+	userinfo, _, ok := splitUserinfo(rest)
+	if !ok {
+		return "", false
+	}
+	_, pw, ok := strings.Cut(userinfo, ":")
+	return pw, ok
+}
+
 // ResolveURL makes the directory of a relative pebble:DIR URL relative to baseDir (a job
 // file's directory) and returns every other URL, and absolute ones, unchanged.
 func ResolveURL(url, baseDir string) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -237,4 +238,36 @@ func groupingLabels(path string) string {
 	}
 	slices.Sort(pairs)
 	return strings.Join(pairs, " ")
+}
+
+func TestAFailedPushNeverShowsTheGatewayPassword(t *testing.T) {
+	// A gateway that answers 500 (the push library quotes the URL in that error) and one
+	// that is not there at all (net/http quotes it in its own).
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down for maintenance", http.StatusInternalServerError)
+	}))
+	defer gw.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ln.Addr().String()
+	ln.Close()
+	for _, url := range []string{
+		strings.Replace(gw.URL, "http://", "http://ops:s3cr3t-pw@", 1),
+		"http://ops:s3cr3t-pw@" + gone,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := Push(ctx, url, Summary{Job: "churn"})
+		cancel()
+		if err == nil {
+			t.Fatalf("Push(%s) succeeded, want an error", url)
+		}
+		if strings.Contains(err.Error(), "s3cr3t-pw") {
+			t.Errorf("Push error shows the password: %v", err)
+		}
+		if !strings.Contains(err.Error(), "ops:xxxxx@") {
+			t.Errorf("Push error = %v, want it to name the gateway with its password hidden", err)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,7 +65,27 @@ func Push(ctx context.Context, url string, s Summary) error {
 			float64(time.Now().Unix())))
 	}
 	if err := p.AddContext(ctx); err != nil {
-		return fmt.Errorf("push metrics to %s: %w", url, err)
+		return fmt.Errorf("push metrics to %s: %w", writers.RedactURL(url), redacted{err, url})
 	}
 	return nil
 }
+
+// redacted is an error whose message shows url only with its password replaced: the
+// push library and net/http may quote the gateway's URL in their errors.
+type redacted struct {
+	error
+	url string
+}
+
+func (r redacted) Error() string {
+	msg := r.error.Error()
+	if shown := writers.RedactURL(r.url); shown != r.url {
+		msg = strings.ReplaceAll(msg, r.url, shown)
+		if pw, ok := writers.URLPassword(r.url); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return msg
+}
+
+func (r redacted) Unwrap() error { return r.error }
