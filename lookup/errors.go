@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -43,7 +44,7 @@ func (s *Service) apiErrorOf(ns string, err error) *apiError {
 		return errorf(CodeNotFound, "%v", nr)
 	case errors.Is(err, errStoreBusy):
 		return errorf(CodeUnavailable, "the store of %s is busy (a run holds it); try again, or use `staticref versions`", ns)
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded): // a read past store_timeout
 		s.log.Warn("store call timed out", "namespace", ns, "err", err)
 		return errorf(CodeUnavailable, "the store of %s did not answer in time", ns)
 	case errors.Is(err, context.Canceled):

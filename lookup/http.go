@@ -45,11 +45,13 @@ func (s *Service) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.Ready() {
-			s.writeError(w, errorf(CodeUnavailable, "not ready: live pointers not loaded yet"))
-			return
+		// Not an error answer: a probe reads the status, a person the detail.
+		r := s.Readiness()
+		status := http.StatusOK
+		if !r.Ready {
+			status = http.StatusServiceUnavailable
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		writeJSON(w, status, r)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/{namespace}", s.handleStatus)
@@ -107,7 +109,10 @@ func (s *Service) snapshot(w http.ResponseWriter, n *namespace) *Snapshot {
 	sn := n.snap.Load()
 	if sn == nil {
 		msg := "namespace %s has no live version yet"
-		if !n.loaded.Load() {
+		switch {
+		case n.src.Load() == nil:
+			msg = "the store of %s is unavailable: connecting to it"
+		case !n.loaded.Load():
 			msg = "namespace %s: live version not loaded yet"
 		}
 		s.writeError(w, errorf(CodeUnavailable, msg, n.name))
@@ -344,16 +349,25 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 4*time.Duration(s.cfg.StoreTimeout))
+	src := n.src.Load()
+	if src == nil {
+		s.writeError(w, errorf(CodeUnavailable, "the store of %s is unavailable: connecting to it", n.name))
+		return
+	}
+	// Opening the catalog may take the Pebble lock; each store call after it has its own
+	// store_timeout.
+	cctx, cancel := context.WithTimeout(r.Context(), 4*time.Duration(s.cfg.StoreTimeout))
 	defer cancel()
-	store, release, err := n.src.catalog(ctx)
+	store, release, err := src.catalog(cctx)
 	if err != nil {
 		s.writeError(w, s.apiErrorOf(n.name, err))
 		return
 	}
 	var ans FlipAnswer
 	if action == "flip" {
+		ctx, cancel := s.storeCtx(r.Context())
 		_, err := store.Manifest(ctx, n.name, body.Version)
+		cancel()
 		switch {
 		case errors.Is(err, writers.ErrNotFound):
 			release()
@@ -364,7 +378,9 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 			s.writeError(w, s.apiErrorOf(n.name, err))
 			return
 		}
+		ctx, cancel = s.storeCtx(r.Context())
 		prev, err := writers.Flip(ctx, store, n.name, body.Version)
+		cancel()
 		ans = FlipAnswer{Namespace: n.name, Version: body.Version, Previous: prev}
 		if err != nil {
 			release()
@@ -372,7 +388,9 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 			return
 		}
 	} else {
+		ctx, cancel := s.storeCtx(r.Context())
 		from, to, err := writers.Rollback(ctx, store, n.name)
+		cancel()
 		if err != nil {
 			release()
 			if errors.Is(err, writers.ErrNotFound) && !errors.As(err, new(*writers.NoRollbackError)) {

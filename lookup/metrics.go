@@ -35,6 +35,20 @@ func (m *metrics) miss() {
 	m.nMisses.Add(1)
 }
 
+// registerReady adds staticref_namespace_ready{namespace=ns}, computed when scraped.
+func (m *metrics) registerReady(ns string, ready func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "staticref_namespace_ready",
+		Help:        "1 while the namespace is ready (see /readyz): its store open and answering, a live version loaded.",
+		ConstLabels: prometheus.Labels{"namespace": ns},
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),

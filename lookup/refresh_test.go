@@ -43,7 +43,8 @@ func TestRefreshesDoNotOverwriteANewerSnapshot(t *testing.T) {
 	}
 	src := &orderedSource{inFirst: make(chan struct{}), release: make(chan struct{}), before: snap("v1"), after: snap("v2")}
 	s := &Service{cfg: &Config{StoreTimeout: Duration(time.Second)}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), met: newMetrics(), now: time.Now}
-	n := &namespace{name: "ns", cfg: &NamespaceConfig{}, src: src}
+	n := &namespace{name: "ns", cfg: &NamespaceConfig{}}
+	n.src.Store(&openedSource{source: src})
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
@@ -55,5 +56,47 @@ func TestRefreshesDoNotOverwriteANewerSnapshot(t *testing.T) {
 	wg.Wait()
 	if got := versionOf(n.snap.Load()); got != "v2" {
 		t.Errorf("serving %s after the flip to v2", got)
+	}
+}
+
+// TestReadinessRule checks each clause of the readiness rule (ready.go) on recorded checks.
+func TestReadinessRule(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	s := &Service{cfg: &Config{PollInterval: Duration(500 * time.Millisecond), StoreTimeout: Duration(time.Second)}, now: func() time.Time { return now }}
+	window := s.readyWindow() // 3.5s
+	live := &Snapshot{Namespace: "ns", Manifest: &writers.Manifest{Namespace: "ns", Version: "v1"}}
+	tests := []struct {
+		name   string
+		open   bool
+		slow   bool
+		loaded bool
+		snap   *Snapshot
+		c      checks
+		ready  bool
+	}{
+		{"a recent successful check with a live version is ready", true, false, true, live, checks{last: now, lastOK: now}, true},
+		{"a store not open yet is not ready", false, false, false, nil, checks{}, false},
+		{"a store open but not checked yet is not ready", true, false, false, nil, checks{}, false},
+		{"a failed last check is not ready", true, false, true, live, checks{last: now, lastOK: now.Add(-time.Second), failed: true}, false},
+		{"a check that hangs past the window is not ready", true, false, true, live, checks{checking: now.Add(-window), lastOK: now.Add(-window - time.Millisecond)}, false},
+		{"a check in flight within the window is ready", true, false, true, live, checks{checking: now, lastOK: now.Add(-time.Second)}, true},
+		{"a Pebble copy in flight past the window stays ready", true, true, true, live, checks{checking: now.Add(-time.Minute), lastOK: now.Add(-time.Minute)}, true},
+		{"a Pebble store idle past the window is not ready", true, true, true, live, checks{lastOK: now.Add(-time.Minute)}, false},
+		{"no live version is not ready", true, false, true, nil, checks{last: now, lastOK: now}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &namespace{name: "ns"}
+			if tt.open {
+				n.src.Store(&openedSource{source: &orderedSource{}, slow: tt.slow})
+			}
+			n.loaded.Store(tt.loaded)
+			n.snap.Store(tt.snap)
+			n.health.checks = tt.c
+			got := s.namespaceReadiness(n, now)
+			if got.Ready != tt.ready || got.Ready == (got.Reason != "") {
+				t.Errorf("got ready %v, reason %q; want ready %v, and a reason only when not ready", got.Ready, got.Reason, tt.ready)
+			}
+		})
 	}
 }

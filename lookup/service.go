@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/staticref/staticref/writers"
 )
 
 // errStoreBusy: the Pebble directory is held by another process (a run).
@@ -52,18 +55,41 @@ type Service struct {
 type namespace struct {
 	name   string
 	cfg    *NamespaceConfig
-	src    source
-	online *online // nil without a model
+	src    atomic.Pointer[openedSource] // nil until the store is open
+	online *online                      // nil without a model
 	snap   atomic.Pointer[Snapshot]
 	loaded atomic.Bool
 	kick   chan struct{}
+	health health
 	// refreshing serialises refresh: the background loop and an admin flip both refresh,
 	// and a slower one that read the old pointer must not store its snapshot last.
 	refreshing sync.Mutex
 }
 
-// New opens every namespace's store and reads the admin token. It does not wait for
-// the stores to answer: Run loads the pointers, and /readyz says when they are loaded.
+// openedSource is a namespace's source once its store is open.
+type openedSource struct {
+	source
+	slow bool // resolve may take minutes (a Pebble copy of a new version); see Readiness
+}
+
+// Opening stores. A store that cannot be reached (refused, reset, timed out) when the
+// service starts must not keep the other namespaces from being served: New makes one
+// attempt per store, all at once, each bounded by minOpenTimeout (or 4 × store_timeout,
+// if longer); a namespace whose store was unreachable starts without it, not ready, and
+// Run opens it again in the background (connect), the delay doubling from poll_interval
+// up to maxOpenBackoff, until it opens or the service stops. What retrying cannot fix is
+// still an error from New: a URL that does not parse (ErrConfig), credentials refused, a
+// pebble: directory that does not exist.
+const (
+	// minOpenTimeout is the least time one attempt at opening a store may take (dialling,
+	// a TLS handshake, a ping); it is 4 × store_timeout when that is longer.
+	minOpenTimeout = 5 * time.Second
+	maxOpenBackoff = 30 * time.Second
+)
+
+// New reads the admin token and opens every namespace's store. A store that cannot be
+// reached does not fail it (see above). It does not wait for the stores' live pointers:
+// Run loads them, and /readyz says when they are loaded.
 func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
@@ -82,20 +108,89 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 		s.token = &sum
 	}
 	for name, nc := range cfg.Namespaces {
-		src, err := openSource(ctx, nc.Store, log)
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("namespace %s: %w", name, err)
+		if _, err := writers.ParseURL(nc.Store); err != nil {
+			return nil, fmt.Errorf("%w: namespaces.%s.store: %v", ErrConfig, name, err)
 		}
-		n := &namespace{name: name, cfg: nc, src: src, kick: make(chan struct{}, 1)}
+		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1)}
 		if nc.Model != "" {
 			n.online = newOnline(nc.Model, nc.Device)
 		}
 		s.ns[name] = n
 		s.names = append(s.names, name)
+		s.met.registerReady(name, func() bool { return s.namespaceReadiness(n, s.now()).Ready })
 	}
 	sort.Strings(s.names)
+
+	// One attempt per store, all at once: a store that is slow to answer does not delay
+	// the others.
+	errs := make([]error, len(s.names))
+	var wg sync.WaitGroup
+	for i, name := range s.names {
+		n := s.ns[name]
+		wg.Go(func() {
+			src, retry, err := s.open(ctx, n)
+			switch {
+			case err == nil:
+				n.src.Store(src)
+			case retry && ctx.Err() == nil:
+				n.health.openFailed()
+				s.log.Warn("store unreachable: serving the other namespaces, and connecting to this one in the background",
+					"namespace", name, "err", err)
+			default:
+				errs[i] = fmt.Errorf("namespace %s: %w", name, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+// open makes one attempt at opening n's store, bounded by the open timeout. retry says
+// whether the store was unreachable (and may be tried again).
+func (s *Service) open(ctx context.Context, n *namespace) (src *openedSource, retry bool, err error) {
+	actx, cancel := context.WithTimeout(ctx, max(minOpenTimeout, 4*time.Duration(s.cfg.StoreTimeout)))
+	defer cancel()
+	o, err := openSource(actx, n.cfg.Store, s.log, time.Duration(s.cfg.StoreTimeout))
+	if err != nil {
+		return nil, unreachable(actx, err), err
+	}
+	_, slow := o.(*pebbleSource)
+	return &openedSource{source: o, slow: slow}, false, nil
+}
+
+// connect opens n's store again and again until it opens, waiting between attempts from
+// poll_interval, doubling, up to maxOpenBackoff (with jitter, so that replicas do not
+// all knock at once on a store that comes back). It returns false when ctx is done first.
+func (s *Service) connect(ctx context.Context, n *namespace) bool {
+	delay := time.Duration(s.cfg.PollInterval)
+	for {
+		t := time.NewTimer(time.Duration(float64(delay) * (0.75 + rand.Float64()/2)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		src, _, err := s.open(ctx, n)
+		if ctx.Err() != nil {
+			if src != nil {
+				src.close()
+			}
+			return false
+		}
+		if err == nil {
+			n.src.Store(src)
+			s.log.Info("store connected", "namespace", n.name)
+			return true
+		}
+		delay = min(2*delay, maxOpenBackoff)
+		s.log.Warn("store still unreachable: namespace not ready", "namespace", n.name,
+			"attempts", n.health.openFailed(), "next_attempt_in", delay.Round(time.Millisecond), "err", err)
+	}
 }
 
 // Close closes the stores and models. Call it after Run has returned.
@@ -105,19 +200,11 @@ func (s *Service) Close() error {
 		if n.online != nil {
 			n.online.close()
 		}
-		errs = append(errs, n.src.close())
-	}
-	return errors.Join(errs...)
-}
-
-// Ready reports whether every namespace's live pointer has been loaded.
-func (s *Service) Ready() bool {
-	for _, n := range s.ns {
-		if !n.loaded.Load() {
-			return false
+		if src := n.src.Load(); src != nil {
+			errs = append(errs, src.close())
 		}
 	}
-	return true
+	return errors.Join(errs...)
 }
 
 // Refresh re-reads every namespace's live pointer now (tests, and after admin flips).
@@ -141,8 +228,16 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, n := range s.ns {
-		g.Go(func() error { s.watch(gctx, n); return nil })
-		g.Go(func() error { n.src.watch(gctx, n.name, n.kick); return nil })
+		g.Go(func() error {
+			if n.src.Load() == nil && !s.connect(gctx, n) {
+				return nil
+			}
+			var wg sync.WaitGroup
+			wg.Go(func() { n.src.Load().watch(gctx, n.name, n.kick) })
+			s.watch(gctx, n)
+			wg.Wait()
+			return nil
+		})
 	}
 	g.Go(func() error {
 		s.log.Info("lookup service listening", "addr", ln.Addr().String(), "namespaces", strings.Join(s.names, ","))
@@ -180,16 +275,27 @@ func (s *Service) watch(ctx context.Context, n *namespace) {
 	}
 }
 
+// refresh re-reads n's live pointer, and is the check of its store that readiness
+// counts (see Readiness). A store that is not open yet is left to connect.
 func (s *Service) refresh(ctx context.Context, n *namespace) {
+	src := n.src.Load()
+	if src == nil {
+		return
+	}
 	n.refreshing.Lock()
 	defer n.refreshing.Unlock()
+	n.health.begin(s.now())
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Duration(s.cfg.StoreTimeout))
 	defer cancel()
 	cur := n.snap.Load()
-	next, err := n.src.resolve(ctx, n.name, cur)
+	next, err := src.resolve(ctx, n.name, cur)
 	if err != nil {
-		if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
-			s.log.Warn("refresh live version", "namespace", n.name, "err", err)
+		// The first failure is a warning, the ones after it, every poll, are not news.
+		switch {
+		case n.health.end(s.now(), false):
+			s.log.Debug("refresh live version", "namespace", n.name, "err", err)
+		case ctx.Err() == nil || !errors.Is(err, context.Canceled):
+			s.log.Warn("refresh live version: namespace not ready", "namespace", n.name, "err", err)
 		}
 		s.ageMetrics(n, cur)
 		return
@@ -212,6 +318,9 @@ func (s *Service) refresh(ctx context.Context, n *namespace) {
 		s.log.Info("live version", "namespace", n.name, "version", to, "previous", from)
 	}
 	n.loaded.Store(true)
+	if n.health.end(s.now(), true) {
+		s.log.Info("refresh live version: the store answers again", "namespace", n.name)
+	}
 	s.ageMetrics(n, next)
 }
 

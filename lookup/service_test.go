@@ -62,7 +62,13 @@ func TestMain(m *testing.M) {
 // publish runs the scoring job into store as a new, flipped version of namespace churn.
 func publish(t testing.TB, s *writers.Store, noFlip bool) *writers.Manifest {
 	t.Helper()
-	yaml := `name: churn
+	return publishAs(t, s, "churn", noFlip)
+}
+
+// publishAs is publish into namespace ns.
+func publishAs(t testing.TB, s *writers.Store, ns string, noFlip bool) *writers.Manifest {
+	t.Helper()
+	yaml := `name: ` + ns + `
 source: {uri: ` + filepath.Join(dataDir, "features", "*.parquet") + `, key: user_id, features: [f0, f1, f2, f3]}
 model: {path: ` + filepath.Join(dataDir, "logistic.onnx") + `, device: cpu, workers: 1}
 sink: {store: pebble:unused}
@@ -80,8 +86,24 @@ release: {keep: 5, gates: {min_rows_ratio: 0}}
 	return res.Manifest
 }
 
-// service starts the service on a real loopback listener and returns its base URL.
+// service starts the service on a real loopback listener, waits until it is ready and
+// returns its base URL.
 func service(t testing.TB, cfgYAML string) (*lookup.Service, string) {
+	t.Helper()
+	svc, base := startService(t, cfgYAML, quiet)
+	deadline := time.Now().Add(10 * time.Second)
+	for !svc.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("service not ready after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return svc, base
+}
+
+// startService starts the service on a real loopback listener, logging to log, and
+// returns its base URL at once, ready or not.
+func startService(t testing.TB, cfgYAML string, log *slog.Logger) (*lookup.Service, string) {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "serve.yaml")
@@ -93,7 +115,7 @@ func service(t testing.TB, cfgYAML string) (*lookup.Service, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := lookup.New(context.Background(), cfg, quiet)
+	svc, err := lookup.New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,15 +133,7 @@ func service(t testing.TB, cfgYAML string) (*lookup.Service, string) {
 		}
 		svc.Close()
 	})
-	base := "http://" + ln.Addr().String()
-	deadline := time.Now().Add(10 * time.Second)
-	for !svc.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("service not ready after 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return svc, base
+	return svc, "http://" + ln.Addr().String()
 }
 
 type response struct {

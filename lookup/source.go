@@ -2,8 +2,17 @@ package lookup
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -24,8 +33,9 @@ type source interface {
 	close() error
 }
 
-// openSource opens the source a namespace's store URL names.
-func openSource(ctx context.Context, url string, log *slog.Logger) (source, error) {
+// openSource opens the source a namespace's store URL names; timeout bounds each store
+// call of its resolve. A URL that does not parse is an error wrapping writers.ErrBadURL.
+func openSource(ctx context.Context, url string, log *slog.Logger, timeout time.Duration) (source, error) {
 	u, err := writers.ParseURL(url)
 	if err != nil {
 		return nil, err
@@ -37,17 +47,49 @@ func openSource(ctx context.Context, url string, log *slog.Logger) (source, erro
 	if err != nil {
 		return nil, err
 	}
-	return &storeSource{store: s, log: log}, nil
+	return &storeSource{store: s, log: log, timeout: timeout}, nil
+}
+
+// unreachable reports whether a store failed to open because it could not be reached, or
+// not in time: refused, reset, timed out, a name that does not resolve yet, an RPC
+// service that is unavailable. Such a store may come back, so the service opens it again
+// in the background. Anything else (a password refused, a certificate not trusted, a
+// pebble: directory that does not exist) is a mistake that retrying cannot fix.
+//
+// attempt is the context the open ran under: an open cut short by its deadline is
+// unreachable whatever the driver made of the deadline.
+func unreachable(attempt context.Context, err error) bool {
+	if errors.Is(attempt.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return true
+		}
+	}
+	return false
 }
 
 // storeSource reads pointer and rows straight from a shared store (Redis, Bigtable).
 type storeSource struct {
-	store *writers.Store
-	log   *slog.Logger
+	store   *writers.Store
+	log     *slog.Logger
+	timeout time.Duration // store_timeout, for each call
 }
 
 func (s *storeSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*Snapshot, error) {
-	live, err := s.store.Live(ctx, ns)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	live, err := s.store.Live(cctx, ns)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("read live pointer of %s: %w", ns, err)
 	}
@@ -57,7 +99,9 @@ func (s *storeSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*S
 	if cur != nil && cur.Manifest.Version == live {
 		return cur, nil
 	}
-	m, err := s.store.Manifest(ctx, ns, live)
+	cctx, cancel = context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	m, err := s.store.Manifest(cctx, ns, live)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s/%s: %w", ns, live, err)
 	}

@@ -40,6 +40,23 @@ func (s *serveLog) String() string {
 // returns its base URL, its log, and a function that stops it and returns the exit code.
 func startServe(t *testing.T, cfg string) (base string, log *serveLog, stop func() int) {
 	t.Helper()
+	base, log, stop = listenServe(t, cfg)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if r, err := http.Get(base + "/readyz"); err == nil && r.StatusCode == 200 {
+			r.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("not ready after 10s:\n%s", log.String())
+		}
+	}
+	return base, log, stop
+}
+
+// listenServe is startServe without waiting for readiness: it returns once serve listens.
+func listenServe(t *testing.T, cfg string) (base string, log *serveLog, stop func() int) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log = &serveLog{}
 	done := make(chan int, 1)
@@ -64,16 +81,6 @@ func startServe(t *testing.T, cfg string) (base string, log *serveLog, stop func
 		if time.Now().After(deadline) {
 			stop()
 			t.Fatalf("no listening line in the log:\n%s", log.String())
-		}
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if r, err := http.Get(base + "/readyz"); err == nil && r.StatusCode == 200 {
-			r.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("not ready after 10s:\n%s", log.String())
 		}
 	}
 	return base, log, stop
@@ -172,6 +179,57 @@ func TestServeTheRenderedConfigWithTheStorePasswordFromTheEnvironment(t *testing
 			t.Errorf("the log shows the password:\n%s", log.String())
 		}
 	})
+}
+
+// TestServeStartsWithOneStoreDown: a namespace whose store cannot be reached at start
+// is reported not ready while the others are served; a malformed store URL is still a
+// config error (TestServeBadConfigIsExit2).
+func TestServeStartsWithOneStoreDown(t *testing.T) {
+	dir, job, store := workspace(t, 200, "")
+	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	down := redistest.StartStandalone(t)
+	down.Kill()
+	cfg := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(cfg, []byte("poll_interval: 50ms\nstore_timeout: 200ms\nnamespaces:\n  churn:\n    store: "+store+
+		"\n  scores:\n    store: "+down.URL()+"\n"), 0o644)
+
+	base, log, stop := listenServe(t, cfg)
+	var ready struct {
+		Namespaces map[string]struct {
+			Ready  bool   `json:"ready"`
+			Reason string `json:"reason"`
+		} `json:"namespaces"`
+	}
+	status := 0
+	for deadline := time.Now().Add(10 * time.Second); !ready.Namespaces["churn"].Ready; time.Sleep(10 * time.Millisecond) {
+		r, err := http.Get(base + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		status = r.StatusCode
+		json.NewDecoder(r.Body).Decode(&ready)
+		r.Body.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("churn not ready after 10s:\n%s", log.String())
+		}
+	}
+	if status != 503 || ready.Namespaces["scores"].Ready || ready.Namespaces["scores"].Reason == "" {
+		t.Errorf("readyz: got %d %+v, want 503 with scores not ready, and why", status, ready)
+	}
+	if status, got := getSource(t, base, "churn", "u000000007"); status != 200 || got != "precomputed" {
+		t.Errorf("GET churn: got %d from %v, want 200 from precomputed", status, got)
+	}
+	if status, _ := getSource(t, base, "scores", "u000000007"); status != 503 {
+		t.Errorf("GET scores: got %d, want 503", status)
+	}
+	if !regexp.MustCompile(`level=WARN .*namespace=scores`).MatchString(log.String()) {
+		t.Errorf("no WARN line for namespace scores:\n%s", log.String())
+	}
+	if code := stop(); code != 0 {
+		t.Errorf("exit: got %d, want 0\n%s", code, log.String())
+	}
 }
 
 func TestServeBadConfigIsExit2(t *testing.T) {

@@ -192,6 +192,7 @@ func dial(ctx context.Context, u writers.URL) (*Driver, error) {
 				return nil, fmt.Errorf("open redis store %s: tls_ca: %w", u, err)
 			}
 		}
+		opt.ContextTimeoutEnabled = true // a caller's deadline bounds reads, not only the 5s ReadTimeout
 		d.client, d.addr = goredis.NewClient(opt), opt.Addr
 	case "redis+cluster":
 		if d.tlsCA != "" {
@@ -201,6 +202,7 @@ func dial(ctx context.Context, u writers.URL) (*Driver, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open redis store %s: %w", u, withoutURL(err))
 		}
+		opt.ContextTimeoutEnabled = true
 		d.cluster = goredis.NewClusterClient(opt)
 		d.client, d.addr = d.cluster, strings.Join(opt.Addrs, ",")
 	default:
