@@ -94,10 +94,17 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		return res, nil
 	case r.cfg.NoFlip || r.job.Release.Flip == "manual":
 		return res, nil
-	case live != "" && !writers.VersionLess(live, r.m.Version):
-		// A newer version went live meanwhile: flipping this one would be a rollback.
-		r.log.Info("a newer version is live; not flipping", "version", r.m.Version, "live", live)
-		return res, nil
+	case live != "":
+		// A version flipped live after this one completed is newer, whatever the ids say:
+		// flipping this one would be a rollback.
+		lm, err := r.store.Manifest(ctx, r.ns, live)
+		if err != nil {
+			return res, fmt.Errorf("read the live manifest: %w", err)
+		}
+		if at := latestFlip(lm); at.After(r.m.CompletedAt) {
+			r.log.Info("a newer version is live; not flipping", "version", r.m.Version, "live", live)
+			return res, nil
+		}
 	}
 	if err := writers.FlipFrom(ctx, r.store, r.ns, live, r.m.Version); err != nil {
 		return res, fmt.Errorf("flip %s to %s: %w", r.ns, r.m.Version, err)
@@ -105,6 +112,15 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 	res.Flipped, res.Previous = true, live
 	r.log.Info("flipped", "namespace", r.ns, "live", r.m.Version, "previous", live)
 	return res, nil
+}
+
+// latestFlip is when m was last made live by a flip (LiveAt in a manifest written before
+// flips were recorded).
+func latestFlip(m *writers.Manifest) time.Time {
+	if m.FlippedAt.After(m.LiveAt) {
+		return m.FlippedAt
+	}
+	return m.LiveAt
 }
 
 func (r *run) gates(ctx context.Context, liveRows int64, live string) ([]writers.GateResult, error) {

@@ -87,7 +87,7 @@ const (
 )
 
 // Manifest describes one version. Stores persist it as JSON and never interpret it beyond
-// Namespace, Version, State and LiveAt.
+// Namespace, Version and State.
 type Manifest struct {
 	Namespace string `json:"namespace"`
 	Version   string `json:"version"`
@@ -95,8 +95,22 @@ type Manifest struct {
 	// State as stored: writing, complete, failed or retired. Live and previous are derived
 	// from the live pointer by Catalog.
 	State State `json:"state"`
-	// LiveAt is when the version was first made live; zero if never.
+
+	// The flip history, recorded by Flip and Rollback after each swap of the live pointer
+	// (best effort: see Flip) and read by List, Rollback and GC, which order versions by
+	// it rather than by id. Zero means never, or not recorded (manifests written before a
+	// field existed lack it).
+	//
+	// LiveAt is when the version was first made live.
 	LiveAt time.Time `json:"live_at,omitzero"`
+	// FlippedAt is when a flip (not a rollback) last made it live: its place in the
+	// history. A rollback steps back through the history without moving anything in it.
+	FlippedAt time.Time `json:"flipped_at,omitzero"`
+	// LeftLiveAt is when another version last replaced it as live.
+	LeftLiveAt time.Time `json:"left_live_at,omitzero"`
+	// RolledBackAt is when a rollback last replaced it as live. While that is its latest
+	// event (no flip has made it live since), Rollback never returns to it.
+	RolledBackAt time.Time `json:"rolled_back_at,omitzero"`
 
 	Model    ModelInfo `json:"model"`
 	Key      string    `json:"key"`      // source key column
@@ -239,15 +253,18 @@ func EffectiveState(m *Manifest, live string) State {
 	}
 }
 
-// SortManifests orders manifests oldest version first (version ids sort by time; see
-// VersionLess for the -N suffixes).
+// SortManifests orders manifests by version id (VersionLess). An id says nothing reliable
+// about age (see VersionLess): List orders versions by their flip history instead.
 func SortManifests(ms []*Manifest) {
 	sort.Slice(ms, func(i, j int) bool { return VersionLess(ms[i].Version, ms[j].Version) })
 }
 
-// VersionLess reports whether version id a is older than b. Ids sort as strings, except
+// VersionLess reports whether version id a sorts before b. Ids sort as strings, except
 // that a numeric -N suffix (added by NewVersionID when an id is taken) sorts by number
-// after the bare id: 20261127T020000Z < 20261127T020000Z-2 < 20261127T020000Z-10.
+// after the bare id: 20261127T020000Z < 20261127T020000Z-2 < 20261127T020000Z-10. Ids
+// that NewVersionID makes sort by start time, but ids given with --version
+// (churn-29400120) or named after a Kubernetes Job created by hand (churn-manual-fix)
+// need not, so the catalog uses this order only to break ties in the flip history.
 func VersionLess(a, b string) bool {
 	ab, an := splitVersionSuffix(a)
 	bb, bn := splitVersionSuffix(b)

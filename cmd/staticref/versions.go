@@ -47,8 +47,16 @@ func newVersionsCmd() *cobra.Command {
 	var output string
 	list := &cobra.Command{
 		Use:   "list --store URL --namespace NS [-o json]",
-		Short: "List versions, oldest first, with their state and row counts",
-		Args:  args(0, 0),
+		Short: "List versions in flip-history order, with their state, row counts and the rollback target",
+		Long: `List a namespace's versions, oldest first in flip history: in the order they were
+last flipped live (FLIPPED), whatever their ids. A rollback moves nothing in this order;
+it steps back through it, so after one the live version is followed by the version it
+left. A version never live stands where it was completed (or, unfinished, started).
+
+The version "versions rollback" would make live is marked "rollback target" (with
+-o json, "rollback_target": true); a version a rollback left, which only a flip brings
+back, is marked "left by rollback" ("left_by_rollback": true).`,
+		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
@@ -74,13 +82,10 @@ func newVersionsCmd() *cobra.Command {
 				return writeJSON(c, rows)
 			}
 			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VERSION\tSTATE\tROWS\tSKIPPED\tCOMPLETED")
+			fmt.Fprintln(tw, "VERSION\tSTATE\tROWS\tSKIPPED\tCOMPLETED\tFLIPPED\tNOTE")
 			for _, v := range vs {
-				done := "-"
-				if !v.CompletedAt.IsZero() {
-					done = v.CompletedAt.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", v.Version, v.Effective, v.RowsWritten, v.RowsSkipped, done)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", v.Version, v.Effective, v.RowsWritten, v.RowsSkipped,
+					timeOrDash(v.CompletedAt), timeOrDash(flippedAt(v)), versionNote(v))
 			}
 			return tw.Flush()
 		},
@@ -140,8 +145,14 @@ func newVersionsCmd() *cobra.Command {
 
 	rollback := &cobra.Command{
 		Use:   "rollback --store URL --namespace NS",
-		Short: "Flip back to the newest previous version",
-		Args:  args(0, 0),
+		Short: "Flip back to the version that was live before the live one",
+		Long: `Flip back one step in the flip history, to the version that was live before the live
+one (the one "versions list" marks "rollback target"), whatever the ids.
+
+A rollback never returns to the version it left: a second rollback goes to the version
+live before that one, and so on. "versions flip VERSION" brings a version that a rollback
+left back, as a new step in the history.`,
+		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			s, err := open(c, nil)
 			if err != nil {
@@ -162,7 +173,14 @@ func newVersionsCmd() *cobra.Command {
 	gc := &cobra.Command{
 		Use:   "gc --store URL --namespace NS [--keep N]",
 		Short: "Remove versions beyond --keep previous ones, failed and abandoned ones; never the live one",
-		Args:  args(0, 0),
+		Long: `Remove the versions of a namespace that are no longer needed, judged by the flip history
+(see "versions list"), never by id. Kept: the live version; the --keep previous versions
+that as many rollbacks would return to; versions a rollback left on the way to the live
+one; complete versions never live that were completed after the live one went live; and
+writing versions younger than --grace. Everything else that is not retired goes: older
+previous versions, complete versions the live one superseded, failed and abandoned runs.
+A removed version's rows are deleted; its manifest stays, as retired.`,
+		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if keep < 0 {
 				return usagef("--keep %d: use 0 or more", keep)
@@ -194,24 +212,59 @@ func newVersionsCmd() *cobra.Command {
 
 // versionRow is one element of `versions list -o json`.
 type versionRow struct {
-	Version     string        `json:"version"`
-	State       writers.State `json:"state"`
-	Job         string        `json:"job"`
-	RowsRead    int64         `json:"rows_read"`
-	RowsWritten int64         `json:"rows_written"`
-	RowsSkipped int64         `json:"rows_skipped"`
-	StartedAt   time.Time     `json:"started_at"`
-	CompletedAt time.Time     `json:"completed_at,omitzero"`
-	LiveAt      time.Time     `json:"live_at,omitzero"`
-	ModelSHA256 string        `json:"model_sha256"`
+	Version        string        `json:"version"`
+	State          writers.State `json:"state"`
+	Job            string        `json:"job"`
+	RowsRead       int64         `json:"rows_read"`
+	RowsWritten    int64         `json:"rows_written"`
+	RowsSkipped    int64         `json:"rows_skipped"`
+	StartedAt      time.Time     `json:"started_at"`
+	CompletedAt    time.Time     `json:"completed_at,omitzero"`
+	LiveAt         time.Time     `json:"live_at,omitzero"`
+	FlippedAt      time.Time     `json:"flipped_at,omitzero"`
+	LeftLiveAt     time.Time     `json:"left_live_at,omitzero"`
+	RolledBackAt   time.Time     `json:"rolled_back_at,omitzero"`
+	RollbackTarget bool          `json:"rollback_target"`
+	LeftByRollback bool          `json:"left_by_rollback"`
+	ModelSHA256    string        `json:"model_sha256"`
 }
 
 func newVersionRow(v writers.Version) versionRow {
 	return versionRow{
 		Version: v.Version, State: v.Effective, Job: v.Job,
 		RowsRead: v.RowsRead, RowsWritten: v.RowsWritten, RowsSkipped: v.RowsSkipped,
-		StartedAt: v.StartedAt, CompletedAt: v.CompletedAt, LiveAt: v.LiveAt, ModelSHA256: v.Model.SHA256,
+		StartedAt: v.StartedAt, CompletedAt: v.CompletedAt,
+		LiveAt: v.LiveAt, FlippedAt: v.FlippedAt, LeftLiveAt: v.LeftLiveAt, RolledBackAt: v.RolledBackAt,
+		RollbackTarget: v.RollbackTarget, LeftByRollback: v.LeftByRollback,
+		ModelSHA256: v.Model.SHA256,
 	}
+}
+
+// flippedAt is when v was last flipped live, as the catalog orders it: LiveAt in a
+// manifest written before FlippedAt existed.
+func flippedAt(v writers.Version) time.Time {
+	if !v.FlippedAt.IsZero() {
+		return v.FlippedAt
+	}
+	return v.LiveAt
+}
+
+// versionNote is the NOTE column of `versions list`.
+func versionNote(v writers.Version) string {
+	switch {
+	case v.RollbackTarget:
+		return "rollback target"
+	case v.LeftByRollback:
+		return "left by rollback"
+	}
+	return "-"
+}
+
+func timeOrDash(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Format(time.RFC3339)
 }
 
 func writeJSON(c *cobra.Command, v any) error {

@@ -39,7 +39,12 @@ func Run(t *testing.T, open func(t *testing.T) *writers.Store) {
 		{"swap live refuses a version that is not complete", testSwapLiveState},
 		{"concurrent flips from the same version have exactly one winner", testConcurrentFlips},
 		{"flip and rollback follow the lifecycle", testFlipRollback},
+		{"flips record the history on the manifests, in the pointer's order", testFlipHistory},
+		{"versions are listed in history order with the rollback target marked", testListHistory},
+		{"rollback steps back through the history, whatever the ids", testRollbackHistory},
+		{"manifests written before the history fields still order sensibly", testLegacyHistory},
 		{"gc keeps what may still be needed and removes the rest", testGC},
+		{"gc keeps what a rollback left until a flip supersedes it", testGCRollback},
 		{"delete version retires a version and refuses the live one", testDeleteVersion},
 		{"new version ids get -N suffixes when taken", testNewVersionID},
 		{"a held lease is refused to another holder, naming the holder", testLeaseHeld},
@@ -375,11 +380,14 @@ func jsonRoundTrip(t *testing.T, m *writers.Manifest) *writers.Manifest {
 func testManifestRoundTrip(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	full := &writers.Manifest{
-		Namespace: "churn",
-		Version:   "20261127T020000Z-2",
-		Job:       "churn",
-		State:     writers.StateComplete,
-		LiveAt:    t0.Add(time.Hour),
+		Namespace:    "churn",
+		Version:      "20261127T020000Z-2",
+		Job:          "churn",
+		State:        writers.StateComplete,
+		LiveAt:       t0.Add(time.Hour),
+		FlippedAt:    t0.Add(3 * time.Hour),
+		LeftLiveAt:   t0.Add(4 * time.Hour),
+		RolledBackAt: t0.Add(4 * time.Hour),
 		Model: writers.ModelInfo{
 			Path:    "models/churn.onnx",
 			SHA256:  strings.Repeat("ab", 32),
@@ -569,6 +577,17 @@ func testConcurrentFlips(t *testing.T, s *writers.Store) {
 		t.Fatalf("winners = %q, want exactly one", winners)
 	}
 	wantLive(t, s, "race", winners[0])
+	// A flip that lost the compare-and-swap recorded nothing.
+	for i := 1; i <= n; i++ {
+		v := fmt.Sprintf("v%02d", i)
+		m, err := s.Manifest(ctx, "race", v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := !m.LiveAt.IsZero() || !m.FlippedAt.IsZero(), v == winners[0]; got != want {
+			t.Errorf("Manifest(%s) records a flip: %v, want %v (winner %s)", v, got, want, winners[0])
+		}
+	}
 }
 
 func wantStates(t *testing.T, s *writers.Store, ns string, want map[string]writers.State) {
@@ -642,65 +661,382 @@ func testFlipRollback(t *testing.T, s *writers.Store) {
 	wantLive(t, s, ns, "v1")
 }
 
-func testGC(t *testing.T, s *writers.Store) {
+// Version ids that sort against their age, as --version and --k8s-job can make them: by
+// VersionLess, hotfix < cron1 < cron2 < manual, whatever order the tests publish them in.
+const (
+	cron1  = "churn-29400120"   // --version named after a CronJob's Job
+	hotfix = "20261201T101500Z" // a run with a default (start time) id
+	cron2  = "churn-29401560"   // the CronJob's next Job
+	manual = "churn-manual-fix" // --k8s-job of a Job created by hand
+)
+
+// at is the test clock: hour h of 2026-12-01.
+func at(h float64) time.Time {
+	return time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(h * float64(time.Hour)))
+}
+
+// made writes a version of one row in state st, started and (unless writing) completed
+// at hour h.
+func made(t *testing.T, s *writers.Store, ns, version string, st writers.State, h float64) {
+	t.Helper()
+	put(t, s, ns, version, writers.StateWriting)
+	write(t, s, ns, version, []string{"k"}, []string{version})
+	m, err := s.Manifest(context.Background(), ns, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.State, m.StartedAt = st, at(h)
+	if st != writers.StateWriting {
+		m.CompletedAt = at(h)
+	}
+	if err := s.PutManifest(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func flipAt(t *testing.T, s *writers.Store, ns, version string, h float64) {
+	t.Helper()
+	if _, err := writers.FlipAt(context.Background(), s, ns, version, at(h)); err != nil {
+		t.Fatalf("FlipAt(%s, %s): %v", ns, version, err)
+	}
+}
+
+// wantHistory checks List: the versions in order, the live one, and the rollback target
+// ("" for none).
+func wantHistory(t *testing.T, s *writers.Store, ns string, order []string, live, target string) {
+	t.Helper()
+	gotLive, versions, err := writers.List(context.Background(), s, ns)
+	if err != nil {
+		t.Fatalf("List(%s): %v", ns, err)
+	}
+	var got []string
+	gotTarget := ""
+	for _, v := range versions {
+		got = append(got, v.Version)
+		if v.RollbackTarget {
+			if gotTarget != "" {
+				t.Errorf("List(%s) marks %s and %s as the rollback target, want one", ns, gotTarget, v.Version)
+			}
+			gotTarget = v.Version
+		}
+	}
+	if !reflect.DeepEqual(got, order) {
+		t.Errorf("List(%s) order = %q, want %q", ns, got, order)
+	}
+	if gotLive != live {
+		t.Errorf("List(%s) live = %q, want %q", ns, gotLive, live)
+	}
+	if gotTarget != target {
+		t.Errorf("List(%s) rollback target = %q, want %q", ns, gotTarget, target)
+	}
+}
+
+func wantTimes(t *testing.T, s *writers.Store, ns, version string, liveAt, flippedAt, leftAt, rolledBackAt time.Time) {
+	t.Helper()
+	m, err := s.Manifest(context.Background(), ns, version)
+	if err != nil {
+		t.Fatalf("Manifest(%s/%s): %v", ns, version, err)
+	}
+	got := []time.Time{m.LiveAt, m.FlippedAt, m.LeftLiveAt, m.RolledBackAt}
+	want := []time.Time{liveAt, flippedAt, leftAt, rolledBackAt}
+	for i, name := range []string{"LiveAt", "FlippedAt", "LeftLiveAt", "RolledBackAt"} {
+		if !got[i].Equal(want[i]) {
+			t.Errorf("Manifest(%s).%s = %v, want %v", version, name, got[i], want[i])
+		}
+	}
+}
+
+func testFlipHistory(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
-	const ns = "gc"
-	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
-	for _, v := range []string{"20260101T010000Z", "20260101T020000Z", "20260101T030000Z", "20260101T040000Z", "20260101T050000Z"} {
-		complete(t, s, ns, v)
-		if _, err := writers.Flip(ctx, s, ns, v); err != nil {
+	const ns = "fh"
+	var never time.Time
+	for _, v := range []string{cron1, hotfix, cron2} {
+		made(t, s, ns, v, writers.StateComplete, 0)
+	}
+	flipAt(t, s, ns, cron1, 1)
+	flipAt(t, s, ns, hotfix, 2)
+	wantTimes(t, s, ns, cron1, at(1), at(1), at(2), never)
+	wantTimes(t, s, ns, hotfix, at(2), at(2), never, never)
+
+	if _, _, err := writers.RollbackAt(ctx, s, ns, at(3)); err != nil {
+		t.Fatalf("RollbackAt: %v", err)
+	}
+	wantLive(t, s, ns, cron1)
+	// A rollback steps back: cron1 keeps its place; hotfix records that a rollback left it.
+	wantTimes(t, s, ns, cron1, at(1), at(1), at(2), never)
+	wantTimes(t, s, ns, hotfix, at(2), at(2), at(3), at(3))
+
+	// A flip made live again keeps the first LiveAt and moves FlippedAt.
+	flipAt(t, s, ns, hotfix, 4)
+	wantTimes(t, s, ns, hotfix, at(2), at(4), at(3), at(3))
+	wantTimes(t, s, ns, cron1, at(1), at(1), at(4), never)
+
+	// A flip whose clock is behind is still recorded after the version it replaced went
+	// live, so the history follows the pointer.
+	flipAt(t, s, ns, cron2, -100)
+	m, err := s.Manifest(ctx, ns, cron2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.FlippedAt.After(at(4)) || !m.LiveAt.Equal(m.FlippedAt) {
+		t.Errorf("Manifest(%s) after a flip with a slow clock: LiveAt %v, FlippedAt %v; want both after %v", cron2, m.LiveAt, m.FlippedAt, at(4))
+	}
+	wantTimes(t, s, ns, hotfix, at(2), at(4), m.FlippedAt, at(3))
+	wantHistory(t, s, ns, []string{cron1, hotfix, cron2}, cron2, hotfix)
+
+	// Flipping to the live version records nothing.
+	flipAt(t, s, ns, cron2, 10)
+	if again, err := s.Manifest(ctx, ns, cron2); err != nil || !again.FlippedAt.Equal(m.FlippedAt) {
+		t.Errorf("Manifest(%s).FlippedAt after a no-op flip = %v, %v; want %v unchanged", cron2, again.FlippedAt, err, m.FlippedAt)
+	}
+}
+
+func testListHistory(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	const ns = "lh"
+	const late = "20200101T000000Z" // sorts first, made last
+	made(t, s, ns, cron1, writers.StateComplete, 0)
+	made(t, s, ns, hotfix, writers.StateComplete, 0.5)
+	made(t, s, ns, cron2, writers.StateComplete, 2.5)
+	flipAt(t, s, ns, cron1, 1)
+	made(t, s, ns, manual, writers.StateComplete, 1.5) // never live: gate failed
+	flipAt(t, s, ns, hotfix, 2)
+	flipAt(t, s, ns, cron2, 3)
+	made(t, s, ns, late, writers.StateComplete, 4)
+	made(t, s, ns, "churn-29402000", writers.StateWriting, 5)
+
+	order := []string{cron1, manual, hotfix, cron2, late, "churn-29402000"}
+	wantHistory(t, s, ns, order, cron2, hotfix)
+
+	// A rollback moves nothing in the history: only states and the target do.
+	if from, to, err := writers.RollbackAt(ctx, s, ns, at(6)); err != nil || from != cron2 || to != hotfix {
+		t.Fatalf("RollbackAt = %s -> %s, %v; want %s -> %s", from, to, err, cron2, hotfix)
+	}
+	wantHistory(t, s, ns, order, hotfix, cron1)
+	wantStates(t, s, ns, map[string]writers.State{cron1: "previous", manual: "complete", hotfix: "live",
+		cron2: "previous", late: "complete", "churn-29402000": "writing"})
+	_, versions, err := writers.List(ctx, s, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range versions {
+		if want := v.Version == cron2; v.LeftByRollback != want {
+			t.Errorf("List: %s LeftByRollback = %v, want %v", v.Version, v.LeftByRollback, want)
+		}
+	}
+
+	// A flip appends to the history, wherever the version was before.
+	flipAt(t, s, ns, cron1, 7)
+	wantHistory(t, s, ns, []string{manual, hotfix, cron2, late, "churn-29402000", cron1}, cron1, hotfix)
+}
+
+// testRollbackHistory runs scripts of flips and rollbacks. Before each rollback, List
+// must mark the version it then returns to.
+func testRollbackHistory(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	type step struct {
+		op      string // flip; rollback (to version); none (no rollback; version is the one to go forward to)
+		version string
+	}
+	flip := func(v string) step { return step{"flip", v} }
+	back := func(v string) step { return step{"rollback", v} }
+	none := func(newer string) step { return step{"none", newer} }
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"a hotfix published between two cron runs is what a rollback returns to", []step{
+			flip(cron1), flip(hotfix), flip(cron2), back(hotfix), back(cron1), none(hotfix)}},
+		{"a hotfix published last rolls back to the cron runs before it", []step{
+			flip(cron1), flip(cron2), flip(hotfix), back(cron2), back(cron1), none(cron2)}},
+		{"a Job created by hand between two cron runs is what a rollback returns to", []step{
+			flip(cron1), flip(manual), flip(cron2), back(manual), back(cron1), none(manual)}},
+		{"a rollback never returns to the version it left, and a flip brings that back", []step{
+			flip(cron1), flip(hotfix), flip(cron2), back(hotfix), flip(cron2), back(hotfix), back(cron1), none(hotfix)}},
+		{"a flip to an older version by hand is a new step back from", []step{
+			flip(cron1), flip(hotfix), flip(cron2), flip(cron1), back(cron2), back(hotfix), none(cron2)}},
+		{"a flip after a rollback leaves the version rolled back from behind", []step{
+			flip(cron1), flip(hotfix), back(cron1), flip(cron2), back(cron1), none(cron2)}},
+		{"with one version live there is nothing to roll back to", []step{
+			flip(manual), none("")}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := fmt.Sprintf("rh%d", i)
+			for _, v := range []string{cron1, hotfix, cron2, manual} {
+				made(t, s, ns, v, writers.StateComplete, 0)
+			}
+			for j, st := range tc.steps {
+				now := at(float64(j + 1))
+				switch st.op {
+				case "flip":
+					if _, err := writers.FlipAt(ctx, s, ns, st.version, now); err != nil {
+						t.Fatalf("step %d: FlipAt(%s): %v", j, st.version, err)
+					}
+				case "rollback":
+					live, _ := s.Live(ctx, ns)
+					wantTarget(t, s, ns, st.version)
+					from, to, err := writers.RollbackAt(ctx, s, ns, now)
+					if err != nil || from != live || to != st.version {
+						t.Fatalf("step %d: RollbackAt = %q -> %q, %v; want %s -> %s", j, from, to, err, live, st.version)
+					}
+				case "none":
+					live, _ := s.Live(ctx, ns)
+					wantTarget(t, s, ns, "")
+					_, to, err := writers.RollbackAt(ctx, s, ns, now)
+					var nr *writers.NoRollbackError
+					if !errors.As(err, &nr) || !errors.Is(err, writers.ErrNotFound) {
+						t.Fatalf("step %d: RollbackAt = %q, %v; want a *NoRollbackError", j, to, err)
+					}
+					if nr.Live != live || nr.Newer != st.version {
+						t.Errorf("step %d: NoRollbackError live %q, newer %q; want %q, %q", j, nr.Live, nr.Newer, live, st.version)
+					}
+					wantLive(t, s, ns, live)
+				}
+			}
+		})
+	}
+}
+
+func wantTarget(t *testing.T, s *writers.Store, ns, want string) {
+	t.Helper()
+	_, versions, err := writers.List(context.Background(), s, ns)
+	if err != nil {
+		t.Fatalf("List(%s): %v", ns, err)
+	}
+	got := ""
+	for _, v := range versions {
+		if v.RollbackTarget {
+			got = v.Version
+		}
+	}
+	if got != want {
+		t.Errorf("List(%s) rollback target = %q, want %q", ns, got, want)
+	}
+}
+
+// testLegacyHistory stores manifests as the catalog wrote them before FlippedAt,
+// LeftLiveAt and RolledBackAt existed (LiveAt only, and a rollback recorded nothing):
+// cron1, hotfix and cron2 were flipped live in that order, then rolled back to hotfix.
+func testLegacyHistory(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	const ns = "legacy"
+	for i, v := range []string{cron1, hotfix, cron2} {
+		made(t, s, ns, v, writers.StateComplete, 0)
+		m, err := s.Manifest(ctx, ns, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.LiveAt = at(float64(i + 1))
+		if err := s.PutManifest(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	put(t, s, ns, "20260101T015000Z", writers.StateFailed)
-	complete(t, s, ns, "20260101T035000Z") // complete, never live, superseded
-	complete(t, s, ns, "20260101T060000Z") // complete, newer than live
-	old := put(t, s, ns, "20260101T025000Z", writers.StateWriting)
-	old.StartedAt = now.Add(-2 * time.Hour)
-	if err := s.PutManifest(ctx, old); err != nil {
+	made(t, s, ns, manual, writers.StateComplete, 2.5) // never live
+	if err := s.SwapLive(ctx, ns, "", hotfix); err != nil {
 		t.Fatal(err)
 	}
-	young := put(t, s, ns, "20260101T065000Z", writers.StateWriting)
-	young.StartedAt = now.Add(-10 * time.Minute)
-	if err := s.PutManifest(ctx, young); err != nil {
-		t.Fatal(err)
+	// LiveAt orders them; cron2 went live after hotfix first did, so a rollback left it.
+	wantHistory(t, s, ns, []string{cron1, hotfix, manual, cron2}, hotfix, cron1)
+
+	// After a flip, the version it replaced is the one to return to, not cron2.
+	flipAt(t, s, ns, manual, 4)
+	wantTarget(t, s, ns, hotfix)
+	for i, want := range []string{hotfix, cron1} {
+		if _, to, err := writers.RollbackAt(ctx, s, ns, at(float64(5+i))); err != nil || to != want {
+			t.Fatalf("RollbackAt = %q, %v; want %s", to, err, want)
+		}
 	}
+	var nr *writers.NoRollbackError
+	if _, _, err := writers.RollbackAt(ctx, s, ns, at(7)); !errors.As(err, &nr) || nr.Newer != hotfix {
+		t.Errorf("a third RollbackAt: %v; want a *NoRollbackError pointing at %s", err, hotfix)
+	}
+}
+
+// testGC publishes versions whose ids sort against their age; gc must judge them by
+// the history alone.
+func testGC(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	const ns = "gc"
+	const live = "20261130T000000Z"       // flipped last, sorts first
+	const superseded = "20300101T000000Z" // complete before live went live, sorts last
+	const candidate = "20000101T000000Z"  // complete after live went live, sorts first
+	now := at(24)
+	for i, v := range []string{cron1, manual, hotfix, cron2, live} {
+		made(t, s, ns, v, writers.StateComplete, float64(i)+0.5)
+		flipAt(t, s, ns, v, float64(i+1))
+	}
+	made(t, s, ns, "churn-failed", writers.StateFailed, 1.5)
+	made(t, s, ns, "churn-abandoned", writers.StateWriting, 2.5)
+	made(t, s, ns, superseded, writers.StateComplete, 4.7)
+	made(t, s, ns, candidate, writers.StateComplete, 6)
+	made(t, s, ns, "churn-running", writers.StateWriting, 23.9)
 
 	removed, err := writers.GC(ctx, s, ns, 2, time.Hour, now)
 	if err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	want := []string{"20260101T010000Z", "20260101T015000Z", "20260101T020000Z", "20260101T025000Z", "20260101T035000Z"}
+	want := []string{cron1, "churn-failed", manual, "churn-abandoned", superseded}
 	if !reflect.DeepEqual(removed, want) {
 		t.Errorf("GC removed %q, want %q", removed, want)
 	}
-	wantLive(t, s, ns, "20260101T050000Z")
+	wantLive(t, s, ns, live)
 	wantStates(t, s, ns, map[string]writers.State{
-		"20260101T010000Z": "retired",
-		"20260101T015000Z": "retired",
-		"20260101T020000Z": "retired",
-		"20260101T025000Z": "retired",
-		"20260101T030000Z": "previous",
-		"20260101T035000Z": "retired",
-		"20260101T040000Z": "previous",
-		"20260101T050000Z": "live",
-		"20260101T060000Z": "complete",
-		"20260101T065000Z": "writing",
+		cron1:             "retired",
+		"churn-failed":    "retired",
+		manual:            "retired",
+		"churn-abandoned": "retired",
+		hotfix:            "previous",
+		cron2:             "previous",
+		superseded:        "retired",
+		live:              "live",
+		candidate:         "complete",
+		"churn-running":   "writing",
 	})
 	for _, v := range want {
 		wantCount(t, s, ns, v, 0)
 	}
-	wantValue(t, s, ns, "20260101T030000Z", []byte("k"), []byte("20260101T030000Z"))
+	wantValue(t, s, ns, hotfix, []byte("k"), []byte(hotfix))
+	wantValue(t, s, ns, candidate, []byte("k"), []byte(candidate))
 
 	removed, err = writers.GC(ctx, s, ns, 2, time.Hour, now)
 	if err != nil || len(removed) != 0 {
 		t.Errorf("second GC removed %q, %v; want nothing", removed, err)
 	}
 	removed, err = writers.GC(ctx, s, ns, 0, time.Hour, now)
-	if want := []string{"20260101T030000Z", "20260101T040000Z"}; err != nil || !reflect.DeepEqual(removed, want) {
+	if want := []string{hotfix, cron2}; err != nil || !reflect.DeepEqual(removed, want) {
 		t.Errorf("GC keeping 0 removed %q, %v; want %q", removed, err, want)
 	}
-	wantLive(t, s, ns, "20260101T050000Z")
+	wantLive(t, s, ns, live)
+}
+
+func testGCRollback(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	const ns = "gcrb"
+	for _, v := range []string{cron1, hotfix, cron2} {
+		made(t, s, ns, v, writers.StateComplete, 0)
+	}
+	made(t, s, ns, manual, writers.StateComplete, 3.5)
+	flipAt(t, s, ns, cron1, 1)
+	flipAt(t, s, ns, hotfix, 2)
+	flipAt(t, s, ns, cron2, 3)
+	if _, to, err := writers.RollbackAt(ctx, s, ns, at(4)); err != nil || to != hotfix {
+		t.Fatalf("RollbackAt = %q, %v; want %s", to, err, hotfix)
+	}
+	// cron2 comes after the live hotfix in the history: a flip may bring it back.
+	removed, err := writers.GC(ctx, s, ns, 0, time.Hour, at(24))
+	if want := []string{cron1}; err != nil || !reflect.DeepEqual(removed, want) {
+		t.Errorf("GC keeping 0 after a rollback removed %q, %v; want %q", removed, err, want)
+	}
+	// Once another version is flipped live, cron2 is behind it: superseded, not a
+	// rollback target, so gc removes it and keeps the one a rollback returns to.
+	flipAt(t, s, ns, manual, 5)
+	wantTarget(t, s, ns, hotfix)
+	removed, err = writers.GC(ctx, s, ns, 1, time.Hour, at(24))
+	if want := []string{cron2}; err != nil || !reflect.DeepEqual(removed, want) {
+		t.Errorf("GC keeping 1 after a flip removed %q, %v; want %q", removed, err, want)
+	}
+	wantStates(t, s, ns, map[string]writers.State{cron1: "retired", hotfix: "previous", cron2: "retired", manual: "live"})
 }
 
 func testDeleteVersion(t *testing.T, s *writers.Store) {
