@@ -42,8 +42,6 @@ func (s *Service) apiErrorOf(ns string, err error) *apiError {
 		return errorf(CodeConflict, "the live version of %s changed concurrently; read it and retry", ns)
 	case errors.As(err, &nr):
 		return errorf(CodeNotFound, "%v", nr)
-	case errors.Is(err, errStoreBusy):
-		return errorf(CodeUnavailable, "the store of %s is busy (a run holds it); try again, or use `staticref versions`", ns)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded): // a read past store_timeout
 		s.log.Warn("store call timed out", "namespace", ns, "err", err)
 		return errorf(CodeUnavailable, "the store of %s did not answer in time", ns)

@@ -290,7 +290,6 @@ func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.storeCtx(r.Context())
 	defer cancel()
-	// The snapshot's own store: for Pebble, the checkpoint the service answers from.
 	_, versions, err := writers.List(ctx, sn.Store, n.name)
 	if err != nil {
 		s.writeError(w, s.apiErrorOf(n.name, err))
@@ -354,8 +353,7 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 		s.writeError(w, errorf(CodeUnavailable, "the store of %s is unavailable: connecting to it", n.name))
 		return
 	}
-	// Opening the catalog may take the Pebble lock; each store call after it has its own
-	// store_timeout.
+	// Each store call below has its own store_timeout.
 	cctx, cancel := context.WithTimeout(r.Context(), 4*time.Duration(s.cfg.StoreTimeout))
 	defer cancel()
 	store, release, err := src.catalog(cctx)

@@ -22,9 +22,7 @@ import (
 //     fails it within store_timeout.
 //  4. That success is recent: no older than readyWindow (three poll intervals, plus
 //     twice store_timeout for the refresh's two calls). This catches a check that never
-//     returns, however a driver treats its deadline. A Pebble refresh that copies a new
-//     live version may take minutes while the version it replaces keeps serving, so
-//     while one is in flight a pebble: namespace keeps the readiness of its last check.
+//     returns, however a driver treats its deadline.
 //
 // The process is ready when every namespace is: a replica that cannot answer one of its
 // namespaces is taken out of rotation, and the others (which can) receive its share.
@@ -129,7 +127,7 @@ func (s *Service) namespaceReadiness(n *namespace, now time.Time) NamespaceReadi
 		nr.Reason = "the live version is not loaded yet"
 	case h.failed:
 		nr.Reason = "the last check of the store failed"
-	case now.Sub(h.lastOK) > window && !(src.slow && !h.checking.IsZero()):
+	case now.Sub(h.lastOK) > window:
 		nr.Reason = "the store has not answered a check for " + now.Sub(h.lastOK).Round(time.Millisecond).String() +
 			" (at most " + window.String() + ")"
 	case nr.Live == "":

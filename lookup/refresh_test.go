@@ -68,27 +68,24 @@ func TestReadinessRule(t *testing.T) {
 	tests := []struct {
 		name   string
 		open   bool
-		slow   bool
 		loaded bool
 		snap   *Snapshot
 		c      checks
 		ready  bool
 	}{
-		{"a recent successful check with a live version is ready", true, false, true, live, checks{last: now, lastOK: now}, true},
-		{"a store not open yet is not ready", false, false, false, nil, checks{}, false},
-		{"a store open but not checked yet is not ready", true, false, false, nil, checks{}, false},
-		{"a failed last check is not ready", true, false, true, live, checks{last: now, lastOK: now.Add(-time.Second), failed: true}, false},
-		{"a check that hangs past the window is not ready", true, false, true, live, checks{checking: now.Add(-window), lastOK: now.Add(-window - time.Millisecond)}, false},
-		{"a check in flight within the window is ready", true, false, true, live, checks{checking: now, lastOK: now.Add(-time.Second)}, true},
-		{"a Pebble copy in flight past the window stays ready", true, true, true, live, checks{checking: now.Add(-time.Minute), lastOK: now.Add(-time.Minute)}, true},
-		{"a Pebble store idle past the window is not ready", true, true, true, live, checks{lastOK: now.Add(-time.Minute)}, false},
-		{"no live version is not ready", true, false, true, nil, checks{last: now, lastOK: now}, false},
+		{"a recent successful check with a live version is ready", true, true, live, checks{last: now, lastOK: now}, true},
+		{"a store not open yet is not ready", false, false, nil, checks{}, false},
+		{"a store open but not checked yet is not ready", true, false, nil, checks{}, false},
+		{"a failed last check is not ready", true, true, live, checks{last: now, lastOK: now.Add(-time.Second), failed: true}, false},
+		{"a check that hangs past the window is not ready", true, true, live, checks{checking: now.Add(-window), lastOK: now.Add(-window - time.Millisecond)}, false},
+		{"a check in flight within the window is ready", true, true, live, checks{checking: now, lastOK: now.Add(-time.Second)}, true},
+		{"no live version is not ready", true, true, nil, checks{last: now, lastOK: now}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &namespace{name: "ns"}
 			if tt.open {
-				n.src.Store(&openedSource{source: &orderedSource{}, slow: tt.slow})
+				n.src.Store(&openedSource{source: &orderedSource{}})
 			}
 			n.loaded.Store(tt.loaded)
 			n.snap.Store(tt.snap)

@@ -19,7 +19,6 @@ type Snapshot struct {
 	Namespace string
 	Manifest  *writers.Manifest
 	// Store is where the version's rows are read from (nil: the caller passes one to Get).
-	// The lookup service sets it, because for Pebble it is a private checkpoint.
 	Store *writers.Store
 
 	fb *fallbacks // cold-start answers, rendered by prepare (service only)

@@ -21,8 +21,6 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// errStoreBusy: the Pebble directory is held by another process (a run).
-var errStoreBusy = errors.New("lookup: store busy")
 
 // Service is the HTTP lookup service over one or more namespaces.
 //
@@ -69,7 +67,6 @@ type namespace struct {
 // openedSource is a namespace's source once its store is open.
 type openedSource struct {
 	source
-	slow bool // resolve may take minutes (a Pebble copy of a new version); see Readiness
 }
 
 // Opening stores. A store that cannot be reached (refused, reset, timed out) when the
@@ -158,8 +155,7 @@ func (s *Service) open(ctx context.Context, n *namespace) (src *openedSource, re
 	if err != nil {
 		return nil, unreachable(actx, err), err
 	}
-	_, slow := o.(*pebbleSource)
-	return &openedSource{source: o, slow: slow}, false, nil
+	return &openedSource{source: o}, false, nil
 }
 
 // connect opens n's store again and again until it opens, waiting between attempts from

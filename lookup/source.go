@@ -17,9 +17,10 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// A source is where a namespace's snapshots come from. For every store but Pebble that
-// is the store itself: the live pointer is read through the store contract, and the
-// version's rows are read from the same store. Pebble is different (see pebbleSource).
+// A source is where a namespace's snapshots come from: the store itself, whose live
+// pointer is read through the store contract and whose version's rows are read in place
+// (Pebble included: its complete versions are immutable files that any number of
+// processes read while runs write others). Tests substitute their own.
 type source interface {
 	// resolve returns the snapshot of the live version, cur itself when the live version
 	// is still cur's, and nil when the namespace has no live version.
@@ -36,14 +37,12 @@ type source interface {
 // openSource opens the source a namespace's store URL names; timeout bounds each store
 // call of its resolve. A URL that does not parse is an error wrapping writers.ErrBadURL.
 func openSource(ctx context.Context, url string, log *slog.Logger, timeout time.Duration) (source, error) {
-	u, err := writers.ParseURL(url)
-	if err != nil {
+	if _, err := writers.ParseURL(url); err != nil {
 		return nil, err
 	}
-	if u.Scheme == "pebble" {
-		return newPebbleSource(u.Dir, log)
-	}
-	s, err := writers.Open(ctx, url)
+	// OpenExisting: a pebble: directory that holds no store is a mistake in the config,
+	// not an empty store to create and serve nothing from.
+	s, err := writers.OpenExisting(ctx, url)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +78,7 @@ func unreachable(attempt context.Context, err error) bool {
 	return false
 }
 
-// storeSource reads pointer and rows straight from a shared store (Redis, Bigtable).
+// storeSource reads pointer and rows straight from the store.
 type storeSource struct {
 	store   *writers.Store
 	log     *slog.Logger

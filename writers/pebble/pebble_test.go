@@ -3,15 +3,19 @@ package pebble_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	pdb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/staticref/staticref/writers"
 	"github.com/staticref/staticref/writers/pebble"
@@ -54,10 +58,16 @@ func TestPebbleReopenKeepsDataAndPointer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A second open of the same directory in the same process is refused by Pebble's lock.
-	if s2, err := pebble.Open(dir); err == nil {
-		s2.Close()
-		t.Error("second Open of an open directory succeeded, want an error")
+	// A second handle on the directory, as another process would open it, sees it all.
+	s2, err := pebble.Open(dir)
+	if err != nil {
+		t.Fatalf("second Open of an open directory: %v", err)
+	}
+	if v, err := s2.Get(ctx, "ns", "v1", []byte("k1")); err != nil || string(v) != "a" {
+		t.Errorf("second handle: Get(k1) = %q, %v; want a, nil", v, err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -229,11 +239,11 @@ func loadIntoL0(t *testing.T, batches, per int, value func(int) []byte) (*writer
 		if err := s.WriteRows(ctx, "ns", "v1", rows); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.FlushForTest(); err != nil {
+		if err := d.FlushForTest("ns", "v1"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := d.L0TablesForTest(); n < int64(batches) {
+	if n := d.L0TablesForTest("ns", "v1"); n < int64(batches) {
 		t.Fatalf("after %d flushes L0 holds %d tables, want >= %d (the test needs an L0 to compact)", batches, n, batches)
 	}
 	return s, d, m
@@ -252,8 +262,8 @@ func TestPebbleCompleteCompactsTheVersion(t *testing.T) {
 	if err := s.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	if n := d.L0TablesForTest(); n != 0 {
-		t.Errorf("after completing the version L0 holds %d tables, want 0", n)
+	if n, err := d.SealedL0ForTest("ns", "v1"); err != nil || n != 0 {
+		t.Errorf("after completing the version L0 holds %d tables (%v), want 0", n, err)
 	}
 	if n, err := s.CountKeys(ctx, "ns", "v1"); err != nil || n != batches*per {
 		t.Errorf("CountKeys = %d, %v; want %d", n, err, batches*per)
@@ -372,7 +382,7 @@ func TestPebbleOpenExisting(t *testing.T) {
 			s.Close()
 			t.Fatal("OpenExisting succeeded, want an error")
 		}
-		want := dir + " is not a store: it holds no Pebble database (check the path, or run a job into it first)"
+		want := dir + " is not a store: it holds no staticref store (check the path, or run a job into it first)"
 		if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), want) {
 			t.Errorf("OpenExisting error = %v, want fs.ErrNotExist saying %q", err, want)
 		}
@@ -429,74 +439,180 @@ func publish(t *testing.T, s *writers.Store, ns, version string, n int) {
 	}
 }
 
-// TestPebbleCopyVersionCopiesOnlyItsNamespace: the copy of demo's live version, taken
-// while the writer holds the directory, holds demo's pointer, manifests and live rows,
-// and nothing of the namespaces whose names extend demo (their pointer keys p\x00demo2
-// and p\x00demo.x start with demo's, p\x00demo; their manifest and row prefixes do not).
-func TestPebbleCopyVersionCopiesOnlyItsNamespace(t *testing.T) {
+// TestPebbleHandlesShareAStoreAsProcessesDo: two handles on one directory (each with its
+// own parts and locks, as two processes have) see each other's flips at once, read each
+// other's complete versions in place, and flip back and forth; nothing is copied.
+func TestPebbleHandlesShareAStoreAsProcessesDo(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	w, err := pebble.Open(dir)
-	if err != nil {
+	a, b := openAt(t, dir), openAt(t, dir)
+	const n = 500
+	publish(t, a, "demo", "v1", n)
+	wantVersion(t, b, "demo", "v1", n)
+	publish(t, b, "demo", "v2", n) // b writes while a has v1 open
+	wantVersion(t, a, "demo", "v2", n)
+	if _, err := writers.Flip(ctx, a, "demo", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	const n = 100
-	publish(t, w, "demo", "v1", n)
-	publish(t, w, "demo", "v2", n)
-	neighbours := []string{"demo2", "demo.x"}
-	for _, ns := range neighbours {
-		publish(t, w, ns, "v1", n)
+	if live, err := b.Live(ctx, "demo"); err != nil || live != "v1" {
+		t.Errorf("b: Live after a's flip = %q, %v; want v1", live, err)
 	}
-
-	if live, err := pebble.ReadLive(dir, "demo"); err != nil || live != "v2" {
-		t.Errorf("ReadLive(demo) = %q, %v; want v2", live, err)
-	}
-	if live, err := pebble.ReadLive(dir, "dem"); err != nil || live != "" {
-		t.Errorf("ReadLive(dem) = %q, %v; want \"\" (demo's pointer is not dem's)", live, err)
-	}
-
-	c, live, err := pebble.CopyVersion(dir, filepath.Join(t.TempDir(), "copy"), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if live != "v2" {
-		t.Errorf("CopyVersion copied live version %q, want v2", live)
-	}
-	if got, err := c.Live(ctx, "demo"); err != nil || got != "v2" {
-		t.Errorf("copy: Live(demo) = %q, %v; want v2", got, err)
-	}
-	ms, err := c.Manifests(ctx, "demo")
-	if err != nil || len(ms) != 2 || ms[0].Version != "v1" || ms[1].Version != "v2" {
-		t.Errorf("copy: Manifests(demo) = %v, %v; want v1 and v2", ms, err)
-	}
-	if got, err := c.CountKeys(ctx, "demo", "v2"); err != nil || got != n {
-		t.Errorf("copy: CountKeys(demo, v2) = %d, %v; want %d", got, err, n)
-	}
-	for i := range n {
-		key, want := fmt.Appendf(nil, "k%d", i), fmt.Appendf(nil, "demo/v2/%d", i)
-		if got, err := c.Get(ctx, "demo", "v2", key); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("copy: Get(demo, v2, %s) = %q, %v; want %q", key, got, err, want)
+	for _, s := range []*writers.Store{a, b} {
+		if n, err := s.CountKeys(ctx, "demo", "v2"); err != nil || n != 500 {
+			t.Errorf("CountKeys(v2) = %d, %v; want 500", n, err)
 		}
-	}
-	if got, err := c.CountKeys(ctx, "demo", "v1"); err != nil || got != 0 {
-		t.Errorf("copy: CountKeys(demo, v1) = %d, %v; want 0 (only the live version's rows are copied)", got, err)
-	}
-	for _, ns := range neighbours {
-		if got, err := c.Live(ctx, ns); err != nil || got != "" {
-			t.Errorf("copy: Live(%s) = %q, %v; want \"\"", ns, got, err)
-		}
-		if ms, err := c.Manifests(ctx, ns); err != nil || len(ms) != 0 {
-			t.Errorf("copy: Manifests(%s) = %v, %v; want none", ns, ms, err)
-		}
-		if got, err := c.CountKeys(ctx, ns, "v1"); err != nil || got != 0 {
-			t.Errorf("copy: CountKeys(%s, v1) = %d, %v; want 0", ns, got, err)
-		}
-	}
-
-	// A namespace with no live version copies nothing and opens nothing.
-	if s, live, err := pebble.CopyVersion(dir, filepath.Join(t.TempDir(), "none"), "other"); s != nil || live != "" || err != nil {
-		t.Errorf("CopyVersion(other) = %v, %q, %v; want nil, \"\", nil", s, live, err)
 	}
 }
+
+// TestPebbleGCRemovesAVersionOnlyOnceNoReaderHoldsIt: a version retired while another
+// handle answers from it keeps answering there, is gone for everyone else at once, and
+// its files go when the reader lets go; disk after many flips is the versions kept.
+func TestPebbleGCRemovesAVersionOnlyOnceNoReaderHoldsIt(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	w, r := openAt(t, dir), openAt(t, dir)
+	const n = 200
+	publish(t, w, "demo", "v1", n)
+	wantVersion(t, r, "demo", "v1", n) // r holds v1 open
+	publish(t, w, "demo", "v2", n)
+	if removed, err := writers.GC(ctx, w, "demo", 0, time.Hour, time.Now()); err != nil || len(removed) != 1 {
+		t.Fatalf("GC = %v, %v; want v1 removed", removed, err)
+	}
+	if _, err := w.Get(ctx, "demo", "v1", []byte("k1")); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Get of the retired v1 from the gc's handle: %v, want ErrNotFound", err)
+	}
+	if got, err := r.Get(ctx, "demo", "v1", []byte("k1")); err != nil || string(got) != "demo/v1/1" {
+		t.Errorf("the reader of v1 after gc: Get = %q, %v; want it to finish on v1", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "versions", "demo", "v1")); err != nil {
+		t.Errorf("v1's files while a reader holds them: %v, want them kept", err)
+	}
+	r.Driver().(*pebble.Driver).CloseIdleForTest(time.Now().Add(time.Hour))
+	if _, err := os.Stat(filepath.Join(dir, "versions", "demo", "v1")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("v1's files once its reader let go: %v, want them removed", err)
+	}
+
+	for i := 3; i <= 12; i++ {
+		publish(t, w, "demo", fmt.Sprintf("v%d", i), n)
+		if _, err := writers.GC(ctx, w, "demo", 1, time.Hour, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "versions", "demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, e := range ents {
+		kept = append(kept, e.Name())
+	}
+	if want := []string{"v11", "v12"}; !slices.Equal(kept, want) {
+		t.Errorf("version directories after 12 flips with keep 1: %v, want %v (the live one and one previous)", kept, want)
+	}
+}
+
+// TestPebbleMigratesTheEarlierLayout: a store written by an earlier staticref (one Pebble
+// database, every namespace under one-byte tags) opens as a store of this layout: the live
+// pointers, manifests, commits and every row of the versions kept, exactly; retired
+// versions bring no rows; the old files are moved aside, and a second open is plain.
+func TestPebbleMigratesTheEarlierLayout(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	old, err := pdb.Open(dir, &pdb.Options{Logger: quiet{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := func(ns, v string, st writers.State) []byte {
+		data, _ := json.Marshal(writers.Manifest{Namespace: ns, Version: v, State: st, Encoding: "json"})
+		return data
+	}
+	const n = 3000
+	set := func(k string, v []byte) {
+		if err := old.Set([]byte(k), v, pdb.NoSync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{"demo", "demo2"} {
+		set("m\x00"+ns+"\x00v0", manifest(ns, "v0", writers.StateRetired))
+		set("m\x00"+ns+"\x00v1", manifest(ns, "v1", writers.StateComplete))
+		set("p\x00"+ns, []byte("v1"))
+		set("s\x00"+ns+"\x00v1\x00f.parquet#0", []byte(`{"id":"f.parquet#0","rows":7}`))
+		for i := range n {
+			set(fmt.Sprintf("d\x00%s\x00v1\x00k%d", ns, i), fmt.Appendf(nil, "%s/v1/%d", ns, i))
+			set(fmt.Sprintf("d\x00%s\x00v0\x00k%d", ns, i), []byte("stale"))
+		}
+	}
+	set("l\x00demo", []byte(`{"holder":"gone","token":"t","expires":"2026-01-01T00:00:00Z"}`))
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for range 2 { // the second open finds the new layout
+		s, err := writers.OpenExisting(ctx, "pebble:"+dir)
+		if err != nil {
+			t.Fatalf("OpenExisting of the earlier layout: %v", err)
+		}
+		for _, ns := range []string{"demo", "demo2"} {
+			wantVersion(t, s, ns, "v1", n)
+			if got, err := s.Commits(ctx, ns, "v1"); err != nil || len(got) != 1 || got[0].ID != "f.parquet#0" || got[0].Rows != 7 {
+				t.Errorf("Commits(%s, v1) = %+v, %v; want the one commit", ns, got, err)
+			}
+			_, vs, err := writers.List(ctx, s, ns)
+			if err != nil || len(vs) != 2 || vs[0].Effective != writers.StateRetired || vs[1].Effective != writers.StateLive {
+				t.Errorf("List(%s) = %+v, %v; want v0 retired and v1 live", ns, vs, err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "versions", ns, "v0")); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the retired %s/v0 has row files (%v), want none", ns, err)
+			}
+		}
+		if l, err := s.AcquireLease(ctx, "demo", "new-run", time.Minute); err != nil {
+			t.Errorf("AcquireLease after migration: %v", err)
+		} else {
+			s.ReleaseLease(ctx, l)
+		}
+		s.Close()
+	}
+	ents, _ := os.ReadDir(dir)
+	var top []string
+	for _, e := range ents {
+		top = append(top, e.Name())
+	}
+	if want := []string{"STORE", "catalog", "legacy-layout", "versions"}; !slices.Equal(top, want) {
+		t.Errorf("store directory after migration holds %v, want %v", top, want)
+	}
+}
+
+func openAt(t *testing.T, dir string) *writers.Store {
+	t.Helper()
+	s, err := pebble.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// wantVersion checks that version of ns is live in s and holds exactly the n rows that
+// publish writes.
+func wantVersion(t *testing.T, s *writers.Store, ns, version string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	if live, err := s.Live(ctx, ns); err != nil || live != version {
+		t.Fatalf("Live(%s) = %q, %v; want %s", ns, live, err, version)
+	}
+	for i := range n {
+		key, want := fmt.Appendf(nil, "k%d", i), fmt.Appendf(nil, "%s/%s/%d", ns, version, i)
+		if got, err := s.Get(ctx, ns, version, key); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Get(%s, %s, %s) = %q, %v; want %q", ns, version, key, got, err, want)
+		}
+	}
+	if got, err := s.CountKeys(ctx, ns, version); err != nil || got != int64(n) {
+		t.Errorf("CountKeys(%s, %s) = %d, %v; want %d", ns, version, got, err, n)
+	}
+}
+
+type quiet struct{}
+
+func (quiet) Infof(string, ...any)              {}
+func (quiet) Errorf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
+func (quiet) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
