@@ -129,9 +129,15 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 // queue when it stops), so a resume does not write it again.
 func (a *accountant) commit(ctx context.Context) error {
 	for commit := range a.commits {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		err := a.r.store.CommitWork(cctx, a.r.ns, a.r.m.Version, commit)
+		// Fenced like the rows (see lease): a writer past its lease records nothing.
+		fctx, unfence, err := a.r.fenced(context.WithoutCancel(ctx))
+		if err != nil {
+			return fmt.Errorf("commit shard %s: %w", commit.ID, err)
+		}
+		cctx, cancel := context.WithTimeout(fctx, 30*time.Second)
+		err = a.r.store.CommitWork(cctx, a.r.ns, a.r.m.Version, commit)
 		cancel()
+		unfence()
 		if err != nil {
 			return fmt.Errorf("commit shard %s: %w", commit.ID, err) // cancels every stage
 		}

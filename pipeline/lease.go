@@ -18,6 +18,17 @@ const DefaultLeaseTTL = 30 * time.Second
 // renewed. The returned context is cancelled, with writers.ErrLeaseLost as its cause,
 // if a renewal fails: a writer that cannot prove it still holds the namespace stops
 // writing. release gives the lease up.
+//
+// The fence. A renewal that fails is not the only way to lose a lease: a process paused
+// past its lease (SIGSTOP, a VM or container freeze, a long GC stall, a hung renewal)
+// finds on waking that another writer may have taken the namespace over and gc may have
+// retired its version, before its renewal goroutine has had a chance to notice. So every
+// row write runs under fenced, whose deadline is when the lease was last known to hold:
+// the moment the last successful renewal was sent, plus the lease's ttl (the store counts
+// the ttl from when it received the renewal, which is later, so the fence closes first).
+// Time keeps passing while a process is paused, so a writer that wakes past its fence
+// writes nothing more: its next write fails at once, and one in flight is cut off by the
+// deadline (go-redis and the other clients honour a context's deadline on every send).
 func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 	ttl := r.cfg.LeaseTTL
 	if ttl <= 0 {
@@ -55,6 +66,7 @@ func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 			return nil, nil, ctx.Err()
 		}
 	}
+	r.fence.Store(time.Now().Add(ttl)) // sent no later than now
 	ctx, cancel := context.WithCancelCause(ctx)
 	stopped := make(chan struct{})
 	go func() {
@@ -66,10 +78,12 @@ func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
+				sent := time.Now()
 				next, err := r.store.RenewLease(ctx, l, ttl)
 				switch {
 				case err == nil:
 					l = next
+					r.fence.Store(sent.Add(ttl))
 				case ctx.Err() != nil:
 					return
 				case errors.Is(err, writers.ErrLeaseLost) || !r.now().Before(l.Expires):
@@ -93,4 +107,18 @@ func (r *run) lease(ctx context.Context) (context.Context, func(), error) {
 		}
 	}
 	return ctx, release, nil
+}
+
+// fenced returns ctx bounded by the lease's fence (see lease), for one row write.
+func (r *run) fenced(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	until, _ := r.fence.Load().(time.Time)
+	if until.IsZero() {
+		return ctx, func() {}, nil
+	}
+	if !time.Now().Before(until) {
+		return nil, nil, fmt.Errorf("the writer lease of %s was last known to hold until %s: %w",
+			r.ns, until.UTC().Format(time.RFC3339Nano), writers.ErrLeaseLost)
+	}
+	ctx, cancel := context.WithDeadline(ctx, until)
+	return ctx, cancel, nil
 }

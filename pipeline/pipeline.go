@@ -145,6 +145,8 @@ type run struct {
 	created bool // this run created the manifest
 
 	rowsRead atomic.Int64
+	// fence is when the writer lease was last known to hold (a time.Time; see lease).
+	fence atomic.Value
 }
 
 func newRun(cfg Config) (*run, error) {

@@ -207,7 +207,7 @@ func (r *run) write(ctx context.Context, in <-chan *chunk, out chan<- *chunk) er
 			return err
 		}
 		if c.rows.Len() > 0 {
-			if err := r.store.WriteRows(ctx, r.ns, r.m.Version, c.rows); err != nil {
+			if err := r.writeFenced(ctx, c.rows); err != nil {
 				return fmt.Errorf("write shard %s row group %d to %s/%s: %w", c.file, c.rowGroup, r.ns, r.m.Version, err)
 			}
 		}
@@ -215,6 +215,21 @@ func (r *run) write(ctx context.Context, in <-chan *chunk, out chan<- *chunk) er
 			return err
 		}
 	}
+}
+
+// writeFenced writes rows under the lease's fence; a write cut off by the fence says the
+// lease was lost, not that a deadline passed.
+func (r *run) writeFenced(ctx context.Context, rows writers.Rows) error {
+	fctx, cancel, err := r.fenced(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	err = r.store.WriteRows(fctx, r.ns, r.m.Version, rows)
+	if err != nil && ctx.Err() == nil && fctx.Err() != nil {
+		return fmt.Errorf("the write outlived the writer lease of %s: %w (%v)", r.ns, writers.ErrLeaseLost, err)
+	}
+	return err
 }
 
 // pool runs n goroutines of work in g and closes out once all n have returned. out is
