@@ -91,11 +91,12 @@ type Release struct {
 type Gates struct {
 	MinRowsRatio    *float64 `yaml:"min_rows_ratio"`
 	MaxNullFraction *float64 `yaml:"max_null_fraction"`
-	// UniqueKeys fails a version whose store holds fewer distinct keys than rows written:
-	// two input rows with one key (the last write wins, in no set order across
-	// concurrent writers). Off by default: it counts the version's keys in the store,
-	// a scan of the version (of the whole keyspace on Redis, whose server must not
-	// evict keys: an evicted key would count as a duplicate).
+	// UniqueKeys fails a version in which two rows written share a key (an int64 42 and a
+	// string "42" are one key), so that the version is complete but not live. On by
+	// default; false writes such rows anyway: one of them wins, in no set order across
+	// concurrent writers. Either way the manifest counts them (duplicate_keys). The count
+	// comes from the rows themselves as they are written (pipeline/dupkeys: a hash per
+	// key, memory bounded), never from a scan of the store.
 	UniqueKeys *bool `yaml:"unique_keys"`
 }
 
@@ -134,7 +135,7 @@ func (g Gates) MaxNulls() float64 {
 }
 
 // Unique is the unique_keys gate with its default (off).
-func (g Gates) Unique() bool { return g.UniqueKeys != nil && *g.UniqueKeys }
+func (g Gates) Unique() bool { return g.UniqueKeys == nil || *g.UniqueKeys }
 
 // NullFill reports whether nulls are filled, and with what.
 func (s Source) NullFill() (float32, bool) {

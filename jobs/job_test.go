@@ -69,7 +69,7 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"release.keep", j.Release.KeepVersions(), DefaultKeep},
 			{"min_rows_ratio", j.Release.Gates.MinRows(), DefaultMinRowsRatio},
 			{"max_null_fraction", j.Release.Gates.MaxNulls(), DefaultMaxNullFraction},
-			{"unique_keys", j.Release.Gates.Unique(), false},
+			{"unique_keys", j.Release.Gates.Unique(), true},
 		}
 		for _, c := range checks {
 			if c.got != c.want {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/staticref/staticref/pipeline/dupkeys"
 	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/writers"
 )
@@ -33,6 +34,8 @@ type accountant struct {
 	open     map[unit]*writers.Commit // row groups in progress
 	commits  chan writers.Commit      // row groups written, to the committer
 	rows     int64                    // rows written by this run, for progress
+	keys     *dupkeys.Counter         // the key of every row written by this run
+	all      bool                     // this run writes every row group of the version
 	skipped  int64
 	queues   func() map[string]int // stage queue depths, for progress
 }
@@ -44,6 +47,7 @@ func newAccountant(r *run, todo []task) *accountant {
 		expected: map[unit]int64{},
 		open:     map[unit]*writers.Commit{},
 		commits:  make(chan writers.Commit, 64),
+		keys:     dupkeys.New(0, ""),
 	}
 	for _, t := range todo {
 		a.expected[unit{t.file, t.rg}] = t.rows
@@ -101,6 +105,11 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 		}
 	}
 	a.rows += int64(c.rows.Len())
+	for _, k := range c.rows.Keys {
+		if err := a.keys.Add(k); err != nil {
+			return err
+		}
+	}
 	switch want := a.expected[t]; {
 	case commit.Rows > want:
 		return fmt.Errorf("shard %s row group %d: read %d rows, its footer says %d", c.file, c.rowGroup, commit.Rows, want)
@@ -208,6 +217,18 @@ func (a *accountant) finish(ctx context.Context, all []task) (waiting int, err e
 	}
 	if m.RowsWritten != m.RowsRead-m.RowsSkipped {
 		return 0, fmt.Errorf("wrote %d rows, want %d read - %d skipped", m.RowsWritten, m.RowsRead, m.RowsSkipped)
+	}
+	// Duplicate keys: this run saw every row written if it wrote every row group; a resumed
+	// or sharded run did not, and reads the keys of every row group again.
+	keys := a.keys
+	if !a.all {
+		if keys, err = r.rereadKeys(ctx, all); err != nil {
+			return 0, fmt.Errorf("count duplicate keys: %w", err)
+		}
+		defer keys.Close()
+	}
+	if m.DuplicateKeys, m.RepeatedKeys, err = keys.Count(); err != nil {
+		return 0, fmt.Errorf("count duplicate keys: %w", err)
 	}
 	return 0, nil
 }

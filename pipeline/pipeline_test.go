@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -746,10 +747,12 @@ func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
 	})
 }
 
-// TestDuplicateKeysFailTheUniqueKeysGate: input rows that share a key are written (one of
-// them wins) unless release.gates.unique_keys is on; then the version is complete but not
-// live, the run fails with ErrGateFailed naming how many rows repeat a key, and the live
-// version stays.
+// TestDuplicateKeysFailTheUniqueKeysGate: by default, input rows that share a key fail
+// the unique_keys gate: the version is complete but not live, the run fails with
+// ErrGateFailed naming how many rows repeat a key, the manifest counts them, and the live
+// version stays. An int64 42 and a string "42" in two shards are one key. With
+// release.gates.unique_keys false they are written (one of them wins) and still counted.
+// A resumed run, which wrote only some row groups itself, counts the same.
 func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 	ctx := context.Background()
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 200, Shards: 1, Seed: 9})
@@ -759,46 +762,113 @@ func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 	writeKeys(t, unique, []string{"a", "b", "c", "d"})
 	dups := filepath.Join(dir, "dups.parquet")
 	writeKeys(t, dups, []string{"a", "b", "a", "c", "b", "d", "a"})
+	mixed := filepath.Join(dir, "mixed")
+	os.MkdirAll(mixed, 0o755)
+	writeKeys(t, filepath.Join(mixed, "a.parquet"), []string{"41", "42", "x"})
+	writeIntKeys(t, filepath.Join(mixed, "b.parquet"), []int64{42, 43})
 	s, url := openStore(t)
 	job := func(uri string, sets ...string) *jobs.Job {
 		return newJob(t, d, url, append([]string{"source.uri=" + uri, "source.features=[f0]", "model.path=" + model}, sets...)...)
 	}
-
-	good, err := run(t, s, job(unique, "release.gates.unique_keys=true"))
-	if err != nil {
-		t.Fatalf("unique keys with the gate on: %v", err)
-	}
-	if g := good.Manifest.Gates[len(good.Manifest.Gates)-1]; g.Name != "unique_keys" || !g.Passed || g.Value != 0 {
-		t.Errorf("unique_keys gate on unique keys: %+v, want passed with 0", g)
-	}
-
-	res, err := run(t, s, job(dups, "release.gates.unique_keys=true"))
-	if !errors.Is(err, pipeline.ErrGateFailed) {
-		t.Fatalf("duplicate keys with the gate on: got %v, want ErrGateFailed", err)
-	}
-	for _, w := range []string{"unique_keys", "7 rows written, 4 distinct keys", "3 rows repeat a key"} {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("error lacks %q: %v", w, err)
+	gate := func(m *writers.Manifest) writers.GateResult {
+		for _, g := range m.Gates {
+			if g.Name == "unique_keys" {
+				return g
+			}
 		}
-	}
-	if live, _ := s.Live(ctx, "scores"); live != good.Manifest.Version {
-		t.Errorf("live is %q after the failed gate, want %q untouched", live, good.Manifest.Version)
-	}
-	if m, _ := s.Manifest(ctx, "scores", res.Manifest.Version); m == nil || m.State != writers.StateComplete {
-		t.Errorf("the gated version: %+v, want complete (and not live)", m)
+		t.Fatalf("no unique_keys gate in %+v", m.Gates)
+		return writers.GateResult{}
 	}
 
-	// Off (the default), the same input is written: 7 rows, 4 keys, no gate.
-	res, err = run(t, s, job(dups))
+	good, err := run(t, s, job(unique))
 	if err != nil {
-		t.Fatalf("duplicate keys with the gate off: %v", err)
+		t.Fatalf("unique keys: %v", err)
 	}
-	if n, _ := s.CountKeys(ctx, "scores", res.Manifest.Version); res.Manifest.RowsWritten != 7 || n != 4 {
-		t.Errorf("gate off: %d rows written, %d keys stored; want 7 and 4", res.Manifest.RowsWritten, n)
+	if g := gate(good.Manifest); !g.Passed || g.Value != 0 || good.Manifest.DuplicateKeys != 0 {
+		t.Errorf("unique keys: gate %+v, duplicate_keys %d; want passed with 0", g, good.Manifest.DuplicateKeys)
 	}
-	for _, g := range res.Manifest.Gates {
-		if g.Name == "unique_keys" {
-			t.Errorf("gate off, yet the manifest has %+v", g)
+
+	for _, tc := range []struct {
+		name, uri           string
+		rows, dups, repeats int64
+	}{
+		{"repeated string keys", dups, 7, 3, 2},
+		{"an int64 42 and a string \"42\" in two shards", filepath.Join(mixed, "*.parquet"), 5, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := run(t, s, job(tc.uri))
+			if !errors.Is(err, pipeline.ErrGateFailed) {
+				t.Fatalf("got %v, want ErrGateFailed", err)
+			}
+			for _, w := range []string{"unique_keys", fmt.Sprintf("%d rows written, %d distinct keys", tc.rows, tc.rows-tc.dups), fmt.Sprintf("%d rows repeat a key", tc.dups)} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if m := res.Manifest; m.DuplicateKeys != tc.dups || m.RepeatedKeys != tc.repeats {
+				t.Errorf("manifest: duplicate_keys %d, repeated_keys %d; want %d, %d", m.DuplicateKeys, m.RepeatedKeys, tc.dups, tc.repeats)
+			}
+			if live, _ := s.Live(ctx, "scores"); live != good.Manifest.Version {
+				t.Errorf("live is %q after the failed gate, want %q untouched", live, good.Manifest.Version)
+			}
+			if m, _ := s.Manifest(ctx, "scores", res.Manifest.Version); m == nil || m.State != writers.StateComplete {
+				t.Errorf("the gated version: %+v, want complete (and not live)", m)
+			}
+		})
+	}
+
+	t.Run("unique_keys false writes them, counted", func(t *testing.T) {
+		res, err := run(t, s, job(dups, "release.gates.unique_keys=false"))
+		if err != nil {
+			t.Fatalf("duplicate keys with the gate off: %v", err)
 		}
+		if n, _ := s.CountKeys(ctx, "scores", res.Manifest.Version); res.Manifest.RowsWritten != 7 || n != 4 {
+			t.Errorf("gate off: %d rows written, %d keys stored; want 7 and 4", res.Manifest.RowsWritten, n)
+		}
+		if g := gate(res.Manifest); !g.Passed || g.Value != 3 || res.Manifest.DuplicateKeys != 3 {
+			t.Errorf("gate off: %+v, duplicate_keys %d; want passed, counting 3", g, res.Manifest.DuplicateKeys)
+		}
+	})
+
+	t.Run("a resumed run counts the rows an earlier attempt wrote", func(t *testing.T) {
+		big := generate(t, t.TempDir(), shardgen.Spec{Rows: 6000, Shards: 2, RowGroupRows: 1000, Seed: 4})
+		// Both shards' files twice over: every key is written twice.
+		twice := filepath.Join(t.TempDir(), "twice")
+		os.MkdirAll(twice, 0o755)
+		files, _ := filepath.Glob(filepath.Join(big.dir, "features", "*.parquet"))
+		for i, f := range files {
+			data, _ := os.ReadFile(f)
+			for _, copy := range []string{"a", "b"} {
+				os.WriteFile(filepath.Join(twice, fmt.Sprintf("%s-%d.parquet", copy, i)), data, 0o644)
+			}
+		}
+		j := newJob(t, big, url, "source.uri="+filepath.Join(twice, "*.parquet"), "model.batch_size=1000", "model.workers=1")
+		_, failing := flaky(s, 5)
+		if _, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Readers: 1, Version: "v-dups"}); err == nil {
+			t.Fatal("the flaky run succeeded")
+		}
+		if done, _ := s.Commits(ctx, "scores", "v-dups"); len(done) == 0 || len(done) >= 12 {
+			t.Fatalf("the failed run committed %d of 12 row groups, want some (the resume must write only the rest)", len(done))
+		}
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-dups"})
+		if !errors.Is(err, pipeline.ErrGateFailed) || res.Manifest.DuplicateKeys != 6000 || res.Manifest.RepeatedKeys != 6000 {
+			t.Errorf("resumed: %v, duplicate_keys %d, repeated_keys %d; want ErrGateFailed, 6000, 6000", err, res.Manifest.DuplicateKeys, res.Manifest.RepeatedKeys)
+		}
+	})
+}
+
+func writeIntKeys(t *testing.T, path string, keys []int64) {
+	t.Helper()
+	type row struct {
+		UserID  int64   `parquet:"user_id"`
+		F0      float64 `parquet:"f0"`
+		Country string  `parquet:"country"`
+	}
+	rows := make([]row, len(keys))
+	for i, k := range keys {
+		rows[i] = row{UserID: k, F0: float64(i), Country: "DE"}
+	}
+	if err := parquet.WriteFile(path, rows); err != nil {
+		t.Fatal(err)
 	}
 }

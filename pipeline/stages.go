@@ -56,6 +56,8 @@ func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	}
 	r.cfg.Progress.Start(rows)
 	a := newAccountant(r, tasks)
+	defer a.keys.Close()
+	a.all = len(tasks) == len(all)
 	if err := r.stages(ctx, tasks, a); err != nil {
 		return 0, err
 	}

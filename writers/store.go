@@ -124,6 +124,11 @@ type Manifest struct {
 	RowsSkipped int64            `json:"rows_skipped"`
 	SkipReasons map[string]int64 `json:"skip_reasons,omitempty"`
 	NullOutputs int64            `json:"null_outputs"` // rows with a NaN output
+	// DuplicateKeys counts the rows written whose key an earlier row of the version had
+	// (rows written - distinct keys; the unique_keys gate), and RepeatedKeys the distinct
+	// keys that occur more than once.
+	DuplicateKeys int64 `json:"duplicate_keys"`
+	RepeatedKeys  int64 `json:"repeated_keys,omitempty"`
 
 	StartedAt   time.Time `json:"started_at"`
 	CompletedAt time.Time `json:"completed_at,omitzero"`
