@@ -91,7 +91,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration (e.g. 36h)", s)
+		return fmt.Errorf("%s is not a duration (e.g. 36h)", yamldecode.Quote(s))
 	}
 	*d = Duration(v)
 	return nil
@@ -156,7 +156,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 				what = "empty"
 			}
 			problems = append(problems, yamldecode.Problem{Line: res.Line(p), Path: p,
-				Msg: fmt.Sprintf("environment variable %s is %s (the URL %q names it)", v, what, n.Store)})
+				Msg: fmt.Sprintf("environment variable %s is %s (the URL %s names it)", yamldecode.Clip(v), what, yamldecode.Quote(n.Store))})
 			unexpanded[p] = true
 		}
 		n.Store = writers.ResolveURL(store, base)
@@ -244,7 +244,7 @@ func (c *Config) validate() []yamldecode.Problem {
 		n := c.Namespaces[name]
 		p := "namespaces." + name
 		if err := writers.ValidateNamespace(name); err != nil {
-			add(p, "%v", err)
+			add(p, "%s", yamldecode.QuoteIn(err.Error(), name))
 		}
 		if n == nil {
 			add(p, "store is required")
@@ -253,14 +253,14 @@ func (c *Config) validate() []yamldecode.Problem {
 		if n.Store == "" {
 			add(p+".store", "is required, e.g. redis://localhost:6379/0")
 		} else if err := writers.CheckURL(n.Store); err != nil {
-			add(p+".store", "%v", err) // writers never shows a password
+			add(p+".store", "%s", yamldecode.QuoteIn(err.Error(), writers.RedactURL(n.Store))) // writers never shows a password
 		}
 		switch n.OnStale {
 		case "":
 			n.OnStale = OnStaleServe
 		case OnStaleServe, OnStaleFallback, OnStaleError:
 		default:
-			add(p+".on_stale", "%q: use serve, fallback or error", n.OnStale)
+			add(p+".on_stale", "%s: use serve, fallback or error", yamldecode.Quote(n.OnStale))
 		}
 		if n.MaxStaleness < 0 {
 			add(p+".max_staleness", "negative")
@@ -270,7 +270,7 @@ func (c *Config) validate() []yamldecode.Problem {
 			n.Device = "cpu"
 		case "cpu", "auto", "cuda":
 		default:
-			add(p+".device", "%q: use cpu, auto or cuda", n.Device)
+			add(p+".device", "%s: use cpu, auto or cuda", yamldecode.Quote(n.Device))
 		}
 		if err := n.Fallback.parse(); err != nil {
 			add(p+".fallback.default", "%v", err)
@@ -364,7 +364,7 @@ func (f *Fallback) parse() error {
 		}
 		var v float64
 		if err := n.Decode(&v); err != nil {
-			return fmt.Errorf("%q: use computed, none, a number or an object {output: number|[numbers]}", n.Value)
+			return fmt.Errorf("%s: use computed, none, a number or an object {output: number|[numbers]}", yamldecode.Quote(n.Value))
 		}
 		f.kind, f.static = "static", map[string][]float64{"*": {v}}
 		return nil
@@ -382,7 +382,7 @@ func (f *Fallback) parse() error {
 			}
 			var many []float64
 			if err := v.Decode(&many); err != nil || len(many) == 0 {
-				return fmt.Errorf("output %q: want a number or a list of numbers", out)
+				return fmt.Errorf("output %s: want a number or a list of numbers", yamldecode.Quote(out))
 			}
 			f.static[out] = many
 		}
