@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,7 +16,7 @@ func TestCPUOnlyRuntimeRefusesTheCUDAProvider(t *testing.T) {
 	if err := onnxgen.Logistic(3, 1).Write(path); err != nil {
 		t.Fatal(err)
 	}
-	m, err := Load(path, Options{Features: 3, BatchSize: 4, Device: DeviceCPU})
+	m, err := Load(context.Background(), path, Options{Features: 3, BatchSize: 4, Device: DeviceCPU})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package inference_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +33,7 @@ func writeModel(t testing.TB, m *onnxgen.Model) string {
 
 func load(t testing.TB, path string, opts inference.Options) *inference.Model {
 	t.Helper()
-	m, err := inference.Load(path, opts)
+	m, err := inference.Load(context.Background(), path, opts)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -191,7 +192,7 @@ func TestSessionsRunConcurrently(t *testing.T) {
 func TestInspect(t *testing.T) {
 	gen := onnxgen.ZipMapClassifier(5, 1)
 	path := writeModel(t, gen)
-	info, err := inference.Inspect(path)
+	info, err := inference.Inspect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestLoadRejects(t *testing.T) {
 			name: "a missing file",
 			path: filepath.Join(dir, "missing.onnx"),
 			opts: inference.Options{Features: 4, BatchSize: 8},
-			want: fmt.Sprintf("model %s: open %s: no such file or directory", filepath.Join(dir, "missing.onnx"), filepath.Join(dir, "missing.onnx")),
+			want: fmt.Sprintf("model %s: stat %s: no such file or directory", filepath.Join(dir, "missing.onnx"), filepath.Join(dir, "missing.onnx")),
 		},
 		{
 			name: "an output the model lacks",
@@ -316,7 +317,7 @@ func TestLoadRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
-			m, err := inference.Load(tt.path, tt.opts)
+			m, err := inference.Load(context.Background(), tt.path, tt.opts)
 			if err == nil {
 				m.Close()
 				t.Fatalf("got no error, want %q", tt.want)
@@ -372,7 +373,7 @@ func TestDevices(t *testing.T) {
 		}
 	})
 	t.Run("cuda fails loudly without CUDA", func(t *testing.T) {
-		m, err := inference.Load(path, inference.Options{Features: 3, BatchSize: 8, Device: "cuda"})
+		m, err := inference.Load(context.Background(), path, inference.Options{Features: 3, BatchSize: 8, Device: "cuda"})
 		if err == nil {
 			m.Close()
 			t.Fatalf("got device %q and no error, want an error (this ONNX Runtime build has no CUDA)", m.Device)

@@ -1,9 +1,9 @@
 package inference
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -57,24 +57,21 @@ type Model struct {
 	closed bool
 }
 
-// Load reads the model at path and checks it against opts before any data
-// is read: the input exists and is a float32 [batch, Features] tensor, and
+// Load reads the model at path (a regular file of at most MaxModelBytes, read
+// under ctx) and checks it against opts before any data is read: the input exists and is a float32 [batch, Features] tensor, and
 // every selected output exists and is a numeric tensor of rank 1 or 2 over
 // the batch. Errors name the file and the job field to fix.
 //
 // With Device "auto" Load tries the CUDA execution provider and falls back
 // to the CPU with a log line saying why; with "cuda" an unavailable CUDA
 // provider is an error.
-func Load(path string, opts Options) (*Model, error) {
+func Load(ctx context.Context, path string, opts Options) (*Model, error) {
 	if err := checkOptions(opts); err != nil {
 		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
 	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
-	}
+	data, err := readModel(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, err
 	}
 	info, err := inspectData(path, data)
 	if err != nil {

@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		sum.Shard, sum.ShardCount = r.cfg.ShardIndex, r.cfg.ShardCount
 		r.cfg.Progress.Finish(sum)
 	}()
-	if err := r.check(); err != nil {
+	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
 	ctx, release, err := r.lease(ctx)
@@ -213,7 +213,7 @@ func (r *run) close() {
 
 // check checks everything that can be checked before any data is read: every shard's
 // schema and the model against the features.
-func (r *run) check() error {
+func (r *run) check(ctx context.Context) error {
 	paths, err := readers.Glob(r.job.Source.URI)
 	if err != nil {
 		return fmt.Errorf("source.uri: %w", err)
@@ -235,7 +235,7 @@ func (r *run) check() error {
 		width = w
 		r.files = append(r.files, info)
 	}
-	r.model, err = r.cfg.Deps.LoadModel(r.job.Model.Path, inference.Options{
+	r.model, err = r.cfg.Deps.LoadModel(ctx, r.job.Model.Path, inference.Options{
 		Input:          r.job.Model.Input,
 		Outputs:        r.job.Model.Outputs,
 		Features:       width, // 0 for a variable list column: the model's width decides

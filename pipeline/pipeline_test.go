@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -392,6 +393,10 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 	if err := onnxgen.Logistic(5, modelSeed).Write(wide); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(bad, "fifo.onnx")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	longKey := filepath.Join(bad, "long-key.parquet")
 	writeKeys(t, longKey, []string{"ok", strings.Repeat("k", writers.MaxKeyLen+1)})
 
@@ -410,6 +415,8 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{"features/part-0000", "row group ", " row 99:", "null feature", "source.nulls"}, false},
 		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}, true},
 		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}, true},
+		{"a model path that is a device names it", d, []string{"model.path=/dev/zero"}, []string{"/dev/zero", "a character device, not a regular file"}, true},
+		{"a model path that is a FIFO names it, without waiting for a writer", d, []string{"model.path=" + fifo}, []string{"fifo.onnx", "a named pipe (FIFO)"}, true},
 		{"a missing model file names it", d, []string{"model.path=" + filepath.Join(bad, "absent.onnx")}, []string{"absent.onnx", "no such file"}, true},
 		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}, false},
 	}
