@@ -48,3 +48,22 @@ func TestSessionOptionsTurnSpinningOff(t *testing.T) {
 		}
 	}
 }
+
+func TestOutputsTogetherWiderThanAStoredValueAreRefused(t *testing.T) {
+	out := func(name string, width int64) TensorInfo {
+		return TensorInfo{Name: name, Kind: "tensor", ElemType: "float32", Shape: []int64{-1, width}}
+	}
+	m := &Model{Info: ModelInfo{Outputs: []TensorInfo{out("a", 3000), out("b", 100), out("c", 2000)}}}
+	err := m.selectOutputs(Options{})
+	want := &WidthError{Output: "c", Width: 2000, Total: 5100}
+	if we, ok := err.(*WidthError); !ok || *we != *want {
+		t.Fatalf("got %v, want %v", err, want)
+	}
+	if got := err.Error(); got != `output "c" (2000 values a row) takes the outputs to 5100 values a row, over the 4096 one stored value holds (MaxValueWidth): select fewer outputs (model.outputs)` {
+		t.Errorf("message: got %q", got)
+	}
+	m = &Model{Info: m.Info}
+	if err := m.selectOutputs(Options{Outputs: []string{"a", "b"}}); err != nil {
+		t.Errorf("a and b, 3100 wide: got %v, want them selected", err)
+	}
+}

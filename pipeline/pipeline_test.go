@@ -393,6 +393,10 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 	if err := onnxgen.Logistic(5, modelSeed).Write(wide); err != nil {
 		t.Fatal(err)
 	}
+	wideOut := filepath.Join(bad, "wide-out.onnx")
+	if err := onnxgen.Wide(4, 100_000, modelSeed).Write(wideOut); err != nil {
+		t.Fatal(err)
+	}
 	fifo := filepath.Join(bad, "fifo.onnx")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -417,6 +421,7 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}, true},
 		{"a model path that is a device names it", d, []string{"model.path=/dev/zero"}, []string{"/dev/zero", "a character device, not a regular file"}, true},
 		{"a model path that is a FIFO names it, without waiting for a writer", d, []string{"model.path=" + fifo}, []string{"fifo.onnx", "a named pipe (FIFO)"}, true},
+		{"a model whose output is 100,000 wide names the output and its width", d, []string{"model.path=" + wideOut, "model.batch_size=4000"}, []string{"wide-out.onnx", `output "wide" gives 100000 values a row`, "MaxOutputWidth"}, true},
 		{"a missing model file names it", d, []string{"model.path=" + filepath.Join(bad, "absent.onnx")}, []string{"absent.onnx", "no such file"}, true},
 		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}, false},
 	}
