@@ -3,6 +3,7 @@ package lookup
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -346,6 +347,17 @@ func escapeUserinfo(v string) string {
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+// warnReadable logs a warning when the admin token file may be read by every user of
+// the machine: anyone who can read the token can flip the live version.
+func warnReadable(log *slog.Logger, path string) {
+	st, err := os.Stat(path) // through a symlink, as Kubernetes mounts a Secret
+	if err != nil || st.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	log.Warn("admin_token_file is readable by every user of the machine: chmod 600 it (on Kubernetes, give the Secret volume defaultMode: 0400)",
+		"file", path, "mode", st.Mode().Perm().String())
+}
 
 // parse reads Default: computed, none, a number, or an object of outputs.
 func (f *Fallback) parse() error {
