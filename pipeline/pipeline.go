@@ -126,6 +126,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause // the lease was lost: say so, not "context canceled"
 		}
+		r.committed.report(r.m) // the summary and the failed manifest count what is kept
 		if !errors.Is(err, writers.ErrLeaseLost) {
 			// A writer that lost its lease must not touch the version: another run may
 			// have resumed it.
@@ -156,7 +157,8 @@ type run struct {
 	m       *writers.Manifest
 	created bool // this run created the manifest
 
-	rowsRead atomic.Int64
+	rowsRead  atomic.Int64
+	committed committedRows // of this run's row groups, committed by it or before it
 }
 
 func newRun(cfg Config) (*run, error) {
@@ -486,13 +488,15 @@ func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("read committed shards: %w", err)
 	}
-	done := map[string]bool{}
+	done := map[string]writers.Shard{}
 	for _, s := range committed {
-		done[s.ID] = true
+		done[s.ID] = s
 	}
 	var tasks []task
 	for _, t := range r.mine(all) {
-		if !done[shardID(t.file, t.rg)] {
+		if s, ok := done[shardID(t.file, t.rg)]; ok {
+			r.committed.add(s)
+		} else {
 			tasks = append(tasks, t)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/staticref/staticref/inference/onnxgen"
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
 )
@@ -566,6 +567,14 @@ func (f *flakyStore) WriteRows(ctx context.Context, ns, v string, rows writers.R
 	return f.Store.WriteRows(ctx, ns, v, rows)
 }
 
+// lastSummary keeps the summary a run finishes with.
+type lastSummary struct {
+	progress.Reporter
+	got progress.Summary
+}
+
+func (l *lastSummary) Finish(s progress.Summary) { l.got = s }
+
 func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 12_000, Shards: 3, RowGroupRows: 1000, Seed: 13})
 	ctx := context.Background()
@@ -573,7 +582,8 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	flaky := &flakyStore{Store: s, failAfter: 6}
 	j := newJob(t, d, url, "model.batch_size=1000", "model.workers=1")
 
-	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Readers: 1})
+	summary := &lastSummary{Reporter: progress.Nop()}
+	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: flaky, Log: quiet, Readers: 1, Progress: summary})
 	if err == nil || !strings.Contains(err.Error(), "connection reset by peer") {
 		t.Fatalf("got %v, want the write error", err)
 	}
@@ -586,6 +596,19 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	if len(committed) == 0 || len(committed) >= 12 {
 		t.Fatalf("committed shards after the failure: got %d, want some of 12", len(committed))
 	}
+
+	t.Run("the failed run's summary and manifest count the rows committed, not 0", func(t *testing.T) {
+		var read, written int64
+		for _, sh := range committed {
+			read, written = read+sh.Rows, written+sh.Written
+		}
+		if s := summary.got; s.Err == nil || s.RowsRead != read || s.RowsWritten != written {
+			t.Errorf("summary: got rows read %d, written %d, err %v; want %d and %d committed, and the error", s.RowsRead, s.RowsWritten, s.Err, read, written)
+		}
+		if ms[0].RowsRead != read || ms[0].RowsWritten != written {
+			t.Errorf("failed manifest: got rows read %d, written %d; want %d and %d", ms[0].RowsRead, ms[0].RowsWritten, read, written)
+		}
+	})
 	if live, _ := s.Live(ctx, "scores"); live != "" {
 		t.Fatalf("a failed run made %s live", live)
 	}
