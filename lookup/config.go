@@ -135,6 +135,9 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 	var c Config
 	res := yamldecode.Decode(root, &c)
 	problems := res.Problems
+	if res.Refused() {
+		return nil, configError(path, problems)
+	}
 
 	base := filepath.Dir(path)
 	abs := func(p string) string {

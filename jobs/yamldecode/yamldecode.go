@@ -121,7 +121,12 @@ type Result struct {
 	lines    map[string]int  // field path -> line of its key
 	bad      map[string]bool // field paths that could not be read
 	given    map[string]bool // field paths the file gives a value (not null)
+	refused  bool            // the tree was refused whole (Check): nothing was decoded
 }
+
+// Refused reports whether the tree was refused whole, its aliases standing for too much
+// (see Check): nothing was decoded, so a check of the fields would only add noise.
+func (r *Result) Refused() bool { return r.refused }
 
 // Given reports whether the file gives the field at path a value: null (~, or nothing
 // after the colon) counts as absent, as it does for decoding.
@@ -134,6 +139,7 @@ func Decode(n *yaml.Node, v any) *Result {
 	r := &Result{lines: map[string]int{}, bad: map[string]bool{}, given: map[string]bool{}}
 	if p := Check(n); p != nil {
 		r.Problems = append(r.Problems, *p)
+		r.refused = true
 		return r
 	}
 	r.decode(n, reflect.ValueOf(v).Elem(), "")

@@ -171,8 +171,8 @@ func TestAliasesThatStandForTooMuchAreOneProblem(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := decodeBounded(t, tc.doc)
-			if len(res.Problems) != 1 || !strings.Contains(res.Problems[0].Msg, tc.want) {
-				t.Fatalf("got problems %v, want one saying %q", res.Problems, tc.want)
+			if len(res.Problems) != 1 || !strings.Contains(res.Problems[0].Msg, tc.want) || !res.Refused() {
+				t.Fatalf("got problems %v (refused %v), want the tree refused with one saying %q", res.Problems, res.Refused(), tc.want)
 			}
 		})
 	}
