@@ -4,7 +4,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet demo testdata clean loadtest bench
+.PHONY: all build ort test vet fuzz demo testdata clean loadtest bench
 
 all: build
 
@@ -17,8 +17,17 @@ build:
 vet:
 	$(GO) vet ./...
 
-test: ort vet ## the suite CI runs
+test: ort vet ## the suite CI runs, then a short fuzz of the config decoders
 	$(GO) test -race -timeout 40m ./...
+	$(MAKE) fuzz
+
+# A bounded fuzz of each YAML decoder a user's file reaches (job files, serve configs),
+# seeded from their testdata; FUZZTIME each, 30 s in all by default. A finding is written
+# to the package's testdata/fuzz/ and fails the target: commit it with the fix.
+FUZZTIME ?= 15s
+fuzz: ## fuzz the job file and serve config decoders for FUZZTIME each
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./jobs/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./lookup/
 
 demo: ort build ## generate data, run the demo job into the embedded store, look a few keys up
 	$(BIN) testdata generate --out $(DEMO_DIR) --rows 200000 --shards 4

@@ -2,6 +2,7 @@ package inference_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +34,7 @@ func writeModel(t testing.TB, m *onnxgen.Model) string {
 
 func load(t testing.TB, path string, opts inference.Options) *inference.Model {
 	t.Helper()
-	m, err := inference.Load(path, opts)
+	m, err := inference.Load(context.Background(), path, opts)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -191,7 +193,7 @@ func TestSessionsRunConcurrently(t *testing.T) {
 func TestInspect(t *testing.T) {
 	gen := onnxgen.ZipMapClassifier(5, 1)
 	path := writeModel(t, gen)
-	info, err := inference.Inspect(path)
+	info, err := inference.Inspect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +220,7 @@ func TestLoadRejects(t *testing.T) {
 	dir := t.TempDir()
 	logistic := writeModel(t, onnxgen.Logistic(5, 1))
 	zipmap := writeModel(t, onnxgen.ZipMapClassifier(4, 1))
+	wide := writeModel(t, onnxgen.Wide(4, 100_000, 1))
 
 	random := filepath.Join(dir, "random.onnx")
 	noise := make([]byte, 4096)
@@ -275,7 +278,7 @@ func TestLoadRejects(t *testing.T) {
 			name: "a missing file",
 			path: filepath.Join(dir, "missing.onnx"),
 			opts: inference.Options{Features: 4, BatchSize: 8},
-			want: fmt.Sprintf("model %s: open %s: no such file or directory", filepath.Join(dir, "missing.onnx"), filepath.Join(dir, "missing.onnx")),
+			want: fmt.Sprintf("model %s: stat %s: no such file or directory", filepath.Join(dir, "missing.onnx"), filepath.Join(dir, "missing.onnx")),
 		},
 		{
 			name: "an output the model lacks",
@@ -308,6 +311,12 @@ func TestLoadRejects(t *testing.T) {
 			want: fmt.Sprintf("model %s: device \"tpu\", want auto, cpu or cuda (model.device)", logistic),
 		},
 		{
+			name: "an output 100,000 values wide",
+			path: wide,
+			opts: inference.Options{Features: 4, BatchSize: 4000},
+			want: fmt.Sprintf("model %s: output \"wide\" gives 100000 values a row, over the 4096 staticref stores of one output (MaxOutputWidth): leave it out of model.outputs, or use a narrower model", wide),
+		},
+		{
 			name: "a batch size of zero",
 			path: logistic,
 			opts: inference.Options{Features: 5},
@@ -316,7 +325,7 @@ func TestLoadRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
-			m, err := inference.Load(tt.path, tt.opts)
+			m, err := inference.Load(context.Background(), tt.path, tt.opts)
 			if err == nil {
 				m.Close()
 				t.Fatalf("got no error, want %q", tt.want)
@@ -334,6 +343,29 @@ func TestLoadRejects(t *testing.T) {
 				t.Errorf("got a multi-line error %q, want one line", got)
 			}
 		})
+	}
+}
+
+// TestAWideOutputIsRefusedBeforeItsBuffersAreAllocated: with 4000 rows a batch, a
+// 100,000-wide output took over 3 GB.
+func TestAWideOutputIsRefusedBeforeItsBuffersAreAllocated(t *testing.T) {
+	path := writeModel(t, onnxgen.Wide(4, 100_000, 1))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := inference.Load(context.Background(), path, inference.Options{Features: 4, BatchSize: 4000, Device: inference.DeviceCPU})
+	runtime.ReadMemStats(&after)
+	var we *inference.WidthError
+	if !errors.As(err, &we) || we.Output != "wide" || we.Width != 100_000 || !errors.Is(err, inference.ErrTooWide) || !errors.Is(err, inference.ErrMisfit) {
+		t.Fatalf("got %v, want a WidthError for output wide, 100000 wide, matching ErrTooWide and ErrMisfit", err)
+	}
+	// The model file itself is 1.6 MB, read once.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 16<<20 {
+		t.Errorf("allocated %d MiB, want under 16", got>>20)
+	}
+	// At the limit a model loads.
+	m := load(t, writeModel(t, onnxgen.Wide(4, inference.MaxOutputWidth, 1)), inference.Options{Features: 4, BatchSize: 8, Device: inference.DeviceCPU})
+	if got := m.Outputs[0].Width; got != inference.MaxOutputWidth {
+		t.Errorf("width: got %d, want %d", got, inference.MaxOutputWidth)
 	}
 }
 
@@ -372,7 +404,7 @@ func TestDevices(t *testing.T) {
 		}
 	})
 	t.Run("cuda fails loudly without CUDA", func(t *testing.T) {
-		m, err := inference.Load(path, inference.Options{Features: 3, BatchSize: 8, Device: "cuda"})
+		m, err := inference.Load(context.Background(), path, inference.Options{Features: 3, BatchSize: 8, Device: "cuda"})
 		if err == nil {
 			m.Close()
 			t.Fatalf("got device %q and no error, want an error (this ONNX Runtime build has no CUDA)", m.Device)

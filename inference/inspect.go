@@ -1,11 +1,11 @@
 package inference
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 
 	ort "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -35,13 +35,13 @@ func (t TensorInfo) String() string {
 	return fmt.Sprintf("%s: %s %s %v", t.Name, t.Kind, t.ElemType, t.Shape)
 }
 
-// Inspect reads a model file's digest, inputs and outputs. It loads ONNX
+// Inspect reads a model file's digest, inputs and outputs (the file as Load reads it). It loads ONNX
 // Runtime (see Init) and builds a temporary session, so it also proves the
 // runtime can load the model.
-func Inspect(path string) (*ModelInfo, error) {
-	data, err := os.ReadFile(path)
+func Inspect(ctx context.Context, path string) (*ModelInfo, error) {
+	data, err := readModel(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, err
 	}
 	return inspectData(path, data)
 }

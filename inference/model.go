@@ -1,9 +1,9 @@
 package inference
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -57,24 +57,21 @@ type Model struct {
 	closed bool
 }
 
-// Load reads the model at path and checks it against opts before any data
-// is read: the input exists and is a float32 [batch, Features] tensor, and
+// Load reads the model at path (a regular file of at most MaxModelBytes, read
+// under ctx) and checks it against opts before any data is read: the input exists and is a float32 [batch, Features] tensor, and
 // every selected output exists and is a numeric tensor of rank 1 or 2 over
 // the batch. Errors name the file and the job field to fix.
 //
 // With Device "auto" Load tries the CUDA execution provider and falls back
 // to the CPU with a log line saying why; with "cuda" an unavailable CUDA
 // provider is an error.
-func Load(path string, opts Options) (*Model, error) {
+func Load(ctx context.Context, path string, opts Options) (*Model, error) {
 	if err := checkOptions(opts); err != nil {
 		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
 	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, misfit{fmt.Errorf("model %s: %w", path, err)}
-	}
+	data, err := readModel(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, err
 	}
 	info, err := inspectData(path, data)
 	if err != nil {
@@ -98,6 +95,44 @@ func Load(path string, opts Options) (*Model, error) {
 	}
 	return m, nil
 }
+
+// Widths a Load accepts. Every worker's session holds, for each selected output, a
+// buffer of batch_size rows of the output's width (and a float32 copy), and the
+// pipeline as much again per chunk, all allocated before the first row is read; and one
+// stored value holds every selected output of a row. So a width is checked, from the
+// model's declared shapes, before anything is allocated: a model with a 100,000-wide
+// output took over 3 GB for 4,000 rows.
+const (
+	// MaxOutputWidth is the most values one output may give a row: 4096 (16 KiB a row
+	// as float32, about 64 KiB as JSON).
+	MaxOutputWidth = 4096
+	// MaxValueWidth is the most values the selected outputs together may give a row:
+	// what one stored value holds.
+	MaxValueWidth = 4096
+)
+
+// ErrTooWide is matched by every *WidthError.
+var ErrTooWide = errors.New("inference: output too wide")
+
+// WidthError is an output wider than MaxOutputWidth, or the output that takes the
+// selected outputs together over MaxValueWidth. It is a misfit.
+type WidthError struct {
+	Output string
+	Width  int // the output's values per row
+	Total  int // with the outputs selected before it; 0 for an output too wide alone
+}
+
+func (e *WidthError) Error() string {
+	if e.Total == 0 {
+		return fmt.Sprintf("output %q gives %d values a row, over the %d staticref stores of one output (MaxOutputWidth): leave it out of model.outputs, or use a narrower model",
+			e.Output, e.Width, MaxOutputWidth)
+	}
+	return fmt.Sprintf("output %q (%d values a row) takes the outputs to %d values a row, over the %d one stored value holds (MaxValueWidth): select fewer outputs (model.outputs)",
+		e.Output, e.Width, e.Total, MaxValueWidth)
+}
+
+// Is makes a WidthError match ErrTooWide and ErrMisfit.
+func (e *WidthError) Is(target error) bool { return target == ErrTooWide || target == ErrMisfit }
 
 // ErrMisfit marks a Load error that no retry can mend: the model file is missing or
 // is not ONNX, or its input or outputs do not fit the job's options. An unreadable file,
@@ -202,6 +237,22 @@ func (m *Model) outputProblem(t TensorInfo) (string, int) {
 }
 
 func (m *Model) selectOutputs(opts Options) error {
+	if err := m.pickOutputs(opts); err != nil {
+		return err
+	}
+	total := 0
+	for _, o := range m.Outputs {
+		if o.Width > MaxOutputWidth {
+			return &WidthError{Output: o.Name, Width: o.Width}
+		}
+		if total += o.Width; total > MaxValueWidth {
+			return &WidthError{Output: o.Name, Width: o.Width, Total: total}
+		}
+	}
+	return nil
+}
+
+func (m *Model) pickOutputs(opts Options) error {
 	outs := m.Info.Outputs
 	add := func(t TensorInfo, width int) {
 		m.Outputs = append(m.Outputs, Output{Name: t.Name, Width: width})

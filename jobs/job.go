@@ -197,8 +197,25 @@ func Parse(data []byte, path string, sets []string) (*Job, error) {
 		setPaths[p] = true
 	}
 	var j Job
-	for _, p := range yamldecode.Decode(root, &j).Problems {
+	res := yamldecode.Decode(root, &j)
+	for _, p := range res.Problems {
 		e.Problems = append(e.Problems, atLine(p))
+	}
+	// These fields are left out for their defaults; a 0 written out is a mistake (it
+	// would otherwise be taken for the default without a word).
+	for _, f := range []struct {
+		path string
+		v    int
+		use  string
+	}{
+		{"model.batch_size", j.Model.BatchSize, fmt.Sprintf("use 1 to %d, or leave it out for %d", 1<<20, DefaultBatchSize)},
+		{"model.workers", j.Model.Workers, "use 1 to 256, or leave it out for one a CPU"},
+		{"model.intra_op_threads", j.Model.IntraOpThreads, "use 1 to 256, or leave it out for 1"},
+		{"sink.max_in_flight", j.Sink.MaxInFlight, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxInFlight)},
+	} {
+		if f.v == 0 && res.Given(f.path) {
+			e.Problems = append(e.Problems, atLine(yamldecode.Problem{Line: res.Line(f.path), Path: f.path, Msg: "0: " + f.use}))
+		}
 	}
 	if len(e.Problems) > 0 {
 		return nil, e
@@ -268,20 +285,25 @@ func (j *Job) resolvePaths(dir string, fromSet map[string]bool) {
 func (j *Job) Validate() error {
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	q := yamldecode.Quote // a value as a problem quotes it: clipped, never echoed whole
 	if j.Name == "" {
 		add("name: required")
 	} else if err := writers.ValidateNamespace(j.Name); err != nil {
-		add("name: %q: use 1-63 characters of a-z, 0-9, '_', '.', '-'", j.Name)
+		add("name: %s: use 1-63 characters of a-z, 0-9, '_', '.', '-'", q(j.Name))
 	}
 	if j.Schedule != "" {
 		if _, err := ParseSchedule(j.Schedule); err != nil {
-			add("schedule: %v", err)
+			if len(j.Schedule) > yamldecode.MaxQuoted { // cron's message holds the spec whole
+				add("schedule: %s is not a cron schedule, as in \"0 2 * * *\"", q(j.Schedule))
+			} else {
+				add("schedule: %v", err)
+			}
 		}
 	}
 	switch j.CatchUp {
 	case "", "skip", "once":
 	default:
-		add("catch_up: %q: use skip or once", j.CatchUp)
+		add("catch_up: %s: use skip or once", q(j.CatchUp))
 	}
 	if j.Source.URI == "" {
 		add("source.uri: required (a glob of Parquet shards)")
@@ -298,9 +320,9 @@ func (j *Job) Validate() error {
 		case f == "":
 			add("source.features[%d]: empty column name", i)
 		case seen[f]:
-			add("source.features[%d]: column %q listed twice", i, f)
+			add("source.features[%d]: column %s listed twice", i, q(f))
 		case f == j.Source.Key:
-			add("source.features[%d]: %q is the key column", i, f)
+			add("source.features[%d]: %s is the key column", i, q(f))
 		}
 		seen[f] = true
 	}
@@ -308,10 +330,10 @@ func (j *Job) Validate() error {
 	case n == "fail", n == "skip":
 	case strings.HasPrefix(n, "fill:"):
 		if v, err := strconv.ParseFloat(strings.TrimPrefix(n, "fill:"), 32); err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
-			add("source.nulls: %q: fill needs a finite number, as in fill:0", n)
+			add("source.nulls: %s: fill needs a finite number, as in fill:0", q(n))
 		}
 	default:
-		add("source.nulls: %q: use fail, skip or fill:<number>", n)
+		add("source.nulls: %s: use fail, skip or fill:<number>", q(n))
 	}
 	if j.Model.Path == "" {
 		add("model.path: required (an .onnx file)")
@@ -328,13 +350,13 @@ func (j *Job) Validate() error {
 	switch j.Model.Device {
 	case "auto", "cpu", "cuda":
 	default:
-		add("model.device: %q: use auto, cpu or cuda", j.Model.Device)
+		add("model.device: %s: use auto, cpu or cuda", q(j.Model.Device))
 	}
 	if err := writers.CheckURL(j.Sink.Store); err != nil {
-		add("sink.store: %v", err)
+		add("sink.store: %s", yamldecode.QuoteIn(err.Error(), writers.RedactURL(j.Sink.Store)))
 	}
 	if err := writers.ValidateNamespace(j.Sink.Namespace); err != nil && j.Sink.Namespace != j.Name {
-		add("sink.namespace: %q: use 1-63 characters of a-z, 0-9, '_', '.', '-'", j.Sink.Namespace)
+		add("sink.namespace: %s: use 1-63 characters of a-z, 0-9, '_', '.', '-'", q(j.Sink.Namespace))
 	}
 	if n := j.Sink.MaxInFlight; n < 1 || n > 64 {
 		add("sink.max_in_flight: %d: use 1 to 64", n)
@@ -342,23 +364,23 @@ func (j *Job) Validate() error {
 	switch j.Sink.Encoding {
 	case "json", "binary":
 	default:
-		add("sink.encoding: %q: use json or binary", j.Sink.Encoding)
+		add("sink.encoding: %s: use json or binary", q(j.Sink.Encoding))
 	}
 	switch j.Defaults.Global {
 	case "mean", "median", "none":
 	default:
-		add("defaults.global: %q: use mean, median or none", j.Defaults.Global)
+		add("defaults.global: %s: use mean, median or none", q(j.Defaults.Global))
 	}
 	if j.Defaults.SegmentBy != "" && j.Defaults.Global == "none" {
 		add("defaults.segment_by: needs defaults.global mean or median")
 	}
 	if j.Defaults.SegmentBy != "" && seen[j.Defaults.SegmentBy] {
-		add("defaults.segment_by: %q is a feature column; segment by a categorical column", j.Defaults.SegmentBy)
+		add("defaults.segment_by: %s is a feature column; segment by a categorical column", q(j.Defaults.SegmentBy))
 	}
 	switch j.Release.Flip {
 	case "auto", "manual":
 	default:
-		add("release.flip: %q: use auto or manual", j.Release.Flip)
+		add("release.flip: %s: use auto or manual", q(j.Release.Flip))
 	}
 	if k := j.Release.KeepVersions(); k < 0 || k > 1000 {
 		add("release.keep: %d: use 0 to 1000", k)
@@ -397,24 +419,27 @@ func atLine(p yamldecode.Problem) string {
 func applySet(root *yaml.Node, set string) (string, error) {
 	path, value, ok := strings.Cut(set, "=")
 	if !ok || path == "" {
-		return "", fmt.Errorf("--set %q: use FIELD=VALUE, as in source.uri=data/*.parquet", set)
+		return "", fmt.Errorf("--set %s: use FIELD=VALUE, as in source.uri=data/*.parquet", yamldecode.Quote(set))
 	}
 	var v yaml.Node
 	if err := yaml.Unmarshal([]byte(value), &v); err != nil {
-		return "", fmt.Errorf("--set %s: %v", path, err)
+		return "", fmt.Errorf("--set %s: %v", yamldecode.Clip(path), err)
 	}
 	val := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
 	if len(v.Content) == 1 {
 		val = v.Content[0]
 	}
+	if p := yamldecode.Check(val); p != nil {
+		return "", fmt.Errorf("--set %s: %s", yamldecode.Clip(path), p.Msg)
+	}
 	// A set names no line of the file, so its problems are checked here, against the
 	// field's type, and said in terms of the --set itself.
 	ft, err := yamldecode.FieldType(reflect.TypeFor[Job](), path)
 	if err != nil {
-		return "", fmt.Errorf("--set %s: %w", path, err)
+		return "", fmt.Errorf("--set %s: %w", yamldecode.Clip(path), err)
 	}
 	if err := val.Decode(reflect.New(ft).Interface()); err != nil {
-		return "", fmt.Errorf("--set %s: %q is not %s", path, value, yamldecode.Want(ft))
+		return "", fmt.Errorf("--set %s: %s is not %s", path, yamldecode.Quote(value), yamldecode.Want(ft))
 	}
 	parts := strings.Split(path, ".")
 	n := root

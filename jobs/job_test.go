@@ -2,12 +2,14 @@ package jobs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
@@ -113,6 +115,13 @@ func TestBadFilesReportEveryProblemWithItsPath(t *testing.T) {
 			`line 8: model.batch_size: "lots" is not a whole number`,
 		}},
 		{"not-a-mapping.bad.yaml", []string{"a job file is a mapping of fields"}},
+		{"zero.bad.yaml", []string{
+			"line 5: model.batch_size: 0: use 1 to 1048576, or leave it out for 8192",
+			"line 6: model.workers: 0: use 1 to 256, or leave it out for one a CPU",
+			"line 7: model.intra_op_threads: 0: use 1 to 256, or leave it out for 1",
+			"line 9: sink.max_in_flight: 0: use 1 to 64, or leave it out for 4",
+		}},
+		{"alias-bomb.bad.yaml", []string{"merge keys (<<) expand to more than 1000000 nodes or 10000 aliases"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -197,6 +206,100 @@ func TestSetOverridesAnyFieldAndIsValidatedLikeTheFile(t *testing.T) {
 	}
 }
 
+// TestAFileWhoseAliasesStandForBillionsIsRefusedAtOnce: alias-bomb.bad.yaml is 700
+// bytes standing for 10^8 mappings; decoding every copy took 24 GB.
+func TestAFileWhoseAliasesStandForBillionsIsRefusedAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		load func() error
+	}{
+		{"in the file", func() error {
+			_, err := Load(filepath.Join("testdata", "alias-bomb.bad.yaml"), nil)
+			return err
+		}},
+		{"in a --set", func() error {
+			v := "&a0 [x, x, x, x, x, x, x, x, x, x]"
+			for l := 1; l <= 8; l++ {
+				v = fmt.Sprintf("&a%d [%s%s]", l, v, strings.Repeat(fmt.Sprintf(", *a%d", l-1), 9))
+			}
+			_, err := Load(filepath.Join("testdata", "full.good.yaml"), []string{"source.features=" + v})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			done := make(chan error, 1)
+			go func() { done <- tc.load() }()
+			select {
+			case err := <-done:
+				runtime.ReadMemStats(&after)
+				if err == nil || !strings.Contains(err.Error(), "expand to more than") {
+					t.Errorf("got %v, want an error saying the aliases expand to too much", err)
+				}
+				if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+					t.Errorf("loading allocated %d MiB, want under 64", got>>20)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatal("loading did not return within 2s")
+			}
+		})
+	}
+}
+
+func TestLongValuesAreClippedInErrors(t *testing.T) {
+	long := strings.Repeat("x", 1<<20)
+	job := "name: churn\nsource: {uri: x/*.parquet, key: user_id, features: [f0]}\nmodel: {path: m.onnx, device: " + long +
+		", batch_size: " + long + "}\nsink: {store: \"mysql://" + long + "\", encoding: " + long + "}\nschedule: " + long + "\n"
+	_, err := Parse([]byte(job), "long.yaml", []string{"model.workers=" + long})
+	if err == nil {
+		t.Fatal("got no error")
+	}
+	if len(err.Error()) > 2000 {
+		t.Errorf("error is %d bytes, want the values clipped: %.300s", len(err.Error()), err)
+	}
+	clipped := `"` + strings.Repeat("x", 80) + `…"`
+	for _, want := range []string{
+		"--set model.workers: " + clipped + " is not a whole number",
+		"model.batch_size: " + clipped + " is not a whole number",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%.2000s", want, err)
+		}
+	}
+	// Without the --set and the unreadable batch_size, Validate's own checks quote too.
+	job = strings.Replace(job, ", batch_size: "+long, "", 1)
+	_, err = Parse([]byte(job), "long.yaml", nil)
+	if err == nil || len(err.Error()) > 2000 {
+		t.Fatalf("got %d bytes of error, want under 2000: %.300v", len(fmt.Sprint(err)), err)
+	}
+	for _, want := range []string{
+		"model.device: " + clipped + ": use auto, cpu or cuda",
+		`sink.store: store URL "mysql://` + strings.Repeat("x", 72) + `…"`,
+		"sink.encoding: " + clipped + ": use json or binary",
+		"schedule: " + clipped + " is not a cron schedule",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestAbsentOrNullCountFieldsGetDefaultsAndZeroIsRefused(t *testing.T) {
+	base := "name: churn\nsource: {uri: x/*.parquet, key: user_id, features: [f0]}\nmodel:\n  path: m.onnx\n  batch_size: ~\n  workers:\n"
+	j, err := Parse([]byte(base), "j.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Model.BatchSize != DefaultBatchSize || j.Model.Workers != runtime.NumCPU() {
+		t.Errorf("null batch_size and workers: got %d and %d, want the defaults", j.Model.BatchSize, j.Model.Workers)
+	}
+	_, err = Parse([]byte(base), "j.yaml", []string{"model.batch_size=0"})
+	if err == nil || !strings.Contains(err.Error(), "model.batch_size: 0: use 1 to") {
+		t.Errorf("--set model.batch_size=0: got %v, want it refused", err)
+	}
+}
+
 func TestDemoJobIsValid(t *testing.T) {
 	j, err := Load("demo.yaml", nil)
 	if err != nil {
@@ -207,8 +310,12 @@ func TestDemoJobIsValid(t *testing.T) {
 	}
 }
 
+// FuzzParse: no job file or --set crashes Parse, or takes it long; what it accepts is
+// valid. The seeds are every job file here, good and bad (make fuzz runs it).
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"testdata/full.good.yaml", "testdata/many-problems.bad.yaml", "demo.yaml"} {
+	seeds, _ := filepath.Glob("testdata/*.yaml")
+	seeds = append(seeds, "demo.yaml", "churn.yaml")
+	for _, name := range seeds {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)

@@ -3,6 +3,7 @@ package lookup
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -91,7 +92,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration (e.g. 36h)", s)
+		return fmt.Errorf("%s is not a duration (e.g. 36h)", yamldecode.Quote(s))
 	}
 	*d = Duration(v)
 	return nil
@@ -134,6 +135,9 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 	var c Config
 	res := yamldecode.Decode(root, &c)
 	problems := res.Problems
+	if res.Refused() {
+		return nil, configError(path, problems)
+	}
 
 	base := filepath.Dir(path)
 	abs := func(p string) string {
@@ -156,7 +160,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 				what = "empty"
 			}
 			problems = append(problems, yamldecode.Problem{Line: res.Line(p), Path: p,
-				Msg: fmt.Sprintf("environment variable %s is %s (the URL %q names it)", v, what, n.Store)})
+				Msg: fmt.Sprintf("environment variable %s is %s (the URL %s names it)", yamldecode.Clip(v), what, yamldecode.Quote(n.Store))})
 			unexpanded[p] = true
 		}
 		n.Store = writers.ResolveURL(store, base)
@@ -244,7 +248,7 @@ func (c *Config) validate() []yamldecode.Problem {
 		n := c.Namespaces[name]
 		p := "namespaces." + name
 		if err := writers.ValidateNamespace(name); err != nil {
-			add(p, "%v", err)
+			add(p, "%s", yamldecode.QuoteIn(err.Error(), name))
 		}
 		if n == nil {
 			add(p, "store is required")
@@ -253,14 +257,14 @@ func (c *Config) validate() []yamldecode.Problem {
 		if n.Store == "" {
 			add(p+".store", "is required, e.g. redis://localhost:6379/0")
 		} else if err := writers.CheckURL(n.Store); err != nil {
-			add(p+".store", "%v", err) // writers never shows a password
+			add(p+".store", "%s", yamldecode.QuoteIn(err.Error(), writers.RedactURL(n.Store))) // writers never shows a password
 		}
 		switch n.OnStale {
 		case "":
 			n.OnStale = OnStaleServe
 		case OnStaleServe, OnStaleFallback, OnStaleError:
 		default:
-			add(p+".on_stale", "%q: use serve, fallback or error", n.OnStale)
+			add(p+".on_stale", "%s: use serve, fallback or error", yamldecode.Quote(n.OnStale))
 		}
 		if n.MaxStaleness < 0 {
 			add(p+".max_staleness", "negative")
@@ -270,7 +274,7 @@ func (c *Config) validate() []yamldecode.Problem {
 			n.Device = "cpu"
 		case "cpu", "auto", "cuda":
 		default:
-			add(p+".device", "%q: use cpu, auto or cuda", n.Device)
+			add(p+".device", "%s: use cpu, auto or cuda", yamldecode.Quote(n.Device))
 		}
 		if err := n.Fallback.parse(); err != nil {
 			add(p+".fallback.default", "%v", err)
@@ -347,6 +351,17 @@ func escapeUserinfo(v string) string {
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 
+// warnReadable logs a warning when the admin token file may be read by every user of
+// the machine: anyone who can read the token can flip the live version.
+func warnReadable(log *slog.Logger, path string) {
+	st, err := os.Stat(path) // through a symlink, as Kubernetes mounts a Secret
+	if err != nil || st.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	log.Warn("admin_token_file is readable by every user of the machine: chmod 600 it (on Kubernetes, give the Secret volume defaultMode: 0400)",
+		"file", path, "mode", st.Mode().Perm().String())
+}
+
 // parse reads Default: computed, none, a number, or an object of outputs.
 func (f *Fallback) parse() error {
 	n := &f.Default
@@ -364,7 +379,7 @@ func (f *Fallback) parse() error {
 		}
 		var v float64
 		if err := n.Decode(&v); err != nil {
-			return fmt.Errorf("%q: use computed, none, a number or an object {output: number|[numbers]}", n.Value)
+			return fmt.Errorf("%s: use computed, none, a number or an object {output: number|[numbers]}", yamldecode.Quote(n.Value))
 		}
 		f.kind, f.static = "static", map[string][]float64{"*": {v}}
 		return nil
@@ -382,7 +397,7 @@ func (f *Fallback) parse() error {
 			}
 			var many []float64
 			if err := v.Decode(&many); err != nil || len(many) == 0 {
-				return fmt.Errorf("output %q: want a number or a list of numbers", out)
+				return fmt.Errorf("output %s: want a number or a list of numbers", yamldecode.Quote(out))
 			}
 			f.static[out] = many
 		}

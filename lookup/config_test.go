@@ -3,7 +3,9 @@ package lookup
 import (
 	"errors"
 	"net/url"
+	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -187,4 +189,81 @@ func TestValidateOfAConfigBuiltInCode(t *testing.T) {
 	if err == nil || err.Error() != want || !errors.Is(err, ErrConfig) {
 		t.Errorf("got %v, want %q", err, want)
 	}
+}
+
+func TestAConfigWhoseAliasesStandForBillionsIsRefusedAtOnce(t *testing.T) {
+	path := filepath.Join("testdata", "alias-bomb.bad.yaml")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	done := make(chan error, 1)
+	go func() {
+		_, err := LoadConfig(path)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		runtime.ReadMemStats(&after)
+		want := path + ":"
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "expand to more than 1000000 nodes") {
+			t.Errorf("got %v, want a config error naming %s and saying the aliases expand to too much", err, path)
+		}
+		if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+			t.Errorf("loading allocated %d MiB, want under 64", got>>20)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("loading did not return within 2s")
+	}
+}
+
+func TestLongValuesAreClippedInConfigErrors(t *testing.T) {
+	long := strings.Repeat("x", 1<<20)
+	doc := "namespaces:\n  churn:\n    store: \"mysql://" + long + "\"\n    on_stale: " + long + "\n    max_staleness: " + long +
+		"\n    device: " + long + "\n    fallback: {default: " + long + "}\n  " + long[:1000] + ":\n    store: redis://:$(NOPE_" + long + ")@r:6379/0\n"
+	_, err := ParseConfig([]byte(doc), "serve.yaml")
+	if err == nil {
+		t.Fatal("got no error")
+	}
+	if len(err.Error()) > 3000 {
+		t.Errorf("error is %d bytes, want the values clipped: %.300s", len(err.Error()), err)
+	}
+	clipped := `"` + strings.Repeat("x", 80) + `…"`
+	for _, want := range []string{
+		`namespaces.churn.store: store URL "mysql://` + strings.Repeat("x", 72) + `…"`,
+		"namespaces.churn.on_stale: " + clipped + ": use serve, fallback or error",
+		"namespaces.churn.max_staleness: " + clipped + " is not a duration",
+		"namespaces.churn.device: " + clipped + ": use cpu, auto or cuda",
+		"namespaces.churn.fallback.default: " + clipped + ": use computed",
+		"namespaces." + strings.Repeat("x", 80) + "…: writers: invalid name: namespace " + clipped,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%.3000s", want, err)
+		}
+	}
+}
+
+// FuzzParseConfig: no serve config crashes ParseConfig or takes it long, every error is
+// a config error, and what it accepts validates. The seeds are the files in testdata and
+// deploy/lookup.yaml (make fuzz runs it).
+func FuzzParseConfig(f *testing.F) {
+	seeds, _ := filepath.Glob("testdata/*.yaml")
+	seeds = append(seeds, "../deploy/lookup.yaml")
+	for _, name := range seeds {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data, "fuzz/serve.yaml")
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("error does not wrap ErrConfig: %v", err)
+			}
+			return
+		}
+		if verr := c.Validate(); verr != nil {
+			t.Fatalf("ParseConfig accepted a config that Validate rejects: %v", verr)
+		}
+	})
 }

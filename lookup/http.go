@@ -13,8 +13,10 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -205,7 +207,8 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 		// the version lacks it (as a single lookup's body sends them).
 		Features map[string]map[string]float64 `json:"features"`
 	}
-	if !s.decode(w, r, &body) {
+	raw, ok := s.decodeRaw(w, r, &body)
+	if !ok {
 		return
 	}
 	switch {
@@ -214,6 +217,10 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 		return
 	case len(body.Keys) > s.cfg.MaxBatch:
 		s.writeError(w, errorf(CodeInvalid, "batch of %d keys: at most %d (max_batch)", len(body.Keys), s.cfg.MaxBatch))
+		return
+	}
+	if i := invalidUTF8Key(raw, body.Keys); i >= 0 {
+		s.writeError(w, errorf(CodeInvalid, "keys[%d]: not valid UTF-8: a key is text, and JSON would read the bad bytes as U+FFFD, another key", i))
 		return
 	}
 	asked := make(map[string]bool, len(body.Keys))
@@ -270,18 +277,49 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 
 // Status is the answer of GET /v1/{namespace}.
 type Status struct {
-	Namespace           string            `json:"namespace"`
-	Version             string            `json:"version"`
-	Manifest            *writers.Manifest `json:"manifest"`
-	Previous            []string          `json:"previous"`
-	AgeSeconds          float64           `json:"age_seconds"`
-	Stale               bool              `json:"stale"`
-	MaxStalenessSeconds float64           `json:"max_staleness_seconds,omitempty"`
+	Namespace string `json:"namespace"`
+	Version   string `json:"version"`
+	// Manifest is the live version's *ManifestSummary, or, to a request with the admin
+	// token, its whole *writers.Manifest.
+	Manifest            any      `json:"manifest"`
+	Previous            []string `json:"previous"`
+	AgeSeconds          float64  `json:"age_seconds"`
+	Stale               bool     `json:"stale"`
+	MaxStalenessSeconds float64  `json:"max_staleness_seconds,omitempty"`
+}
+
+// ManifestSummary is what anyone may read of a version's manifest: its fields of the
+// same names, less what tells of the machines that made it (the paths of the model and
+// the source files, the shards, the error).
+type ManifestSummary struct {
+	Version     string           `json:"version"`
+	State       writers.State    `json:"state"`
+	RowsRead    int64            `json:"rows_read"`
+	RowsWritten int64            `json:"rows_written"`
+	RowsSkipped int64            `json:"rows_skipped"`
+	StartedAt   time.Time        `json:"started_at"`
+	CompletedAt time.Time        `json:"completed_at,omitzero"`
+	LiveAt      time.Time        `json:"live_at,omitzero"`
+	Outputs     []writers.Output `json:"outputs"`
+	Encoding    string           `json:"encoding"`
+}
+
+// summarize is the ManifestSummary of m.
+func summarize(m *writers.Manifest) *ManifestSummary {
+	return &ManifestSummary{Version: m.Version, State: m.State, RowsRead: m.RowsRead, RowsWritten: m.RowsWritten,
+		RowsSkipped: m.RowsSkipped, StartedAt: m.StartedAt, CompletedAt: m.CompletedAt, LiveAt: m.LiveAt,
+		Outputs: m.Outputs, Encoding: m.Encoding}
 }
 
 func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 	n := s.namespace(w, r.PathValue("namespace"))
 	if n == nil {
+		return
+	}
+	// Without an Authorization header, the summary; with one, it must be the admin
+	// token, for the whole manifest.
+	admin := r.Header.Get("Authorization") != ""
+	if admin && !s.authorized(w, r) {
 		return
 	}
 	sn := s.snapshot(w, n)
@@ -296,7 +334,11 @@ func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now, stale := s.stale(n, sn)
-	st := Status{Namespace: n.name, Version: sn.Manifest.Version, Manifest: sn.Manifest, Previous: []string{},
+	var man any = summarize(sn.Manifest)
+	if admin {
+		man = sn.Manifest
+	}
+	st := Status{Namespace: n.name, Version: sn.Manifest.Version, Manifest: man, Previous: []string{},
 		AgeSeconds: roundSeconds(now.Sub(sn.Manifest.CompletedAt)), Stale: stale,
 		MaxStalenessSeconds: time.Duration(n.cfg.MaxStaleness).Seconds()}
 	for i := len(versions) - 1; i >= 0; i-- {
@@ -311,14 +353,16 @@ func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// authorized checks the bearer token in constant time. The token is never logged.
+// authorized checks the bearer token in constant time. The token is never logged. The
+// scheme is matched whatever its case ("bearer" is "Bearer", RFC 7235 2.1).
 func (s *Service) authorized(w http.ResponseWriter, r *http.Request) bool {
 	if s.token == nil {
 		s.writeError(w, errorf(CodeForbidden, "admin endpoints are off: set admin_token_file in the service config"))
 		return false
 	}
-	h := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(h, "Bearer ")
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimLeft(tok, " ")
+	ok := strings.EqualFold(scheme, "Bearer")
 	sum := sha256.Sum256([]byte(tok))
 	if !ok || subtle.ConstantTimeCompare(sum[:], s.token[:]) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="staticref"`)
@@ -407,17 +451,24 @@ func (s *Service) handleFlip(w http.ResponseWriter, r *http.Request, n *namespac
 
 // decode reads a JSON body of at most max_body_bytes into v, answering 4xx itself.
 func (s *Service) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil && dec.More() {
-		err = errors.New("trailing data after the JSON object")
+	_, ok := s.decodeRaw(w, r, v)
+	return ok
+}
+
+// decodeRaw is decode that also returns the body as sent.
+func (s *Service) decodeRaw(w http.ResponseWriter, r *http.Request, v any) ([]byte, bool) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err = dec.Decode(v); err == nil && dec.More() {
+			err = errors.New("trailing data after the JSON object")
+		}
 	}
 	var tooBig *http.MaxBytesError
 	switch {
 	case err == nil:
-		return true
+		return raw, true
 	case errors.As(err, &tooBig):
 		s.writeError(w, errorf(CodeTooLarge, "body over %d bytes (max_body_bytes)", tooBig.Limit))
 	case errors.Is(err, io.EOF):
@@ -425,7 +476,70 @@ func (s *Service) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	default:
 		s.writeError(w, errorf(CodeInvalid, "body: %s", jsonProblem(err)))
 	}
-	return false
+	return nil, false
+}
+
+// invalidUTF8Key is the index of the first key that the body sent as invalid UTF-8 (or
+// as an unpaired surrogate escape, \ud800), or -1: encoding/json reads either as
+// U+FFFD without a word, so the key looked up would not be the one sent. keys are the
+// decoded keys; the body is read again only when one of them holds U+FFFD.
+func invalidUTF8Key(body []byte, keys []string) int {
+	if !slices.ContainsFunc(keys, func(k string) bool { return strings.ContainsRune(k, utf8.RuneError) }) {
+		return -1
+	}
+	var raw struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if json.Unmarshal(body, &raw) != nil {
+		return -1
+	}
+	for i, k := range raw.Keys {
+		if !utf8JSONString(k) {
+			return i
+		}
+	}
+	return -1
+}
+
+// utf8JSONString reports whether a JSON string, as sent, is valid UTF-8 with every
+// \u escape of a surrogate in a pair.
+func utf8JSONString(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	hex4 := func(i int) (rune, bool) { // the 4 hex digits at b[i:]
+		if i+4 > len(b) {
+			return 0, false
+		}
+		v, err := strconv.ParseUint(string(b[i:i+4]), 16, 16)
+		return rune(v), err == nil
+	}
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		i++
+		if i >= len(b) || b[i] != 'u' {
+			continue // \" \\ \n ...: one character, skipped
+		}
+		r, ok := hex4(i + 1)
+		i += 4
+		switch {
+		case !ok:
+			return false
+		case r >= 0xDC00 && r <= 0xDFFF: // a low surrogate first
+			return false
+		case r >= 0xD800 && r <= 0xDBFF: // a high surrogate: a low one must follow
+			if i+2 >= len(b) || b[i+1] != '\\' || b[i+2] != 'u' {
+				return false
+			}
+			if lo, ok := hex4(i + 3); !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return false
+			}
+			i += 6
+		}
+	}
+	return true
 }
 
 // jsonProblem says what is wrong with a request body in terms of its JSON, not of the

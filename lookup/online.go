@@ -64,7 +64,7 @@ func (o *online) predict(ctx context.Context, m *writers.Manifest, feats map[str
 	if err := checkFeatures(m, feats); err != nil {
 		return nil, errFeatures{"features: " + err.Error()}
 	}
-	om, err := o.load(m)
+	om, err := o.load(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ func (o *online) predict(ctx context.Context, m *writers.Manifest, feats map[str
 	return writers.DefaultJSON(om.outputs, vals)
 }
 
-func (o *online) load(m *writers.Manifest) (*onlineModel, error) {
+func (o *online) load(ctx context.Context, m *writers.Manifest) (*onlineModel, error) {
 	names := make([]string, len(m.Outputs))
 	for i, out := range m.Outputs {
 		names[i] = out.Name
@@ -117,7 +117,7 @@ func (o *online) load(m *writers.Manifest) (*onlineModel, error) {
 	if len(names) > 0 {
 		opts.Outputs = slices.Clone(names)
 	}
-	model, err := inference.Load(o.path, opts)
+	model, err := inference.Load(ctx, o.path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("online model for version %s: %w", m.Version, err)
 	}

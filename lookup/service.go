@@ -97,6 +97,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: admin_token_file: %v", ErrConfig, err)
 		}
+		warnReadable(log, cfg.AdminTokenFile)
 		tok := strings.TrimSpace(string(b))
 		if len(tok) < 16 {
 			return nil, fmt.Errorf("%w: admin_token_file %s: the token must be at least 16 characters", ErrConfig, cfg.AdminTokenFile)

@@ -1,6 +1,7 @@
 package lookup_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -178,6 +179,7 @@ func TestColdStartPathsThroughHTTP(t *testing.T) {
 	m := publish(t, s, false)
 	s.Close() // serve opens the directory itself
 	_, base := service(t, `
+admin_token_file: token
 namespaces:
   churn:
     store: `+url+`
@@ -292,11 +294,31 @@ namespaces:
 		}
 	})
 
-	t.Run("status shows the live version and its manifest", func(t *testing.T) {
+	t.Run("status shows anyone the live version and a summary of its manifest, without paths", func(t *testing.T) {
 		r := call(t, "GET", base+"/v1/churn", "")
 		man, _ := r.body["manifest"].(map[string]any)
-		if r.status != 200 || r.body["version"] != m.Version || man["rows_written"] != 2000.0 {
-			t.Errorf("got %d %s", r.status, r.raw)
+		if r.status != 200 || r.body["version"] != m.Version || man["rows_written"] != 2000.0 || man["version"] != m.Version ||
+			man["state"] != "complete" || man["encoding"] != "json" || man["outputs"] == nil || man["completed_at"] == nil {
+			t.Errorf("got %d %s, want the summary's fields", r.status, r.raw)
+		}
+		for _, field := range []string{"model", "sources", "shards", "features", "job"} {
+			if _, ok := man[field]; ok {
+				t.Errorf("the summary has %q: %s", field, r.raw)
+			}
+		}
+		if strings.Contains(r.raw, "/") && strings.Contains(r.raw, ".parquet") || strings.Contains(r.raw, ".onnx") {
+			t.Errorf("the summary shows a path: %s", r.raw)
+		}
+	})
+
+	t.Run("status shows the whole manifest to the admin token, and refuses a wrong one", func(t *testing.T) {
+		r := call(t, "GET", base+"/v1/churn", "", "Authorization", "Bearer s3cret-admin-token-0123456789")
+		man, _ := r.body["manifest"].(map[string]any)
+		if r.status != 200 || man["model"] == nil || man["sources"] == nil || man["rows_written"] != 2000.0 {
+			t.Errorf("got %d %s, want the whole manifest", r.status, r.raw)
+		}
+		if r := call(t, "GET", base+"/v1/churn", "", "Authorization", "Bearer nope"); r.status != 401 {
+			t.Errorf("a wrong token: got %d %s, want 401", r.status, r.raw)
 		}
 	})
 
@@ -435,6 +457,11 @@ namespaces:
 		{"a flip to an invalid version id is 400", "POST", base + "/v1/churn:flip", `{"version":"../x"}`, auth, 400, "invalid_argument"},
 		{"a flip to a missing version is 404", "POST", base + "/v1/churn:flip", `{"version":"20200101T000000Z"}`, auth, 404, "not_found"},
 		{"a rollback with no previous version is 404", "POST", base + "/v1/churn:rollback", "", auth, 404, "not_found"},
+		{"the bearer scheme in lower case is accepted", "POST", base + "/v1/churn:rollback", "", []string{"Authorization", "bearer s3cret-admin-token-0123456789"}, 404, "not_found"},
+		{"the bearer scheme in upper case is accepted", "POST", base + "/v1/churn:rollback", "", []string{"Authorization", "BEARER  s3cret-admin-token-0123456789"}, 404, "not_found"},
+		{"another scheme is 401", "POST", base + "/v1/churn:rollback", "", []string{"Authorization", "Basic s3cret-admin-token-0123456789"}, 401, "unauthenticated"},
+		{"a batch key of invalid UTF-8 is 400", "POST", base + "/v1/churn:batchGet", "{\"keys\":[\"a\",\"b\xff\"]}", nil, 400, "invalid_argument"},
+		{"a batch key of an unpaired surrogate is 400", "POST", base + "/v1/churn:batchGet", `{"keys":["a","\udc00b"]}`, nil, 400, "invalid_argument"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -463,6 +490,25 @@ namespaces:
 			msg, _ := e["message"].(string)
 			if r.status != 400 || !strings.Contains(msg, want) || strings.Contains(msg, "Go ") || strings.Contains(msg, "map[") {
 				t.Errorf("%s: got %d %q, want 400 saying %q", body, r.status, msg, want)
+			}
+		}
+	})
+	t.Run("a batch key that is not UTF-8 is told by its index, not echoed as U+FFFD", func(t *testing.T) {
+		for body, want := range map[string]string{
+			"{\"keys\":[\"a\",\"b\xff\"]}":      "keys[1]: not valid UTF-8",
+			`{"keys":["\ud800","a"]}`:           "keys[0]: not valid UTF-8",
+			`{"keys":["a","b","\ud800\u0041"]}`: "keys[2]: not valid UTF-8",
+		} {
+			r := call(t, "POST", base+"/v1/churn:batchGet", body)
+			e, _ := r.body["error"].(map[string]any)
+			msg, _ := e["message"].(string)
+			if r.status != 400 || !strings.HasPrefix(msg, want) || strings.ContainsRune(r.raw, '\uFFFD') {
+				t.Errorf("%q: got %d %s, want 400 saying %q", body, r.status, r.raw, want)
+			}
+		}
+		for _, body := range []string{`{"keys":["\ufffd","\ud83d\ude00","é"]}`, "{\"keys\":[\"\uFFFD\"]}"} {
+			if r := call(t, "POST", base+"/v1/churn:batchGet", body); r.status != 200 {
+				t.Errorf("%q: valid keys (U+FFFD itself, a surrogate pair): got %d %s, want 200", body, r.status, r.raw)
 			}
 		}
 	})
@@ -612,4 +658,38 @@ func logOut() io.Writer {
 		return os.Stderr
 	}
 	return io.Discard
+}
+
+func TestAWorldReadableAdminTokenFileIsWarnedOf(t *testing.T) {
+	s, url := pebbleStore(t)
+	s.Close()
+	for _, tc := range []struct {
+		mode os.FileMode
+		warn bool
+	}{{0o644, true}, {0o640, false}, {0o600, false}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			token := filepath.Join(dir, "token")
+			os.WriteFile(token, []byte("s3cret-admin-token-0123456789\n"), tc.mode)
+			os.Chmod(token, tc.mode) // whatever the umask
+			cfg, err := lookup.ParseConfig([]byte("admin_token_file: token\nnamespaces:\n  churn:\n    store: "+url+"\n"), filepath.Join(dir, "serve.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			svc, err := lookup.New(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc.Close()
+			warned := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "file="+token) &&
+				strings.Contains(logs.String(), "mode="+tc.mode.String())
+			if warned != tc.warn {
+				t.Errorf("mode %s: warned %v, want %v; logs: %s", tc.mode, warned, tc.warn, logs.String())
+			}
+			if strings.Contains(logs.String(), "s3cret") {
+				t.Errorf("the logs show the token: %s", logs.String())
+			}
+		})
+	}
 }

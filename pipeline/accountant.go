@@ -10,6 +10,26 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
+// committedRows counts the rows of committed row groups, so that a run that fails
+// reports what the version keeps of it, not 0. It is added to before the stages start and
+// by the one goroutine that commits, and read after the stages have stopped.
+type committedRows struct{ read, written, skipped int64 }
+
+func (c *committedRows) add(commit writers.Commit) {
+	c.read += commit.Rows
+	c.written += commit.Written
+	for _, n := range commit.Skipped {
+		c.skipped += n
+	}
+}
+
+// report puts the counts into a failed run's manifest (nil before one exists).
+func (c *committedRows) report(m *writers.Manifest) {
+	if m != nil {
+		m.RowsRead, m.RowsWritten, m.RowsSkipped = c.read, c.written, c.skipped
+	}
+}
+
 // commitID names one unit of work: a row group of a file. Every process of a sharded or
 // resumed run derives the same id from the same file and row group.
 func commitID(file string, rg int) string { return fmt.Sprintf("%s#%d", file, rg) }
@@ -150,6 +170,7 @@ func (a *accountant) commit(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("commit shard %s: %w", commit.ID, err) // cancels every stage
 		}
+		a.r.committed.add(commit)
 	}
 	return nil
 }

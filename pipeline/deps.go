@@ -42,8 +42,8 @@ type Model struct {
 type Deps struct {
 	// OpenInput opens one input file and checks its schema.
 	OpenInput func(path string, opts readers.Options) (Input, error)
-	// LoadModel loads the job's model for rows of width features.
-	LoadModel func(path string, opts inference.Options) (*Model, error)
+	// LoadModel loads the job's model for rows of width features, reading it under ctx.
+	LoadModel func(ctx context.Context, path string, opts inference.Options) (*Model, error)
 }
 
 // Default wires the real Parquet reader and ONNX Runtime.
@@ -56,20 +56,20 @@ func Default() Deps {
 	}
 }
 
-func loadModel(path string, opts inference.Options) (*Model, error) {
+func loadModel(ctx context.Context, path string, opts inference.Options) (*Model, error) {
 	if err := inference.Init(); err != nil {
 		return nil, err
 	}
 	if opts.Features == 0 {
 		// A variable-length list column: the model's declared input width decides, and
 		// every row's list must have that many values.
-		w, err := inputWidth(path, opts.Input)
+		w, err := inputWidth(ctx, path, opts.Input)
 		if err != nil {
 			return nil, err
 		}
 		opts.Features = w
 	}
-	m, err := inference.Load(path, opts)
+	m, err := inference.Load(ctx, path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -98,8 +98,8 @@ func loadModel(path string, opts inference.Options) (*Model, error) {
 }
 
 // inputWidth is the fixed second dimension of the model's input.
-func inputWidth(path, input string) (int, error) {
-	info, err := inference.Inspect(path)
+func inputWidth(ctx context.Context, path, input string) (int, error) {
+	info, err := inference.Inspect(ctx, path)
 	if err != nil {
 		return 0, err
 	}

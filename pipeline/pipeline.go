@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		sum.Shard, sum.ShardCount = r.cfg.ShardIndex, r.cfg.ShardCount
 		r.cfg.Progress.Finish(sum)
 	}()
-	if err := r.check(); err != nil {
+	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
 	ctx, release, err := r.lease(ctx)
@@ -114,6 +114,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause // the lease was lost: say so, not "context canceled"
 		}
+		r.committed.report(r.m) // the summary and the failed manifest count what is kept
 		if !errors.Is(err, writers.ErrLeaseLost) {
 			// A writer that lost its lease must not touch the version: another run may
 			// have resumed it.
@@ -144,7 +145,8 @@ type run struct {
 	m       *writers.Manifest
 	created bool // this run created the manifest
 
-	rowsRead atomic.Int64
+	rowsRead  atomic.Int64
+	committed committedRows // of this run's row groups, committed by it or before it
 	// fence is when the writer lease was last known to hold (a time.Time; see lease).
 	fence atomic.Value
 }
@@ -203,7 +205,7 @@ func (r *run) close() {
 
 // check checks everything that can be checked before any data is read: every input
 // file's schema and the model against the features.
-func (r *run) check() error {
+func (r *run) check(ctx context.Context) error {
 	paths, err := readers.Glob(r.job.Source.URI)
 	if err != nil {
 		return fmt.Errorf("source.uri: %w", err)
@@ -225,7 +227,7 @@ func (r *run) check() error {
 		width = w
 		r.files = append(r.files, info)
 	}
-	r.model, err = r.cfg.Deps.LoadModel(r.job.Model.Path, inference.Options{
+	r.model, err = r.cfg.Deps.LoadModel(ctx, r.job.Model.Path, inference.Options{
 		Input:          r.job.Model.Input,
 		Outputs:        r.job.Model.Outputs,
 		Features:       width, // 0 for a variable list column: the model's width decides

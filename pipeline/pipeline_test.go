@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/staticref/staticref/inference/onnxgen"
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
 	_ "github.com/staticref/staticref/writers/pebble" // pebble: stores for the runs under test
@@ -394,6 +396,14 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 	if err := onnxgen.Logistic(5, modelSeed).Write(wide); err != nil {
 		t.Fatal(err)
 	}
+	wideOut := filepath.Join(bad, "wide-out.onnx")
+	if err := onnxgen.Wide(4, 100_000, modelSeed).Write(wideOut); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(bad, "fifo.onnx")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	longKey := filepath.Join(bad, "long-key.parquet")
 	writeKeys(t, longKey, []string{"ok", strings.Repeat("k", writers.MaxKeyLen+1)})
 
@@ -412,6 +422,9 @@ func TestBadInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 		{"a null under nulls: fail names shard, row group and row", nulls, nil, []string{"features/part-0000", "row group ", " row 99:", "null feature", "source.nulls"}, false},
 		{"a model of another input width names the model and the width", d, []string{"model.path=" + wide}, []string{"wide.onnx", "5", "4", "source.features"}, true},
 		{"a file that is not ONNX names the model", d, []string{"model.path=" + notONNX}, []string{"model.onnx", "not an ONNX model"}, true},
+		{"a model path that is a device names it", d, []string{"model.path=/dev/zero"}, []string{"/dev/zero", "a character device, not a regular file"}, true},
+		{"a model path that is a FIFO names it, without waiting for a writer", d, []string{"model.path=" + fifo}, []string{"fifo.onnx", "a named pipe (FIFO)"}, true},
+		{"a model whose output is 100,000 wide names the output and its width", d, []string{"model.path=" + wideOut, "model.batch_size=4000"}, []string{"wide-out.onnx", `output "wide" gives 100000 values a row`, "MaxOutputWidth"}, true},
 		{"a missing model file names it", d, []string{"model.path=" + filepath.Join(bad, "absent.onnx")}, []string{"absent.onnx", "no such file"}, true},
 		{"a key the store cannot hold names shard, row and key", d, []string{"source.uri=" + longKey, "source.features=[f0]", "model.path=" + onnxgen1(t, bad)}, []string{"long-key.parquet", "row group 0 row 1", "key of 1025 bytes"}, false},
 	}
@@ -563,6 +576,14 @@ func (f *flakyDriver) WriteRows(ctx context.Context, ns, v string, rows writers.
 	return f.Driver.WriteRows(ctx, ns, v, rows)
 }
 
+// lastSummary keeps the summary a run finishes with.
+type lastSummary struct {
+	progress.Reporter
+	got progress.Summary
+}
+
+func (l *lastSummary) Finish(s progress.Summary) { l.got = s }
+
 func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 12_000, Shards: 3, RowGroupRows: 1000, Seed: 13})
 	ctx := context.Background()
@@ -570,7 +591,8 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	_, failing := flaky(s, 6)
 	j := newJob(t, d, url, "model.batch_size=1000", "model.workers=1")
 
-	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Readers: 1})
+	summary := &lastSummary{Reporter: progress.Nop()}
+	_, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Readers: 1, Progress: summary})
 	if err == nil || !strings.Contains(err.Error(), "connection reset by peer") {
 		t.Fatalf("got %v, want the write error", err)
 	}
@@ -583,6 +605,19 @@ func TestAFailedRunResumesWithExactlyOneCopyOfEveryRow(t *testing.T) {
 	if len(committed) == 0 || len(committed) >= 12 {
 		t.Fatalf("committed shards after the failure: got %d, want some of 12", len(committed))
 	}
+
+	t.Run("the failed run's summary and manifest count the rows committed, not 0", func(t *testing.T) {
+		var read, written int64
+		for _, sh := range committed {
+			read, written = read+sh.Rows, written+sh.Written
+		}
+		if s := summary.got; s.Err == nil || s.RowsRead != read || s.RowsWritten != written {
+			t.Errorf("summary: got rows read %d, written %d, err %v; want %d and %d committed, and the error", s.RowsRead, s.RowsWritten, s.Err, read, written)
+		}
+		if ms[0].RowsRead != read || ms[0].RowsWritten != written {
+			t.Errorf("failed manifest: got rows read %d, written %d; want %d and %d", ms[0].RowsRead, ms[0].RowsWritten, read, written)
+		}
+	})
 	if live, _ := s.Live(ctx, "scores"); live != "" {
 		t.Fatalf("a failed run made %s live", live)
 	}
@@ -752,7 +787,7 @@ func TestShardedRunsWriteOneVersionAndTheLastFlipsIt(t *testing.T) {
 // ErrGateFailed naming how many rows repeat a key, the manifest counts them, and the live
 // version stays. An int64 42 and a string "42" in two shards are one key. With
 // release.gates.unique_keys false they are written (one of them wins) and still counted.
-// A resumed run, which wrote only some row groups itself, counts the same.
+// A sharded (or resumed) run, which wrote only some row groups itself, counts the same.
 func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 	ctx := context.Background()
 	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 200, Shards: 1, Seed: 9})
@@ -830,7 +865,7 @@ func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 		}
 	})
 
-	t.Run("a resumed run counts the rows an earlier attempt wrote", func(t *testing.T) {
+	t.Run("the shard that completes a version counts the rows another shard wrote", func(t *testing.T) {
 		big := generate(t, t.TempDir(), shardgen.Spec{Rows: 6000, Shards: 2, RowGroupRows: 1000, Seed: 4})
 		// Both shards' files twice over: every key is written twice.
 		twice := filepath.Join(t.TempDir(), "twice")
@@ -843,16 +878,15 @@ func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 			}
 		}
 		j := newJob(t, big, url, "source.uri="+filepath.Join(twice, "*.parquet"), "model.batch_size=1000", "model.workers=1")
-		_, failing := flaky(s, 5)
-		if _, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: failing, Log: quiet, Readers: 1, Version: "v-dups"}); err == nil {
-			t.Fatal("the flaky run succeeded")
+		// Shard 0 of 2 writes its half and waits; shard 1 completes the version having
+		// written only the other half itself.
+		first, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-dups", ShardIndex: 0, ShardCount: 2})
+		if err != nil || first.Waiting == 0 {
+			t.Fatalf("shard 0: %v, waiting %d; want it to wait for shard 1", err, first.Waiting)
 		}
-		if done, _ := s.Commits(ctx, "scores", "v-dups"); len(done) == 0 || len(done) >= 12 {
-			t.Fatalf("the failed run committed %d of 12 row groups, want some (the resume must write only the rest)", len(done))
-		}
-		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-dups"})
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-dups", ShardIndex: 1, ShardCount: 2})
 		if !errors.Is(err, pipeline.ErrGateFailed) || res.Manifest.DuplicateKeys != 6000 || res.Manifest.RepeatedKeys != 6000 {
-			t.Errorf("resumed: %v, duplicate_keys %d, repeated_keys %d; want ErrGateFailed, 6000, 6000", err, res.Manifest.DuplicateKeys, res.Manifest.RepeatedKeys)
+			t.Errorf("completed by shard 1: %v, duplicate_keys %d, repeated_keys %d; want ErrGateFailed, 6000, 6000", err, res.Manifest.DuplicateKeys, res.Manifest.RepeatedKeys)
 		}
 	})
 }

@@ -37,13 +37,15 @@ func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("read committed shards: %w", err)
 	}
-	done := map[string]bool{}
+	done := map[string]writers.Commit{}
 	for _, c := range committed {
-		done[c.ID] = true
+		done[c.ID] = c
 	}
 	var tasks []task
 	for _, t := range r.mine(all) {
-		if !done[commitID(t.file, t.rg)] {
+		if c, ok := done[commitID(t.file, t.rg)]; ok {
+			r.committed.add(c)
+		} else {
 			tasks = append(tasks, t)
 		}
 	}

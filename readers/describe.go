@@ -44,6 +44,18 @@ func Describe(path string) (d *Description, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("parquet %s: %w", path, err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("parquet %s: %w: not a regular file", path, ErrCorrupt)
+	}
+	osf, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("parquet %s: %w", path, err)
+	}
+	_, err = checkFooter(osf, st.Size())
+	osf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("parquet %s: %w", path, err)
+	}
 	pr, err := file.OpenParquetFile(path, false)
 	if err != nil {
 		return nil, fmt.Errorf("parquet %s: %w: %w", path, ErrCorrupt, err)

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/memory"
@@ -153,7 +154,14 @@ func Open(path string, opts Options) (f *File, err error) {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = DefaultBatchSize
 	}
-	osf, err := os.Open(path)
+	// A FIFO's open would wait for a writer, and a device's read never end: only a
+	// regular file is read, checked before the open (made without blocking) and after.
+	if st, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("shard %s: %w", path, err)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("shard %s: %w: not a regular file (%s)", path, ErrCorrupt, st.Mode().Type())
+	}
+	osf, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: %w", path, err)
 	}
@@ -166,16 +174,23 @@ func Open(path string, opts Options) (f *File, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: %w", path, err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("shard %s: %w: not a regular file (%s)", path, ErrCorrupt, st.Mode().Type())
+	}
+	footerStart, err := checkFooter(osf, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %w", path, err)
+	}
 	f = &File{path: path, bytes: st.Size(), opts: opts, osf: osf}
-	if err := f.open(); err != nil {
+	if err := f.open(footerStart); err != nil {
 		return nil, err
 	}
 	return f, nil
 }
 
-// open parses the footer and resolves the columns, turning decoder panics on
-// hostile footers into errors.
-func (f *File) open() (err error) {
+// open parses the footer, resolves the columns and checks that their chunks lie before
+// footerStart, turning decoder panics on hostile footers into errors.
+func (f *File) open(footerStart int64) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("shard %s: %w: %v", f.path, ErrCorrupt, r)
@@ -205,7 +220,10 @@ func (f *File) open() (err error) {
 		f.rowGroups[i] = RowGroup{Index: i, Rows: n}
 		f.rows += n
 	}
-	return f.resolve()
+	if err := f.resolve(); err != nil {
+		return err
+	}
+	return f.checkChunks(footerStart)
 }
 
 // resolve maps the job's column names to top-level fields, checks their

@@ -3,12 +3,15 @@ package readers
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/staticref/staticref/readers/shardgen"
@@ -247,6 +250,20 @@ func TestOpenErrors(t *testing.T) {
 	if err := os.WriteFile(random, noise, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The footer's length claims more than the file holds.
+	overclaim := filepath.Join(dir, "overclaim.parquet")
+	writeFile(t, overclaim, withFooterLength(data, uint32(len(data))))
+	// The footer of the whole file after half its data: the column chunks of the later
+	// row groups are claimed past the footer's start.
+	footer := footerOf(data)
+	short := append(append([]byte(nil), data[:len(data)/2]...), footer...)
+	short = binary.LittleEndian.AppendUint32(short, uint32(len(footer)))
+	chunksPastFooter := filepath.Join(dir, "chunks-past-footer.parquet")
+	writeFile(t, chunksPastFooter, append(short, "PAR1"...))
+	fifo := filepath.Join(dir, "fifo.parquet")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	opts := func(key string, features ...string) Options { return Options{Key: key, Features: features} }
 	tests := []struct {
 		name     string
@@ -258,6 +275,9 @@ func TestOpenErrors(t *testing.T) {
 		{"a truncated file names the file", truncated, opts("user_id", "f0"), "shard " + truncated + ": ", ErrCorrupt},
 		{"random bytes name the file", random, opts("user_id", "f0"), "shard " + random + ": ", ErrCorrupt},
 		{"a missing file names the file", filepath.Join(dir, "nope.parquet"), opts("user_id", "f0"), "nope.parquet", os.ErrNotExist},
+		{"a footer claiming more than the file holds", overclaim, opts("user_id", "f0"), fmt.Sprintf("the footer claims %d bytes, the file has only %d", len(data), len(data)), ErrCorrupt},
+		{"column chunks claimed past the footer", chunksPastFooter, opts("user_id", "f0"), "row group 2 column user_id claims bytes", ErrCorrupt},
+		{"a FIFO is no file to wait on", fifo, opts("user_id", "f0"), "shard " + fifo + ": readers: corrupt parquet file: not a regular file", ErrCorrupt},
 		{"a missing feature column names the column", good, opts("user_id", "f0", "f9"), "shard " + good + `: column "f9" not found (source.features); the shard's columns are user_id, f0, f1, f2, f3,`, ErrSchema},
 		{"a string feature is not numeric", good, opts("user_id", "note"), "shard " + good + `: column "note" is string, features must be numeric (source.features)`, ErrSchema},
 		{"a list beside scalars is refused", good, opts("user_id", "f0", "embedding"), `column "embedding" is list<float32>, a list feature must be the only feature (source.features)`, ErrSchema},
@@ -279,6 +299,67 @@ func TestOpenErrors(t *testing.T) {
 			}
 			if !errors.Is(err, tt.sentinel) {
 				t.Errorf("got %v, want it to match %v", err, tt.sentinel)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withFooterLength is a copy of a Parquet file whose last 8 bytes claim a footer of n bytes.
+func withFooterLength(data []byte, n uint32) []byte {
+	out := append([]byte(nil), data...)
+	binary.LittleEndian.PutUint32(out[len(out)-8:], n)
+	return out
+}
+
+// footerOf is a Parquet file's footer (its metadata), without the length and magic after it.
+func footerOf(data []byte) []byte {
+	n := int(binary.LittleEndian.Uint32(data[len(data)-8:]))
+	return data[len(data)-8-n : len(data)-8]
+}
+
+// TestAFooterClaimingGigabytesIsRefusedBeforeItIsRead: a sparse 2 GiB file whose footer
+// length claims 1.8 GB had the reader allocate 1.7 GB before failing.
+func TestAFooterClaimingGigabytesIsRefusedBeforeItIsRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge-footer.parquet")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 2 << 30
+	f.WriteAt([]byte("PAR1"), 0)
+	tail := binary.LittleEndian.AppendUint32(nil, 1_800_000_000)
+	if _, err := f.WriteAt(append(tail, "PAR1"...), size-8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for what, open := range map[string]func() error{
+		"Open": func() error {
+			f, err := Open(path, Options{Key: "user_id", Features: []string{"f0"}})
+			if err == nil {
+				f.Close()
+			}
+			return err
+		},
+		"Describe": func() error { _, err := Describe(path); return err },
+	} {
+		t.Run(what, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := open()
+			runtime.ReadMemStats(&after)
+			want := "a footer of 1800000000 bytes, over 67108864 (MaxFooterBytes)"
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
+				t.Errorf("got %v, want ErrCorrupt naming the file and saying %q", err, want)
+			}
+			if got := after.TotalAlloc - before.TotalAlloc; got > 16<<20 {
+				t.Errorf("allocated %d MiB, want under 16", got>>20)
 			}
 		})
 	}

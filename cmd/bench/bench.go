@@ -550,7 +550,7 @@ type inferBench struct {
 const maxPrepacked = 16
 
 func newInferBench(cfg Config, d *dataset, model string) (*inferBench, error) {
-	m, err := inference.Load(d.model(model), inference.Options{
+	m, err := inference.Load(context.Background(), d.model(model), inference.Options{
 		Features:       len(features),
 		BatchSize:      cfg.BatchSize,
 		IntraOpThreads: cfg.Threads,

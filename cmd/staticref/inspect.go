@@ -30,7 +30,7 @@ func newInspectCmd() *cobra.Command {
 				if err := inference.Init(); err != nil {
 					return err
 				}
-				info, err := inference.Inspect(path)
+				info, err := inference.Inspect(c.Context(), path)
 				if err != nil {
 					return err
 				}

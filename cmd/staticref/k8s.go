@@ -38,7 +38,11 @@ func newK8sRenderCmd() *cobra.Command {
 Store credentials come from the Secret --secret (default NAME-store) as environment
 variables of every pod; --store may refer to them, as in
 redis://:$(REDIS_PASSWORD)@redis:6379/0: Kubernetes expands them in the CronJob's
-arguments, and serve expands them in the store URL of its config.
+arguments, and serve expands them in the store URL of its config. A literal password in
+--store or in the job's sink.store is refused: the manifests would carry it in plain text.
+NAME is the job name when it is a valid Kubernetes name of at most 52 characters;
+otherwise it is made one and gets six hex digits of a hash of the job name, so that jobs
+a_b, a.b and a-b keep apart.
 Schedules with seconds cannot run as a CronJob. Paths in the job file that are local to
 this machine, and a pebble: store, draw a warning: the pods do not have them.`,
 		Example: `  staticref k8s render --job jobs/churn.yaml --image registry.example.com/staticref:1.4 \

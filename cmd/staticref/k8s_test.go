@@ -78,8 +78,10 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 
 	t.Run("the CronJob runs on the job's schedule, in its time zone, never overlapping", func(t *testing.T) {
 		s := cj.Spec
-		if cj.Name != "churn-daily" || s.Schedule != "0 2 * * *" || s.TimeZone == nil || *s.TimeZone != "Europe/Berlin" {
-			t.Errorf("got name %q schedule %q tz %v, want churn-daily, 0 2 * * *, Europe/Berlin", cj.Name, s.Schedule, s.TimeZone)
+		// churn_daily is no Kubernetes name: made one, it gets a hash of the job name, so
+		// that a job churn-daily would not share its objects.
+		if cj.Name != "churn-daily-cf9b2a" || s.Schedule != "0 2 * * *" || s.TimeZone == nil || *s.TimeZone != "Europe/Berlin" {
+			t.Errorf("got name %q schedule %q tz %v, want churn-daily-cf9b2a, 0 2 * * *, Europe/Berlin", cj.Name, s.Schedule, s.TimeZone)
 		}
 		if s.ConcurrencyPolicy != batchv1.ForbidConcurrent {
 			t.Errorf("concurrencyPolicy: got %q, want Forbid", s.ConcurrencyPolicy)
@@ -138,19 +140,19 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 		if e := env(c, "STATICREF_ORT_LIB"); e == nil || !strings.HasSuffix(e.Value, "libonnxruntime.so") {
 			t.Errorf("STATICREF_ORT_LIB: got %v", e)
 		}
-		if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "churn-daily-store" {
-			t.Errorf("envFrom: got %+v, want secretRef churn-daily-store", c.EnvFrom)
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "churn-daily-cf9b2a-store" {
+			t.Errorf("envFrom: got %+v, want secretRef churn-daily-cf9b2a-store", c.EnvFrom)
 		}
 		if c.Image != "reg.example/staticref:1.4" {
 			t.Errorf("image: got %q", c.Image)
 		}
-		if len(pod.Volumes) != 1 || pod.Volumes[0].ConfigMap == nil || pod.Volumes[0].ConfigMap.Name != "churn-daily-job" {
+		if len(pod.Volumes) != 1 || pod.Volumes[0].ConfigMap == nil || pod.Volumes[0].ConfigMap.Name != "churn-daily-cf9b2a-job" {
 			t.Fatalf("volumes: got %+v, want the job ConfigMap", pod.Volumes)
 		}
 		if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/etc/staticref" {
 			t.Errorf("mounts: got %+v", c.VolumeMounts)
 		}
-		if got := cms["churn-daily-job"].Data["job.yaml"]; got != k8sJob {
+		if got := cms["churn-daily-cf9b2a-job"].Data["job.yaml"]; got != k8sJob {
 			t.Errorf("job ConfigMap: got %q, want the file as written", got)
 		}
 		if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
@@ -174,7 +176,7 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort.String() != "http" {
 			t.Errorf("service ports: got %+v", svc.Spec.Ports)
 		}
-		serve := cms["churn-daily-serve"].Data["serve.yaml"]
+		serve := cms["churn-daily-cf9b2a-serve"].Data["serve.yaml"]
 		if !strings.Contains(serve, "churn:") || !strings.Contains(serve, "$(REDIS_PASSWORD)") {
 			t.Errorf("serve config: got %q, want namespace churn on the --store URL", serve)
 		}
@@ -186,7 +188,7 @@ func TestK8sRenderPrintsACronJobOfIndexedJobsAndALookupDeployment(t *testing.T) 
 			t.Errorf("envFrom: got %+v, want the CronJob's %+v", sc.EnvFrom, c.EnvFrom)
 		}
 		t.Setenv("REDIS_PASSWORD", "hunter2")
-		cfg, err := lookup.ParseConfig([]byte(cms["churn-daily-serve"].Data["serve.yaml"]), k8s.ServeConfig)
+		cfg, err := lookup.ParseConfig([]byte(cms["churn-daily-cf9b2a-serve"].Data["serve.yaml"]), k8s.ServeConfig)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,6 +254,8 @@ func TestK8sRenderRefusesWhatACronJobCannotRun(t *testing.T) {
 		{"an @every schedule", `"@every 1h"`, "", "@every"},
 		{"no schedule", `""`, "", `the job has no "schedule" field: a CronJob needs one (add schedule: "0 2 * * *"`},
 		{"a bad quantity", `"@daily"`, "--memory=lots", "--memory"},
+		{"a literal password in --store", `"@daily"`, "--store=redis://:hunter2@redis:6379/0",
+			"--store redis://:xxxxx@redis:6379/0: the manifests would show it to anyone who can read the ConfigMaps or the CronJob"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "j.yaml")

@@ -197,6 +197,10 @@ func TestExitCodes(t *testing.T) {
 		{"a feature column the data lacks is bad config", []string{"run", "--job", job, "--set", "source.features=[f0, f9]"}, 2, `"f9"`},
 		{"a missing model file is bad config", []string{"run", "--job", job, "--set", "model.path=" + filepath.Join(dir, "absent.onnx")}, 2, "absent.onnx"},
 		{"a model of another input width is bad config", []string{"run", "--job", job, "--set", "source.features=[f0, f1]"}, 2, "source.features"},
+		{"a job file whose aliases stand for billions of nodes is bad config, at once", []string{"run", "--job", "../../jobs/testdata/alias-bomb.bad.yaml"}, 2, "alias-bomb.bad.yaml: line 9: the aliases (*name) and merge keys (<<) expand to more than"},
+		{"a serve config whose aliases stand for billions of nodes is bad config, at once", []string{"serve", "--config", "../../lookup/testdata/alias-bomb.bad.yaml"}, 2, "lookup: invalid config: ../../lookup/testdata/alias-bomb.bad.yaml:7: the aliases (*name) and merge keys (<<) expand to more than"},
+		{"a model path that is a device is bad config", []string{"run", "--job", job, "--set", "model.path=/dev/zero"}, 2, "model /dev/zero: a character device, not a regular file"},
+		{"an explicit 0 where a default is meant is bad config", []string{"run", "--job", job, "--set", "model.workers=0"}, 2, "model.workers: 0: use 1 to 256, or leave it out"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

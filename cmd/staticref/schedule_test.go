@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -99,6 +101,19 @@ func TestScheduleRunsAJobForRealAndStopsOnCancel(t *testing.T) {
 	}
 }
 
+// bombDir is a jobs directory holding jobs/testdata/alias-bomb.bad.yaml.
+func bombDir(t *testing.T) string {
+	dir := t.TempDir()
+	data, err := os.ReadFile("../../jobs/testdata/alias-bomb.bad.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bomb.yaml"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func TestScheduleRejectsBadUsage(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -108,6 +123,7 @@ func TestScheduleRejectsBadUsage(t *testing.T) {
 		{"without --jobs", []string{"schedule"}, "--jobs is required"},
 		{"with an unknown catch-up policy", []string{"schedule", "--jobs", ".", "--catch-up", "twice"}, "skip or once"},
 		{"with a missing directory", []string{"schedule", "--jobs", "/nonexistent/jobs"}, "jobs directory"},
+		{"with a job file whose aliases stand for billions of nodes", []string{"schedule", "--jobs", bombDir(t)}, "expand to more than 1000000 nodes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := staticref(t, tc.args...)

@@ -18,6 +18,8 @@ package k8s
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -96,14 +98,102 @@ func (noSchedule) Unwrap() error { return ErrSchedule }
 
 var dnsUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)
 
-// Name is the Kubernetes name derived from a job name (CronJob names are at most 52
-// characters, so that Job names with their 11-character suffix fit in 63).
+// MaxName is the longest Name: a CronJob's Jobs are named NAME-<11 digits>, which must
+// fit in 63 characters.
+const MaxName = 52
+
+// Name is the Kubernetes name of a job's objects: the job name as an RFC 1035 label
+// (what a Service name must be: a-z, 0-9 and '-', starting with a letter), at most
+// MaxName characters. A job name that is one already is its own name. Any other is made
+// one ('_' and '.' become '-', a "job-" prefix goes before a digit, the end is cut) and
+// gets "-" and six hex digits of the SHA-256 of the job name: jobs a_b, a.b and a-b, or
+// two long names that differ only past the cut, would otherwise share their objects.
 func Name(job string) string {
 	n := strings.Trim(dnsUnsafe.ReplaceAllString(strings.ToLower(job), "-"), "-")
-	if len(n) > 52 {
-		n = strings.TrimRight(n[:52], "-")
+	if n != "" && n[0] >= '0' && n[0] <= '9' {
+		n = "job-" + n
 	}
-	return n
+	if n == job && len(n) <= MaxName {
+		return n
+	}
+	sum := sha256.Sum256([]byte(job))
+	suffix := "-" + hex.EncodeToString(sum[:3])
+	if n == "" {
+		n = "job"
+	}
+	if len(n) > MaxName-len(suffix) {
+		n = strings.TrimRight(n[:MaxName-len(suffix)], "-")
+	}
+	return n + suffix
+}
+
+// ErrLiteralPassword is wrapped by the error of a render whose store URL holds a
+// password: the manifests would carry it in plain text, in a ConfigMap and in the
+// CronJob's arguments, for anyone who may read them.
+var ErrLiteralPassword = errors.New("k8s: a literal password in a store URL")
+
+// checkSecrets refuses a store URL that would put a password into the manifests: the
+// job file's sink.store (the job ConfigMap holds the file as written, and serve's
+// ConfigMap the URL) and --store (the CronJob's arguments, serve's ConfigMap). A
+// password made only of $(VAR) or ${VAR} references is no secret: the pods expand it
+// from the Secret.
+func (o *Options) checkSecrets(secret string) error {
+	var errs []error
+	for _, u := range []struct{ field, url, fix string }{
+		{"--store", o.Store, "pass --store '%s' instead"},
+		{"sink.store", o.Job.Sink.Store, "leave the password out of sink.store and pass --store '%s'"},
+	} {
+		if !literalPassword(u.url) {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%w: %s %s: the manifests would show it to anyone who can read the ConfigMaps or the CronJob; "+
+			"put it in the Secret %s (kubectl create secret generic %s --from-literal=REDIS_PASSWORD=…), "+u.fix+
+			": Kubernetes expands $(VAR) in the CronJob's arguments, and serve expands $(VAR) and ${VAR} in its config",
+			ErrLiteralPassword, u.field, writers.RedactURL(u.url), secret, secret, withReference(u.url)))
+	}
+	return errors.Join(errs...)
+}
+
+// envRef is a $(VAR) or ${VAR} reference, as serve's config and Kubernetes expand them.
+var envRef = regexp.MustCompile(`\$\([A-Za-z_][A-Za-z0-9_.-]*\)|\$\{[A-Za-z_][A-Za-z0-9_.-]*\}`)
+
+// literalPassword reports whether a store URL's user:password@ part has a password with
+// anything in it besides environment variable references.
+func literalPassword(url string) bool {
+	_, pw, ok := password(url)
+	return ok && envRef.ReplaceAllString(pw, "") != ""
+}
+
+// password splits SCHEME://user:password@host… at the userinfo's last '@' before any
+// query, as writers reads it; ok is false without a password.
+func password(url string) (head, pw string, ok bool) {
+	scheme, rest, found := strings.Cut(url, "://")
+	if !found {
+		return "", "", false
+	}
+	h := rest
+	if q := strings.IndexByte(rest, '?'); q >= 0 {
+		h = rest[:q]
+	}
+	at := strings.LastIndexByte(h, '@')
+	if at < 0 {
+		return "", "", false
+	}
+	user, pw, found := strings.Cut(rest[:at], ":")
+	if !found || pw == "" {
+		return "", "", false
+	}
+	return scheme + "://" + user + ":", pw, true
+}
+
+// withReference is url with its password replaced by $(REDIS_PASSWORD), the form the
+// error suggests.
+func withReference(url string) string {
+	head, pw, ok := password(url)
+	if !ok {
+		return url
+	}
+	return head + "$(REDIS_PASSWORD)" + strings.TrimPrefix(url, head+pw)
 }
 
 // Schedule turns a job schedule into a CronJob's schedule and timeZone. CronJob takes
@@ -144,6 +234,9 @@ func Render(w io.Writer, o Options) error {
 		return err
 	}
 	o.defaults()
+	if err := o.checkSecrets(o.Secret); err != nil {
+		return err
+	}
 	name := Name(o.Job.Name)
 	objs := []any{
 		o.jobConfigMap(name),

@@ -26,7 +26,7 @@ const (
 
 // Model is a generated ONNX model and its reference computation.
 type Model struct {
-	Name     string   // "logistic", "mlp", "embedding", "zipmap"
+	Name     string   // "logistic", "mlp", "embedding", "zipmap", "wide"
 	Input    string   // input tensor name
 	Features int      // input width F; input shape is [N (dynamic), F], float32
 	Outputs  []string // tensor outputs, in graph order
@@ -273,6 +273,34 @@ func ZipMapClassifier(features int, seed uint64) *Model {
 			m := math.Max(z[0], z[1])
 			e0, e1 := math.Exp(z[0]-m), math.Exp(z[1]-m)
 			return map[string][]float64{"probabilities": {e0 / (e0 + e1), e1 / (e0 + e1)}}
+		},
+	}
+}
+
+// Wide is a linear layer of many outputs: input "features" [N,features], output "wide"
+// [N,width] = MatMul(features, W), W uniform in [-0.01, 0.01]. A width in the
+// hundreds of thousands makes the hostile model of a test: its weights are
+// features*width floats, its output buffers batch*width.
+func Wide(features, width int, seed uint64) *Model {
+	r := &rng{state: seed}
+	w := r.weights(features*width, 0.01)
+	zero := make([]float32, width)
+	g := &graph{
+		name:         "wide",
+		nodes:        [][]byte{node("MatMul", "matmul", "", []string{"features", "W"}, []string{"wide"})},
+		initializers: [][]byte{floatTensor("W", []int64{int64(features), int64(width)}, w)},
+		inputs:       []io{{name: "features", width: features}},
+		outputs:      []io{{name: "wide", width: width}},
+	}
+	return &Model{
+		Name:     "wide",
+		Input:    "features",
+		Features: features,
+		Outputs:  []string{"wide"},
+		Bytes:    g.model(0),
+		graph:    g,
+		predict: func(x []float64) map[string][]float64 {
+			return map[string][]float64{"wide": linear(x, w, zero)}
 		},
 	}
 }

@@ -2,6 +2,21 @@
 // one bad value hides no other: every unknown field (with the nearest known name), value
 // of the wrong kind and key given twice is a Problem with its line and field path. Job
 // files (jobs) and the lookup service's config (lookup) are both read with it.
+//
+// # Aliases are bounded
+//
+// An alias (*name) and a merge key (<<: *name) stand for a copy of the node they name,
+// and copies of copies multiply: ten aliases of ten aliases of ... eight levels deep is a
+// file of a few hundred bytes that stands for a hundred million nodes. yaml.v3 bounds
+// aliasing in its own Decode, but this package walks the node tree itself (and feeds
+// parts of it to Decode one at a time), so that bound never sees the whole file. Decode
+// therefore first counts, without expanding anything, what the tree would expand to:
+// every node once per copy, and every alias followed. A tree over MaxNodes or
+// MaxAliases, or one whose alias names a node that holds it (a copy that contains
+// itself), is one Problem and nothing is decoded. The count takes one pass over the
+// nodes as parsed, so decoding any file costs time and memory in proportion to the
+// file, never to what its aliases stand for, and a process decoding it stays as
+// responsive to a signal as it is to anything else.
 package yamldecode
 
 import (
@@ -24,12 +39,53 @@ type Problem struct {
 	Msg  string
 }
 
-// String is "path: msg", or msg for the file as a whole.
+// String is "path: msg", or msg for the file as a whole. A key of the path longer than
+// MaxQuoted is clipped.
 func (p Problem) String() string {
 	if p.Path == "" {
 		return p.Msg
 	}
-	return p.Path + ": " + p.Msg
+	path := p.Path
+	if len(path) > MaxQuoted {
+		parts := strings.Split(path, ".")
+		for i := range parts {
+			parts[i] = Clip(parts[i])
+		}
+		path = strings.Join(parts, ".")
+	}
+	return path + ": " + p.Msg
+}
+
+// MaxQuoted is how much of a value a problem quotes: a longer value is clipped to this
+// many characters and "…", so that a problem names a bad value without echoing all of
+// a 20 MB one.
+const MaxQuoted = 80
+
+// Clip is s cut to MaxQuoted characters with "…" after them, or s when it is no longer.
+func Clip(s string) string {
+	if len(s) <= MaxQuoted {
+		return s
+	}
+	n := 0
+	for i := range s {
+		if n == MaxQuoted {
+			return s[:i] + "…"
+		}
+		n++
+	}
+	return s
+}
+
+// Quote is a value as a problem quotes it: %q of the value clipped to MaxQuoted.
+func Quote(s string) string { return strconv.Quote(Clip(s)) }
+
+// QuoteIn is msg with every copy of s that %q wrote into it clipped as Quote clips it:
+// for the messages of other packages, which quote a value whole.
+func QuoteIn(msg, s string) string {
+	if len(s) <= MaxQuoted {
+		return msg
+	}
+	return strings.ReplaceAll(msg, strconv.Quote(s), Quote(s))
 }
 
 // Document parses data and returns its top-level mapping; an empty document is an empty
@@ -64,15 +120,117 @@ type Result struct {
 	Problems []Problem
 	lines    map[string]int  // field path -> line of its key
 	bad      map[string]bool // field paths that could not be read
+	given    map[string]bool // field paths the file gives a value (not null)
+	refused  bool            // the tree was refused whole (Check): nothing was decoded
 }
 
+// Refused reports whether the tree was refused whole, its aliases standing for too much
+// (see Check): nothing was decoded, so a check of the fields would only add noise.
+func (r *Result) Refused() bool { return r.refused }
+
+// Given reports whether the file gives the field at path a value: null (~, or nothing
+// after the colon) counts as absent, as it does for decoding.
+func (r *Result) Given(path string) bool { return r.given[path] }
+
 // Decode sets *v (a struct, by its yaml tags) from the mapping n. A value that cannot be
-// read leaves its field as it was.
+// read leaves its field as it was. A tree whose aliases stand for too much (see Check)
+// is that one problem, and nothing is decoded.
 func Decode(n *yaml.Node, v any) *Result {
-	r := &Result{lines: map[string]int{}, bad: map[string]bool{}}
+	r := &Result{lines: map[string]int{}, bad: map[string]bool{}, given: map[string]bool{}}
+	if p := Check(n); p != nil {
+		r.Problems = append(r.Problems, *p)
+		r.refused = true
+		return r
+	}
 	r.decode(n, reflect.ValueOf(v).Elem(), "")
 	return r
 }
+
+// Limits on what one document may stand for once its aliases (*name) and merge keys
+// (<<: *name) are expanded, counting every copy. A hand-written config is far below
+// both: a serve config of a thousand namespaces that each merge a shared block of ten
+// fields stands for about 20,000 nodes and follows 1,000 aliases.
+const (
+	// MaxNodes is the most nodes a document may stand for: every key, value and list
+	// item, once per copy an alias or a merge makes of it.
+	MaxNodes = 1_000_000
+	// MaxAliases is the most aliases a document may follow, counting those inside the
+	// copies an alias makes.
+	MaxAliases = 10_000
+)
+
+// Check counts what n stands for once its aliases and merge keys are expanded, without
+// expanding them, and returns a Problem when that is more than MaxNodes nodes or
+// MaxAliases aliases, or when an alias names a node that holds it. It takes one pass
+// over the nodes as parsed.
+func Check(n *yaml.Node) *Problem {
+	c := counter{memo: map[*yaml.Node]cost{}, open: map[*yaml.Node]bool{}}
+	total := c.count(n)
+	switch {
+	case c.cycle != nil:
+		return &Problem{Line: c.cycle.Line, Msg: fmt.Sprintf("alias *%s names a node that holds the alias: a value cannot contain itself", Clip(c.cycle.Value))}
+	case total.nodes > MaxNodes || total.aliases > MaxAliases:
+		at := 0
+		if c.over != nil {
+			at = c.over.Line
+		}
+		return &Problem{Line: at, Msg: fmt.Sprintf("the aliases (*name) and merge keys (<<) expand to more than %d nodes or %d aliases, "+
+			"the most a file may stand for: write the values out, or nest fewer copies of copies", MaxNodes, MaxAliases)}
+	}
+	return nil
+}
+
+// cost is what a node stands for, expanded: its nodes and the aliases followed in it.
+type cost struct{ nodes, aliases int64 }
+
+// counter computes expanded costs depth first, each node once (memo), so a node that
+// a thousand aliases name is counted once and multiplied, never walked a thousand times.
+type counter struct {
+	memo  map[*yaml.Node]cost
+	open  map[*yaml.Node]bool // on the current path: an alias to one is a cycle
+	cycle *yaml.Node          // the first alias found naming a node that holds it
+	over  *yaml.Node          // the first alias whose copy took the count over a limit
+	seen  cost                // running total, to find over
+}
+
+func (c *counter) count(n *yaml.Node) cost {
+	if n == nil || c.cycle != nil {
+		return cost{}
+	}
+	if k, ok := c.memo[n]; ok {
+		return k
+	}
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			return cost{nodes: 1}
+		}
+		if c.open[n.Alias] {
+			c.cycle = n
+			return cost{}
+		}
+		k := c.count(n.Alias)
+		k = cost{nodes: capped(k.nodes), aliases: capped(k.aliases + 1)}
+		c.seen = cost{nodes: capped(c.seen.nodes + k.nodes), aliases: capped(c.seen.aliases + k.aliases)}
+		if c.over == nil && (c.seen.nodes > MaxNodes || c.seen.aliases > MaxAliases) {
+			c.over = n
+		}
+		c.memo[n] = k
+		return k
+	}
+	c.open[n] = true
+	k := cost{nodes: 1}
+	for _, ch := range n.Content {
+		ck := c.count(ch)
+		k = cost{nodes: capped(k.nodes + ck.nodes), aliases: capped(k.aliases + ck.aliases)}
+	}
+	delete(c.open, n)
+	c.memo[n] = k
+	return k
+}
+
+// capped keeps a count just over every limit: past that its size no longer matters, and
+// a product of copies of copies would overflow.
+func capped(v int64) int64 { return min(v, 2*MaxNodes+2*MaxAliases) }
 
 // Line is the line of path's key, or of the nearest field above it that the file has.
 func (r *Result) Line(path string) int {
@@ -147,10 +305,16 @@ func (r *Result) add(line int, path, format string, args ...any) {
 
 var nodeType = reflect.TypeFor[yaml.Node]()
 
-func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
+// resolve is the node an alias names, or n.
+func resolve(n *yaml.Node) *yaml.Node {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
+		return n.Alias
 	}
+	return n
+}
+
+func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
+	n = resolve(n)
 	t := v.Type()
 	switch {
 	case t == nodeType:
@@ -204,6 +368,9 @@ func (r *Result) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		seen[k.Value] = k.Line
 		r.lines[p] = k.Line
+		if target := resolve(val); target.Kind != yaml.ScalarNode || target.Tag != "!!null" {
+			r.given[p] = true
+		}
 		if t.Kind() == reflect.Map {
 			e := reflect.New(t.Elem()).Elem()
 			r.decode(val, e, p)
@@ -245,11 +412,11 @@ func (r *Result) value(n *yaml.Node, v reflect.Value, path string) {
 	switch {
 	case err == nil:
 	case custom && !errors.As(err, &te):
-		r.add(n.Line, path, "%v", err)
+		r.add(n.Line, path, "%s", QuoteIn(err.Error(), n.Value))
 	case t.Kind() == reflect.Slice:
 		r.add(n.Line, path, "want %s", Want(t))
 	default:
-		r.add(n.Line, path, "%q is not %s", n.Value, Want(t))
+		r.add(n.Line, path, "%s is not %s", Quote(n.Value), Want(t))
 	}
 }
 
@@ -281,7 +448,7 @@ func describe(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	}
-	return strconv.Quote(n.Value)
+	return Quote(n.Value)
 }
 
 func mergeSources(n *yaml.Node) []*yaml.Node {

@@ -3,9 +3,11 @@ package yamldecode_test
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -105,5 +107,118 @@ func TestASyntaxErrorOrANonMappingIsOneProblem(t *testing.T) {
 	}
 	if root, bad := yamldecode.Document(nil, "a config"); bad != nil || root.Kind != yaml.MappingNode {
 		t.Errorf("an empty file is an empty mapping: got %v, %+v", root, bad)
+	}
+}
+
+// bomb is a document of about 500 bytes whose merge keys stand for 10^levels copies of
+// a mapping with an unknown field: decoded by walking every copy, it takes minutes and
+// gigabytes (a problem per copy).
+func bomb(levels int) string {
+	var b strings.Builder
+	b.WriteString("named:\n  l0: &l0 {nmae: x}\n")
+	for l := 1; l <= levels; l++ {
+		refs := strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d, ", l-1), 10), ", ")
+		fmt.Fprintf(&b, "  l%d: &l%d {<<: [%s]}\n", l, l, refs)
+	}
+	return b.String()
+}
+
+// decodeBounded decodes doc in a goroutine and fails the test unless it returns within
+// two seconds having allocated less than 64 MiB.
+func decodeBounded(t *testing.T, doc string) *yamldecode.Result {
+	t.Helper()
+	root, bad := yamldecode.Document([]byte(doc), "a config")
+	if bad != nil {
+		t.Fatalf("Document: %+v", *bad)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	done := make(chan *yamldecode.Result, 1)
+	go func() {
+		var c config
+		done <- yamldecode.Decode(root, &c)
+	}()
+	select {
+	case res := <-done:
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+			t.Errorf("decoding allocated %d MiB, want under 64", got>>20)
+		}
+		return res
+	case <-time.After(2 * time.Second):
+		t.Fatal("decoding did not return within 2s")
+		return nil
+	}
+}
+
+func TestAliasesThatStandForTooMuchAreOneProblem(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{"merge keys nested eight levels, ten copies a level", bomb(8), "expand to more than 1000000 nodes or 10000 aliases"},
+		{"list aliases diluted with plain items", func() string {
+			// yaml.v3's own limit is a ratio of aliases to nodes: a hundred plain items
+			// beside every ten aliases stays under it at any size.
+			var b strings.Builder
+			b.WriteString("raw: x\ntags: &t0 [" + strings.TrimSuffix(strings.Repeat("a, ", 100), ", ") + "]\nnamed:\n")
+			for l := 1; l <= 7; l++ {
+				fmt.Fprintf(&b, "  l%d: {tags: &t%d [%s%s]}\n", l, l, strings.Repeat(fmt.Sprintf("*t%d, ", l-1), 10), strings.TrimSuffix(strings.Repeat("a, ", 100), ", "))
+			}
+			return b.String()
+		}(), "expand to more than"},
+		{"a mapping that merges itself", "named:\n  a: &a {<<: *a}\n", "alias *a names a node that holds the alias"},
+		{"a list that holds itself", "named:\n  a: {tags: &a [x, *a]}\n", "alias *a names a node that holds the alias"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := decodeBounded(t, tc.doc)
+			if len(res.Problems) != 1 || !strings.Contains(res.Problems[0].Msg, tc.want) || !res.Refused() {
+				t.Fatalf("got problems %v (refused %v), want the tree refused with one saying %q", res.Problems, res.Refused(), tc.want)
+			}
+		})
+	}
+}
+
+func TestAliasesWithinTheLimitsDecode(t *testing.T) {
+	// Three levels of ten copies: a thousand mappings, far below the limits.
+	res := decodeBounded(t, strings.Replace(bomb(3), "nmae", "name", 1))
+	if len(res.Problems) != 0 {
+		t.Fatalf("got problems %v, want none", res.Problems)
+	}
+	if p := yamldecode.Check(&yaml.Node{Kind: yaml.ScalarNode, Value: "x"}); p != nil {
+		t.Errorf("a scalar: got %v, want no problem", p)
+	}
+}
+
+func TestGivenTellsAFieldWrittenFromOneLeftOutOrNull(t *testing.T) {
+	_, res := decode(t, "name: x\ncount: ~\nsub:\nnamed:\n  a: {<<: {name: y}}\n")
+	for path, want := range map[string]bool{"name": true, "count": false, "sub": false, "tags": false, "named.a.name": true} {
+		if got := res.Given(path); got != want {
+			t.Errorf("Given(%s): got %v, want %v", path, got, want)
+		}
+	}
+}
+
+func TestLongValuesAreClippedInProblems(t *testing.T) {
+	long := strings.Repeat("9", 1<<20) + "x" // a megabyte: the issue's 20 MB reads the same, slower
+	_, res := decode(t, "count: "+long+"\nname: [1]\n"+strings.Repeat("k", 200)+": 1\ntemp: "+long+"\n")
+	want := []string{
+		`count: "` + strings.Repeat("9", 80) + `…" is not a whole number`,
+		`name: want a string, got a list`,
+		strings.Repeat("k", 80) + "…: unknown field",
+		"temp: below absolute zero, or not a temperature",
+	}
+	if len(res.Problems) != len(want) {
+		t.Fatalf("got %d problems, want %d", len(res.Problems), len(want))
+	}
+	for i, p := range res.Problems {
+		if p.String() != want[i] {
+			t.Errorf("problem %d: got %.200q, want %q", i, p.String(), want[i])
+		}
+	}
+	if got := yamldecode.Quote("é" + strings.Repeat("ü", 100)); got != `"é`+strings.Repeat("ü", 79)+`…"` {
+		t.Errorf("Quote cuts characters, not bytes: got %s", got)
+	}
+	if got, want := yamldecode.QuoteIn(fmt.Sprintf("value %q: bad", long), long), `value "`+strings.Repeat("9", 80)+`…": bad`; got != want {
+		t.Errorf("QuoteIn: got %.200q, want %q", got, want)
 	}
 }
