@@ -524,5 +524,9 @@ func GC(ctx context.Context, s *Store, ns string, keep int, grace time.Duration,
 		}
 		removed = append(removed, v.Version)
 	}
+	// Rows that earlier deletions had to leave (a reader held them) go now if they can.
+	if err := s.Sweep(ctx, ns); err != nil {
+		return removed, fmt.Errorf("gc %s: %w", ns, err)
+	}
 	return removed, nil
 }

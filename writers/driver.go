@@ -77,6 +77,14 @@ type FlipWatcher interface {
 	WatchFlips(ctx context.Context, fn func(ns string))
 }
 
+// Sweeper is a driver that may leave the rows of a retired version behind for a while (a
+// reader still held them when it was retired). Sweep removes those of ns that nobody
+// holds any longer; GC calls it every time, so that a gc run frees what earlier ones
+// could not, even when it retires nothing new.
+type Sweeper interface {
+	Sweep(ctx context.Context, ns string) error
+}
+
 // Describer is a driver that can say where it is, for messages: a directory, an address,
 // a table. Store.String falls back to the redacted URL.
 type Describer interface {

@@ -351,6 +351,26 @@ func (s *Store) Commits(ctx context.Context, ns, version string) ([]Commit, erro
 	return cs, nil
 }
 
+// Sweep removes what earlier deletions of ns's versions had to leave behind, where the
+// driver defers deletions (see Sweeper); elsewhere it does nothing.
+func (s *Store) Sweep(ctx context.Context, ns string) error {
+	if err := ValidateNamespace(ns); err != nil {
+		return fmt.Errorf("sweep: %w", err)
+	}
+	sw, ok := s.d.(Sweeper)
+	if !ok {
+		return nil
+	}
+	if err := s.enter(); err != nil {
+		return fmt.Errorf("sweep %s: %w", ns, err)
+	}
+	defer s.mu.RUnlock()
+	if err := sw.Sweep(ctx, ns); err != nil {
+		return fmt.Errorf("sweep %s: %w", ns, err)
+	}
+	return nil
+}
+
 // WatchFlips calls fn with the namespace of every flip the store announces until ctx is
 // done, and reports whether the store announces flips at all (false: it returned at once,
 // and only polling sees a flip). Delivery is at most once.

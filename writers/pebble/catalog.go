@@ -160,6 +160,13 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 	return nil
 }
 
+// Sweep implements writers.Sweeper: the row files of ns's retired versions that no
+// process holds any longer.
+func (d *Driver) Sweep(ctx context.Context, ns string) error {
+	d.sweep(ns)
+	return nil
+}
+
 func (d *Driver) retire(ctx context.Context, ns, version string) error {
 	l, err := d.lockNS(ns)
 	if err != nil {

@@ -121,6 +121,10 @@ func (d *Driver) copyLegacyRows(old *pdb.DB, retired map[string]bool) error {
 			err = db.Compact(context.Background(), []byte{}, []byte{0xff}, true)
 		}
 		err = errors.Join(err, db.Close())
+		if err == nil {
+			ns, version, _ := strings.Cut(cur, "\x00")
+			err = dropLogs(filepath.Join(d.versionDir(ns, version), "part-legacy"))
+		}
 		db, batch = nil, nil
 		return err
 	}

@@ -116,6 +116,7 @@ type Driver struct {
 var (
 	_ writers.Driver    = (*Driver)(nil)
 	_ writers.Describer = (*Driver)(nil)
+	_ writers.Sweeper   = (*Driver)(nil)
 )
 
 // Open opens (creating it if needed) the Pebble store in dir.

@@ -616,3 +616,36 @@ type quiet struct{}
 func (quiet) Infof(string, ...any)              {}
 func (quiet) Errorf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
 func (quiet) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
+
+// TestPebbleGCFreesWhatAnEarlierGCHadToLeave: a version retired while another handle held
+// it keeps its files; once that handle is gone, the next gc removes them even though it
+// retires nothing new. A sealed version keeps no write-ahead logs.
+func TestPebbleGCFreesWhatAnEarlierGCHadToLeave(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	w := openAt(t, dir)
+	r, err := pebble.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, w, "demo", "v1", 100)
+	wantVersion(t, r, "demo", "v1", 100)
+	publish(t, w, "demo", "v2", 100)
+	if _, err := writers.GC(ctx, w, "demo", 0, time.Hour, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	v1 := filepath.Join(dir, "versions", "demo", "v1")
+	if _, err := os.Stat(v1); err != nil {
+		t.Fatalf("v1 while r holds it: %v, want its files kept", err)
+	}
+	r.Close() // as a serve that is stopped
+	if removed, err := writers.GC(ctx, w, "demo", 0, time.Hour, time.Now()); err != nil || len(removed) != 0 {
+		t.Fatalf("second GC = %v, %v; want nothing new retired", removed, err)
+	}
+	if _, err := os.Stat(v1); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("v1 after the second gc: %v, want its files removed", err)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(dir, "versions", "demo", "v2", "part-*", "*.log")); len(logs) != 0 {
+		t.Errorf("the sealed v2 keeps write-ahead logs %v, want none", logs)
+	}
+}

@@ -179,8 +179,12 @@ func (d *Driver) seal(ctx context.Context, ns, version string) error {
 	d.wmu.Unlock()
 	var err error
 	if w != nil {
+		dir := filepath.Join(d.versionDir(ns, version), "part-"+d.proc)
 		err = w.db.Compact(ctx, []byte{}, []byte{0xff}, true)
 		err = errors.Join(err, d.dropWriter(ns, version))
+		if err == nil {
+			err = dropLogs(dir)
+		}
 	}
 	d.rows.Unlock()
 	if err != nil {
@@ -196,6 +200,22 @@ func (d *Driver) seal(ctx context.Context, ns, version string) error {
 		}
 	}
 	return nil
+}
+
+// dropLogs removes the write-ahead logs of a part that was compacted (its memtables
+// flushed) and closed: every row is in its sstables, and Pebble keeps a few logs for
+// reuse, which would otherwise hold more disk than a small version's data.
+func dropLogs(dir string) error {
+	logs, err := filepath.Glob(filepath.Join(dir, "*.log"))
+	if err != nil {
+		return err
+	}
+	for _, l := range logs {
+		if err := os.Remove(l); err != nil {
+			return err
+		}
+	}
+	return syncDir(dir)
 }
 
 // parts lists the part directories of a version.
