@@ -77,6 +77,14 @@ type FlipWatcher interface {
 	WatchFlips(ctx context.Context, fn func(ns string))
 }
 
+// ManyGetter is a driver that reads many keys of one version in one round trip (a Redis
+// MGET or a pipeline per cluster slot group, a Bigtable ReadRows of a row list, one
+// Pebble iterator pass). Keys are valid; the result has one entry per key, nil for a key
+// the version lacks. Store.GetMany falls back to one Get per key without it.
+type ManyGetter interface {
+	GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error)
+}
+
 // Sweeper is a driver that may leave the rows of a retired version behind for a while (a
 // reader still held them when it was retired). Sweep removes those of ns that nobody
 // holds any longer; GC calls it every time, so that a gc run frees what earlier ones

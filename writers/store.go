@@ -136,6 +136,9 @@ type Manifest struct {
 
 	Commits  []Commit     `json:"shards,omitempty"`
 	Gates    []GateResult `json:"gates,omitempty"`
+	// Distributions of each output's values, computed by the run that wrote the version
+	// (for the drift gates, shadow and canary PSI, and the status page).
+	Distributions []Distribution `json:"distributions,omitempty"`
 	Defaults *Defaults    `json:"defaults,omitempty"`
 }
 
@@ -189,6 +192,32 @@ type Sums struct {
 	Sum      []float64        `json:"sum"`
 	Segments map[string]*Sums `json:"segments,omitempty"`
 }
+
+// Distribution describes the values of one output over a version's rows (all Width values
+// of each row, NaN excluded): count, mean, standard deviation, the quantiles p0, p5, ...,
+// p100 (DistributionQuantiles of them) and a histogram of DistributionBins equal-width
+// bins from p0 to p100 (Counts[i] counts values in [Edges[i], Edges[i+1]); the last bin
+// includes p100).
+type Distribution struct {
+	Output    string    `json:"output"`
+	Count     int64     `json:"count"`
+	Mean      float64   `json:"mean"`
+	Stddev    float64   `json:"stddev"`
+	Quantiles []float64 `json:"quantiles"`
+	Histogram Histogram `json:"histogram"`
+}
+
+// Histogram is a histogram's bin edges (one more than its counts) and counts.
+type Histogram struct {
+	Edges  []float64 `json:"edges"`
+	Counts []int64   `json:"counts"`
+}
+
+// Shape of a Distribution.
+const (
+	DistributionQuantiles = 21 // p0..p100 in steps of 5
+	DistributionBins      = 20
+)
 
 // GateResult is the outcome of one release gate.
 type GateResult struct {

@@ -123,6 +123,48 @@ func (s *Store) Get(ctx context.Context, ns, version string, key []byte) ([]byte
 	return v, nil
 }
 
+// GetMany returns the values of keys in version of ns, one entry per key (nil for a key
+// the version lacks), in as few store round trips as the driver can (see ManyGetter).
+func (s *Store) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	if err := validateNV(ns, version); err != nil {
+		return nil, fmt.Errorf("get many: %w", err)
+	}
+	for i, k := range keys {
+		if err := ValidateKey(k); err != nil {
+			return nil, fmt.Errorf("get many %s/%s: key %d: %w", ns, version, i, err)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	if err := s.enter(); err != nil {
+		return nil, fmt.Errorf("get many %s/%s: %w", ns, version, err)
+	}
+	defer s.mu.RUnlock()
+	if mg, ok := s.d.(ManyGetter); ok {
+		vals, err := mg.GetMany(ctx, ns, version, keys)
+		if err != nil {
+			return nil, fmt.Errorf("get many %s/%s: %w", ns, version, err)
+		}
+		if len(vals) != len(keys) {
+			return nil, fmt.Errorf("get many %s/%s: the driver answered %d of %d keys", ns, version, len(vals), len(keys))
+		}
+		return vals, nil
+	}
+	vals := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := s.d.Get(ctx, ns, version, k)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("get many %s/%s key %q: %w", ns, version, k, err)
+		default:
+			vals[i] = v
+		}
+	}
+	return vals, nil
+}
+
 // CountKeys counts the keys stored under version of ns (a full scan; for checks).
 func (s *Store) CountKeys(ctx context.Context, ns, version string) (int64, error) {
 	if err := validateNV(ns, version); err != nil {
