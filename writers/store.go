@@ -134,12 +134,12 @@ type Manifest struct {
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 	Error       string    `json:"error,omitempty"` // why a failed version failed
 
-	Commits  []Commit     `json:"shards,omitempty"`
-	Gates    []GateResult `json:"gates,omitempty"`
+	Commits []Commit     `json:"shards,omitempty"`
+	Gates   []GateResult `json:"gates,omitempty"`
 	// Distributions of each output's values, computed by the run that wrote the version
 	// (for the drift gates, shadow and canary PSI, and the status page).
 	Distributions []Distribution `json:"distributions,omitempty"`
-	Defaults *Defaults    `json:"defaults,omitempty"`
+	Defaults      *Defaults      `json:"defaults,omitempty"`
 }
 
 // ModelInfo identifies the model a version was computed with.

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -54,6 +55,12 @@ func Run(t *testing.T, open func(t *testing.T) *writers.Store) {
 		{"committed work is read back in id order", testCommits},
 		{"concurrent commits of different work all survive", testCommitsConcurrent},
 		{"delete version drops the version's commits", testCommitsDeleted},
+		{"get many reads every key of a version, nil for the missing", testGetMany},
+		{"a release record is changed only by compare-and-swap", testReleaseSwap},
+		{"concurrent swaps of a release record have exactly one winner", testReleaseConcurrent},
+		{"release counters add up across writers, per interval", testReleaseCounts},
+		{"release sketches are kept per replica", testReleaseSketches},
+		{"release records of neighbouring namespaces are apart", testReleaseNeighbours},
 		{"nothing done to a namespace touches one whose name extends it", testNeighbours},
 		{"close waits for the calls in flight and refuses later ones", testCloseInFlight},
 	}
@@ -1483,5 +1490,220 @@ func testCloseInFlight(t *testing.T, s *writers.Store) {
 	close(errs)
 	for err := range errs {
 		t.Errorf("a call racing Close failed with %v, want success or ErrClosed", err)
+	}
+}
+
+func testGetMany(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	put(t, s, "gm", "v1", writers.StateWriting)
+	var keys, vals []string
+	for i := range 300 {
+		keys = append(keys, fmt.Sprintf("k%03d", i))
+		vals = append(vals, fmt.Sprintf("v%03d", i))
+	}
+	write(t, s, "gm", "v1", keys, vals)
+	put(t, s, "gm", "v2", writers.StateWriting)
+	write(t, s, "gm", "v2", []string{"k000"}, []string{"other"})
+	setState(t, s, "gm", "v1", writers.StateComplete)
+
+	ask := [][]byte{[]byte("k007"), []byte("missing"), []byte("k299"), []byte("k007"), []byte("k000")}
+	for i := range 200 {
+		ask = append(ask, []byte(fmt.Sprintf("k%03d", (i*7)%300)))
+	}
+	got, err := s.GetMany(ctx, "gm", "v1", ask)
+	if err != nil {
+		t.Fatalf("GetMany: %v", err)
+	}
+	if len(got) != len(ask) {
+		t.Fatalf("GetMany answered %d values for %d keys", len(got), len(ask))
+	}
+	for i, k := range ask {
+		want := []byte(nil)
+		if n, err := fmt.Sscanf(string(k), "k%03d", new(int)); err == nil && n == 1 {
+			want = []byte("v" + string(k[1:]))
+		}
+		if !bytes.Equal(got[i], want) || (want == nil) != (got[i] == nil) {
+			t.Errorf("GetMany[%d] (%q) = %q, want %q", i, k, got[i], want)
+		}
+	}
+	if got, err := s.GetMany(ctx, "gm", "v2", [][]byte{[]byte("k000"), []byte("k001")}); err != nil || string(got[0]) != "other" || got[1] != nil {
+		t.Errorf("GetMany(v2) = %q, %v; want [other nil]", got, err)
+	}
+	if got, err := s.GetMany(ctx, "gm", "nope", [][]byte{[]byte("k000")}); err != nil || len(got) != 1 || got[0] != nil {
+		t.Errorf("GetMany(missing version) = %q, %v; want [nil]", got, err)
+	}
+	if _, err := s.GetMany(ctx, "gm", "v1", [][]byte{[]byte("ok"), {}}); !errors.Is(err, writers.ErrInvalid) {
+		t.Errorf("GetMany with an empty key: %v, want ErrInvalid", err)
+	}
+}
+
+func newRelease(ns, id string) *writers.Release {
+	return &writers.Release{ID: id, Namespace: ns, Mode: writers.ModeCanary, Live: "v1", Candidate: "v2",
+		WeightPercent: 10, State: writers.ReleaseRunning, Salt: id, StartedAt: t0, UpdatedAt: t0,
+		Canary: writers.CanaryConfig{Steps: []float64{10, 50, 100}, Interval: writers.Duration(time.Minute), MinRequests: 100}}
+}
+
+func testReleaseSwap(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	if r, err := s.Release(ctx, "rel"); err != nil || r != nil {
+		t.Fatalf("Release with none = %+v, %v; want nil, nil", r, err)
+	}
+	r := newRelease("rel", "r1")
+	if err := s.SwapRelease(ctx, r); err != nil {
+		t.Fatalf("SwapRelease(new): %v", err)
+	}
+	if r.Revision != 1 {
+		t.Errorf("revision after the first swap = %d, want 1", r.Revision)
+	}
+	got, err := s.Release(ctx, "rel")
+	if err != nil || got == nil {
+		t.Fatalf("Release = %+v, %v", got, err)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("Release round trip:\n got %+v\nwant %+v", got, r)
+	}
+	stale := *got
+	got.WeightPercent = 50
+	got.History = append(got.History, writers.Judgement{At: t0, Outcome: "pass", Weight: 50, Metric: "psi", Value: 0.01, Limit: 0.25})
+	if err := s.SwapRelease(ctx, got); err != nil || got.Revision != 2 {
+		t.Fatalf("SwapRelease(rev 1) = %v, revision %d; want nil, 2", err, got.Revision)
+	}
+	stale.State = writers.ReleaseAborted
+	if err := s.SwapRelease(ctx, &stale); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("SwapRelease with a stale revision = %v, want ErrConflict", err)
+	}
+	again := newRelease("rel", "r2") // revision 0: "none expected", but one exists
+	if err := s.SwapRelease(ctx, again); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("SwapRelease(revision 0) over a record = %v, want ErrConflict", err)
+	}
+	if cur, _ := s.Release(ctx, "rel"); cur == nil || cur.WeightPercent != 50 || cur.State != writers.ReleaseRunning || len(cur.History) != 1 {
+		t.Errorf("after the refused swaps: %+v, want the revision 2 record", cur)
+	}
+}
+
+func testReleaseConcurrent(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	base := newRelease("relc", "r1")
+	if err := s.SwapRelease(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := *base
+			r.Reason = fmt.Sprint("writer ", i)
+			errs[i] = s.SwapRelease(ctx, &r)
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, writers.ErrConflict):
+			t.Errorf("swap %d: %v, want nil or ErrConflict", i, err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d concurrent swaps from one revision won, want exactly 1", won)
+	}
+	if cur, _ := s.Release(ctx, "relc"); cur == nil || cur.Revision != 2 {
+		t.Errorf("after the race: %+v, want revision 2", cur)
+	}
+}
+
+func testReleaseCounts(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	if c, err := s.Counts(ctx, "cnt", "r1", 0); err != nil || len(c) != 0 {
+		t.Fatalf("Counts with none = %v, %v; want empty", c, err)
+	}
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				if err := s.AddCounts(ctx, "cnt", "r1", 3, map[string]int64{"live.requests": 2, "candidate.requests": 1, "candidate.not_found": 0}); err != nil {
+					t.Errorf("AddCounts: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.AddCounts(ctx, "cnt", "r1", 4, map[string]int64{"live.requests": 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddCounts(ctx, "cnt", "r2", 3, map[string]int64{"live.requests": 7}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Counts(ctx, "cnt", "r1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["live.requests"] != 200 || got["candidate.requests"] != 100 || got["candidate.not_found"] != 0 {
+		t.Errorf("Counts(r1, 3) = %v, want live.requests 200, candidate.requests 100", got)
+	}
+	if got, _ := s.Counts(ctx, "cnt", "r1", 4); got["live.requests"] != 5 || len(got) != 1 {
+		t.Errorf("Counts(r1, 4) = %v, want live.requests 5 alone", got)
+	}
+	if got, _ := s.Counts(ctx, "cnt", "r2", 3); got["live.requests"] != 7 {
+		t.Errorf("Counts(r2, 3) = %v, want live.requests 7", got)
+	}
+}
+
+func testReleaseSketches(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	for _, rep := range []string{"replica-a", "replica-b"} {
+		if err := s.PutSketch(ctx, "sk", "r1", "units.live", rep, []byte("old-"+rep)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutSketch(ctx, "sk", "r1", "units.live", rep, []byte("new-"+rep)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutSketch(ctx, "sk", "r1", "units.candidate", "replica-a", []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Sketches(ctx, "sk", "r1", "units.live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, b := range got {
+		names = append(names, string(b))
+	}
+	sort.Strings(names)
+	if want := []string{"new-replica-a", "new-replica-b"}; !reflect.DeepEqual(names, want) {
+		t.Errorf("Sketches(units.live) = %q, want %q", names, want)
+	}
+	if got, _ := s.Sketches(ctx, "sk", "r2", "units.live"); len(got) != 0 {
+		t.Errorf("Sketches of another release = %q, want none", got)
+	}
+}
+
+func testReleaseNeighbours(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	for _, ns := range []string{"demo", "demo2", "demo.x"} {
+		if err := s.SwapRelease(ctx, newRelease(ns, "r-"+strings.ReplaceAll(ns, ".", "-"))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddCounts(ctx, ns, "r1", 1, map[string]int64{"n": int64(len(ns))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{"demo", "demo2", "demo.x"} {
+		r, err := s.Release(ctx, ns)
+		if err != nil || r == nil || r.Namespace != ns || r.ID != "r-"+strings.ReplaceAll(ns, ".", "-") {
+			t.Errorf("Release(%s) = %+v, %v; want its own", ns, r, err)
+		}
+		if c, _ := s.Counts(ctx, ns, "r1", 1); c["n"] != int64(len(ns)) {
+			t.Errorf("Counts(%s) = %v, want n %d", ns, c, len(ns))
+		}
 	}
 }
