@@ -335,6 +335,7 @@ func flipFrom(ctx context.Context, s *Store, ns, expected, version string, now t
 	}
 	// Best effort from here on: the pointer is the truth and the flip has happened.
 	recordFlip(ctx, s, ns, expected, version, now, rollback)
+	endRelease(ctx, s, ns, version, now, rollback)
 	return nil
 }
 
