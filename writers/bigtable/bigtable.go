@@ -3,11 +3,15 @@
 package bigtable
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +44,8 @@ const (
 	btColHolder  = "holder"  // lease: who holds it
 	btColToken   = "token"   // lease: unique per acquisition
 	btColExpires = "expires" // lease: RFC 3339 UTC, compared in Go
+	btColRelease = "release" // release record: JSON
+	btColRev     = "rev"     // release record: its revision, in decimal
 )
 
 // btCellTime is the timestamp of every cell the store writes. A fixed timestamp makes a
@@ -56,12 +62,19 @@ const btCellTime = bt.Timestamp(0)
 //	p#<ns>                  column v: version id         the live pointer
 //	l#<ns>                  columns holder, token, expires   the writer lease
 //	s#<ns>#<version>#<id>   column v: Commit JSON        committed work
+//	r#<ns>                  columns release (JSON), rev (decimal)   the release record
+//	c#<ns>#<release>#<interval>  a column per counter: int64    release counters
+//	k#<ns>#<release>#<name> a column per replica: the sketch    release sketches
 //
-// Namespaces and version ids cannot contain '#' (ValidateNamespace, ValidateVersion), so
-// the '#' after each ends it: the prefix "d#a#v1#" of a/v1 is not a prefix of any row of
-// namespace "ab" or version "v10". Keys and commit ids come last and may contain anything,
-// '#' and NUL included. All rows of a version lie under one prefix: CountKeys is one
-// prefix scan, and DeleteVersion one DropRowRange per prefix.
+// Namespaces, version ids and release ids cannot contain '#' (ValidateNamespace,
+// ValidateVersion), so the '#' after each ends it: the prefix "d#a#v1#" of a/v1 is not a
+// prefix of any row of namespace "ab" or version "v10". Keys, commit ids and sketch names
+// come last and may contain anything, '#' and NUL included; a row that ends in one of them
+// is still read whole by its exact key, never as a prefix. The interval of a counter row
+// is written as 20 digits, zero-padded ("%020d"), so that no interval is a prefix of
+// another and the rows of one release sort by interval (negative ones, which the release
+// code never uses, come first). All rows of a version lie under one prefix: CountKeys is
+// one prefix scan, and DeleteVersion one DropRowRange per prefix.
 //
 // Every cell is written at timestamp 0, so a rewrite replaces the cell rather than adding
 // a version of it; the family's GC policy (max versions 1, set when the store creates it)
@@ -110,6 +123,31 @@ const btCellTime = bt.Timestamp(0)
 // renewal racing a takeover cannot both succeed. A lease that expired is lost to its
 // holder even before anyone takes it over (as with Pebble and Redis). Release deletes the
 // row only while it carries the caller's token.
+//
+// # Releases
+//
+// The release record of a namespace is the row r#<ns>: its JSON in column release and its
+// revision, in decimal, in column rev. SwapRelease is one CheckAndMutateRow on that row,
+// like SwapLive: for old > 0 the predicate matches the rev cell whose value is exactly
+// old and the true branch sets both cells; for old == 0 it matches any rev cell and the
+// set is in the false branch. So any number of replicas, in any number of processes, may
+// race to change the record and exactly one of those starting from the same revision
+// wins; the client library never retries a conditional mutation, so a winner is never
+// told that it lost to itself. Nothing announces a swap: this driver has no FlipWatcher,
+// and replicas poll the record as they poll the live pointer.
+//
+// The counters of one judgement interval are the columns of c#<ns>#<release>#<interval>,
+// one per counter name, each an 8-byte big-endian int64 as Bigtable's increment keeps it.
+// AddCounts is one ReadModifyWriteRow of IncrementInt64 rules, which the server applies to
+// the row atomically (all the counters of one call together) and serially with other
+// increments. An increment is not idempotent, so it is never retried: an AddCounts that
+// failed with a transport error may or may not have counted. Increments write their cells
+// at the server's time, not at timestamp 0; the family keeps one version, and Counts reads
+// the newest cell of each column.
+//
+// A sketch is the cell of column <replica> in row k#<ns>#<release>#<name>, at timestamp 0
+// so that a replica's next sketch replaces its last one; Sketches reads the row. Release
+// rows, counters and sketches are never deleted by the store.
 type Driver struct {
 	// MaxInFlight bounds the ApplyBulk requests one WriteRows sends at once; 0 means
 	// DefaultMaxInFlight. Set it before the store is used.
@@ -132,8 +170,10 @@ type Driver struct {
 }
 
 var (
-	_ writers.Driver    = (*Driver)(nil)
-	_ writers.Describer = (*Driver)(nil)
+	_ writers.Driver     = (*Driver)(nil)
+	_ writers.Describer  = (*Driver)(nil)
+	_ writers.ManyGetter = (*Driver)(nil)
+	_ writers.Releaser   = (*Driver)(nil)
 )
 
 // Open opens the store a bigtable://PROJECT/INSTANCE/TABLE URL names, creating the table
@@ -372,6 +412,45 @@ func (d *Driver) checkWriting(ctx context.Context, ns, version string) error {
 // Get implements writers.Driver. The returned slice is the caller's.
 func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
 	return d.readValue(ctx, btDataPrefix(ns, version)+string(key))
+}
+
+// GetMany implements writers.ManyGetter with one ReadRows of the keys' rows, read with
+// Get's filter. A key asked for twice is asked of the server once, and each answer is a
+// slice of its own.
+func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	prefix := btDataPrefix(ns, version)
+	type answer struct {
+		value []byte
+		given bool
+	}
+	found := make(map[string]*answer, len(keys))
+	rows := make(bt.RowList, 0, len(keys))
+	for _, k := range keys {
+		row := prefix + string(k)
+		if _, dup := found[row]; !dup {
+			found[row] = nil
+			rows = append(rows, row)
+		}
+	}
+	err := d.tbl.ReadRows(ctx, rows, func(r bt.Row) bool {
+		found[r.Key()] = &answer{value: btValue(r)}
+		return true
+	}, btValueFilter())
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		a := found[prefix+string(k)]
+		switch {
+		case a == nil: // missing
+		case a.given:
+			out[i] = bytes.Clone(a.value)
+		default:
+			out[i], a.given = a.value, true
+		}
+	}
+	return out, nil
 }
 
 // CountKeys implements writers.Driver with a prefix scan that returns row keys only.
@@ -654,6 +733,108 @@ func (d *Driver) Commits(ctx context.Context, ns, version string) ([]writers.Com
 	return out, nil
 }
 
+// Release implements writers.Releaser: the release cell of r#<ns>, nil when there is none.
+func (d *Driver) Release(ctx context.Context, ns string) ([]byte, error) {
+	r, err := d.tbl.ReadRow(ctx, btReleaseKey(ns),
+		bt.RowFilter(bt.ChainFilters(btColumnFilter(btColRelease), bt.LatestNFilter(1))))
+	if err != nil {
+		return nil, err
+	}
+	if len(r[btFamily]) == 0 {
+		return nil, nil
+	}
+	return btValue(r), nil
+}
+
+// SwapRelease implements writers.Releaser with one CheckAndMutateRow on r#<ns>; see
+// Driver.
+func (d *Driver) SwapRelease(ctx context.Context, ns string, old int64, data []byte) error {
+	set := bt.NewMutation()
+	set.Set(btFamily, btColRelease, btCellTime, data)
+	set.Set(btFamily, btColRev, btCellTime, []byte(strconv.FormatInt(old+1, 10)))
+	var mut *bt.Mutation
+	if old == 0 {
+		mut = bt.NewCondMutation(btColumnFilter(btColRev), nil, set) // set only if absent
+	} else {
+		mut = bt.NewCondMutation(btExactFilter(btColRev, strconv.FormatInt(old, 10)), set, nil)
+	}
+	var matched bool
+	if err := d.tbl.Apply(ctx, btReleaseKey(ns), mut, bt.GetCondMutationResult(&matched)); err != nil {
+		return err
+	}
+	if matched == (old == 0) {
+		r, err := d.tbl.ReadRow(ctx, btReleaseKey(ns),
+			bt.RowFilter(bt.ChainFilters(btColumnFilter(btColRev), bt.LatestNFilter(1))))
+		switch {
+		case err != nil:
+			return fmt.Errorf("from revision %d: %w", old, writers.ErrConflict)
+		case len(r[btFamily]) == 0:
+			return fmt.Errorf("from revision %d: %w: there is no record", old, writers.ErrConflict)
+		default:
+			return fmt.Errorf("from revision %d: %w: the record is at revision %s", old, writers.ErrConflict, btValue(r))
+		}
+	}
+	return nil
+}
+
+// AddCounts implements writers.Releaser with one ReadModifyWriteRow; see Driver.
+func (d *Driver) AddCounts(ctx context.Context, ns, release string, interval int64, counts map[string]int64) error {
+	names := make([]string, 0, len(counts))
+	for name := range counts {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the same request for the same counts
+	rmw := bt.NewReadModifyWrite()
+	for _, name := range names {
+		rmw.Increment(btFamily, name, counts[name])
+	}
+	_, err := d.tbl.ApplyReadModifyWrite(ctx, btCounterKey(ns, release, interval), rmw)
+	return err
+}
+
+// Counts implements writers.Releaser: the newest cell of every column of the counter row.
+func (d *Driver) Counts(ctx context.Context, ns, release string, interval int64) (map[string]int64, error) {
+	row := btCounterKey(ns, release, interval)
+	r, err := d.tbl.ReadRow(ctx, row, bt.RowFilter(bt.LatestNFilter(1)))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(r[btFamily]))
+	for _, it := range r[btFamily] {
+		name := strings.TrimPrefix(it.Column, btFamily+":")
+		if len(it.Value) != 8 {
+			return nil, fmt.Errorf("counter %q of row %q holds %d bytes, want an 8-byte int64", name, row, len(it.Value))
+		}
+		out[name] = int64(binary.BigEndian.Uint64(it.Value))
+	}
+	return out, nil
+}
+
+// PutSketch implements writers.Releaser: the replica's cell of the sketch row.
+func (d *Driver) PutSketch(ctx context.Context, ns, release, name, replica string, data []byte) error {
+	m := bt.NewMutation()
+	m.Set(btFamily, replica, btCellTime, data)
+	return d.tbl.Apply(ctx, btSketchKey(ns, release, name), m)
+}
+
+// Sketches implements writers.Releaser: every replica's cell of the sketch row, in replica
+// order.
+func (d *Driver) Sketches(ctx context.Context, ns, release, name string) ([][]byte, error) {
+	r, err := d.tbl.ReadRow(ctx, btSketchKey(ns, release, name), bt.RowFilter(bt.LatestNFilter(1)))
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, it := range r[btFamily] {
+		v := it.Value
+		if v == nil {
+			v = []byte{}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
 // Close implements writers.Driver: it closes the data and the admin client.
 func (d *Driver) Close() error {
 	return errors.Join(d.client.Close(), d.admin.Close())
@@ -746,3 +927,10 @@ func btManifestKey(ns, version string) string  { return btManifestPrefix(ns) + v
 func btPointerKey(ns string) string            { return "p#" + ns }
 func btLeaseKey(ns string) string              { return "l#" + ns }
 func btCommitPrefix(ns, version string) string { return "s#" + ns + "#" + version + "#" }
+func btReleaseKey(ns string) string            { return "r#" + ns }
+
+func btCounterKey(ns, release string, interval int64) string {
+	return fmt.Sprintf("c#%s#%s#%020d", ns, release, interval)
+}
+
+func btSketchKey(ns, release, name string) string { return "k#" + ns + "#" + release + "#" + name }

@@ -585,3 +585,202 @@ func BenchmarkBigtableWriteRows(b *testing.B) {
 		})
 	}
 }
+
+func TestBigtableGetManyIsOneReadRows(t *testing.T) {
+	// The emulator counts the ReadRows requests it receives: what reaches the server,
+	// retries included, is what a round trip costs.
+	var reads atomic.Int64
+	startEmulator(t, grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if strings.HasSuffix(info.FullMethod, "/ReadRows") {
+			reads.Add(1)
+		}
+		return h(srv, ss)
+	}))
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteRows(ctx, "ns", "v1", rowsOf(60, "k")); err != nil {
+		t.Fatal(err)
+	}
+
+	// 100 keys: k000000..k000059 are stored, k000060..k000089 are not, and the last ten
+	// ask again for keys already asked.
+	var keys [][]byte
+	for i := range 90 {
+		keys = append(keys, fmt.Appendf(nil, "k%06d", i))
+	}
+	for i := range 10 {
+		keys = append(keys, fmt.Appendf(nil, "k%06d", i*9))
+	}
+	reads.Store(0)
+	got, err := s.GetMany(ctx, "ns", "v1", keys)
+	if err != nil {
+		t.Fatalf("GetMany: %v", err)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("GetMany of %d keys sent %d ReadRows requests, want 1", len(keys), n)
+	}
+	if len(got) != len(keys) {
+		t.Fatalf("GetMany answered %d values for %d keys", len(got), len(keys))
+	}
+	for i, k := range keys {
+		var n int
+		fmt.Sscanf(string(k), "k%06d", &n)
+		want := []byte(nil)
+		if n < 60 {
+			want = fmt.Appendf(nil, "value-%d", n)
+		}
+		if string(got[i]) != string(want) || (got[i] == nil) != (want == nil) {
+			t.Errorf("GetMany[%d] (%s) = %q, want %q", i, k, got[i], want)
+		}
+	}
+	// A key asked twice gets two slices: changing one leaves the other alone.
+	if got[0][0] = 'X'; got[90][0] != 'v' {
+		t.Errorf("the two answers for %s share their bytes", keys[0])
+	}
+}
+
+// rawRow reads a row of the store's table as it is stored, newest cell per column.
+func rawRow(t *testing.T, table, row string) map[string][]byte {
+	t.Helper()
+	ctx := context.Background()
+	c, err := bt.NewClient(ctx, "proj", "inst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.Open(table).ReadRow(ctx, row, bt.RowFilter(bt.LatestNFilter(1)))
+	if err != nil {
+		t.Fatalf("ReadRow(%q): %v", row, err)
+	}
+	out := map[string][]byte{}
+	for _, it := range r["p"] {
+		out[strings.TrimPrefix(it.Column, "p:")] = it.Value
+	}
+	return out
+}
+
+func TestBigtableReleaseRowsAreAsDocumented(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	table := driver(t, s).Table()
+
+	rel := &writers.Release{ID: "r1", Namespace: "ns", Mode: writers.ModeCanary, Live: "v1", Candidate: "v2", State: writers.ReleaseRunning}
+	for range 2 {
+		if err := s.SwapRelease(ctx, rel); err != nil {
+			t.Fatalf("SwapRelease: %v", err)
+		}
+	}
+	row := rawRow(t, table, "r#ns")
+	if string(row["rev"]) != "2" || !strings.Contains(string(row["release"]), `"revision":2`) {
+		t.Errorf("row r#ns = rev %q, release %s; want rev 2 and the record at revision 2", row["rev"], row["release"])
+	}
+
+	if err := s.AddCounts(ctx, "ns", "r1", 3, map[string]int64{"live.requests": 258, "candidate.errors": -1}); err != nil {
+		t.Fatal(err)
+	}
+	row = rawRow(t, table, "c#ns#r1#00000000000000000003")
+	if got := fmt.Sprintf("%x %x", row["live.requests"], row["candidate.errors"]); got != "0000000000000102 ffffffffffffffff" {
+		t.Errorf("counter cells = %s, want 8-byte big-endian 258 and -1", got)
+	}
+
+	if err := s.PutSketch(ctx, "ns", "r1", "units#live", "replica-a", []byte("hll")); err != nil {
+		t.Fatal(err)
+	}
+	if row := rawRow(t, table, "k#ns#r1#units#live"); string(row["replica-a"]) != "hll" || len(row) != 1 {
+		t.Errorf("row k#ns#r1#units#live = %q, want replica-a: hll alone", row)
+	}
+}
+
+func TestBigtableReleaseRowsNeverOverlap(t *testing.T) {
+	startEmulator(t)
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+
+	// Intervals that are prefixes of each other, releases that extend each other.
+	cells := []struct {
+		release  string
+		interval int64
+	}{{"r1", 1}, {"r1", 10}, {"r1", 100}, {"r10", 1}, {"r1", -1}, {"r1", 0}}
+	for i, c := range cells {
+		if err := s.AddCounts(ctx, "ns", c.release, c.interval, map[string]int64{"n": int64(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range cells {
+		if got, err := s.Counts(ctx, "ns", c.release, c.interval); err != nil || got["n"] != int64(i+1) || len(got) != 1 {
+			t.Errorf("Counts(%s, %d) = %v, %v; want n %d alone", c.release, c.interval, got, err, i+1)
+		}
+	}
+
+	// Sketch names are free-form, '#' included: each is its own row.
+	names := []string{"units", "units#", "units#live", "units.live", "#"}
+	for _, name := range names {
+		if err := s.PutSketch(ctx, "ns", "r1", name, "replica#a", []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range names {
+		got, err := s.Sketches(ctx, "ns", "r1", name)
+		if err != nil || len(got) != 1 || string(got[0]) != name {
+			t.Errorf("Sketches(%q) = %q, %v; want [%q]", name, got, err, name)
+		}
+	}
+	if got, err := s.Sketches(ctx, "ns", "r10", "units"); err != nil || len(got) != 0 {
+		t.Errorf("Sketches of release r10 = %q, %v; want none", got, err)
+	}
+}
+
+func TestBigtableReleaseSwapsFromTwoProcessesHaveOneWinner(t *testing.T) {
+	// Two stores on one table are two clients with their own connections, as two
+	// replicas are: the compare-and-swap is the server's, not an in-process lock.
+	startEmulator(t)
+	ctx := context.Background()
+	url := fmt.Sprintf("bigtable://proj/inst/t%d", btTables.Add(1))
+	var stores []*writers.Store
+	for range 2 {
+		s, err := bigtable.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		stores = append(stores, s)
+	}
+	base := &writers.Release{ID: "r1", Namespace: "ns", Mode: writers.ModeAB, Live: "v1", Candidate: "v2", State: writers.ReleaseRunning}
+	if err := stores[0].SwapRelease(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		cur, err := stores[1].Release(ctx, "ns")
+		if err != nil || cur == nil {
+			t.Fatalf("Release = %+v, %v", cur, err)
+		}
+		var wg sync.WaitGroup
+		var won atomic.Int32
+		for i := range 8 {
+			wg.Go(func() {
+				r := *cur
+				r.Reason = fmt.Sprint("writer ", i)
+				switch err := stores[i%2].SwapRelease(ctx, &r); {
+				case err == nil:
+					won.Add(1)
+				case !errors.Is(err, writers.ErrConflict):
+					t.Errorf("round %d: swap %d: %v, want nil or ErrConflict", round, i, err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := won.Load(); got != 1 {
+			t.Errorf("round %d: %d swaps from revision %d won, want exactly 1", round, got, cur.Revision)
+		}
+	}
+	if cur, err := stores[0].Release(ctx, "ns"); err != nil || cur.Revision != 6 {
+		t.Errorf("after five rounds: %+v, %v; want revision 6", cur, err)
+	}
+}

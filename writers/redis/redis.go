@@ -39,8 +39,10 @@ func init() {
 // FlipChannel is the Pub/Sub channel on which SwapLive announces every flip, as JSON
 // {"namespace":…,"version":…,"previous":…} (previous is "" for a first flip). Lookup
 // services watch it (Driver.WatchFlips, through writers.Store.WatchFlips) to drop their
-// cached live pointer at once instead of waiting for their next poll. Delivery is at most
-// once: a subscriber that was disconnected must re-read the pointer when it reconnects.
+// cached live pointer at once instead of waiting for their next poll. SwapRelease
+// announces a changed release record there too, as {"namespace":…,"release":true}.
+// Delivery is at most once: a subscriber that was disconnected must re-read the pointer
+// (and the release) when it reconnects.
 const FlipChannel = "sr:flips"
 
 // Defaults of the Driver's tuning fields.
@@ -66,21 +68,26 @@ const scanCount = 1000
 
 // Driver is the store for Redis and Redis Cluster (redis://, rediss://, redis+cluster://).
 // One code path serves both, over goredis.UniversalClient; only the operations that must
-// visit every key of a version (CountKeys, DeleteVersion) go to each master in turn.
+// visit every key of a version (CountKeys, DeleteVersion) go to each master in turn, and
+// WriteRows and GetMany batch differently (a cluster refuses multi-key commands across
+// slots).
 //
 // Key layout. Each namespace NS has a handful of catalog keys, all carrying the hash
 // tag {sr:NS} so that Redis Cluster puts them in one slot and a Lua script may read and
 // write them together atomically:
 //
-//	{sr:NS}:live               string  the live version id (absent: none)
-//	{sr:NS}:manifests          hash    version -> manifest JSON
-//	{sr:NS}:lease              string  {"holder","token"} JSON, with PX expiry
-//	{sr:NS}:shards:VERSION     hash    commit id -> Commit JSON
+//	{sr:NS}:live                 string  the live version id (absent: none)
+//	{sr:NS}:manifests            hash    version -> manifest JSON
+//	{sr:NS}:lease                string  {"holder","token"} JSON, with PX expiry
+//	{sr:NS}:shards:VERSION       hash    commit id -> Commit JSON
+//	{sr:NS}:release              string  the release record (writers.Release JSON)
+//	{sr:NS}:rc:RELEASE:INTERVAL  hash    counter name -> count (expires, CountsTTL)
+//	{sr:NS}:rs:RELEASE:NAME      hash    replica -> that replica's sketch called NAME
 //
 // Rows are plain strings with no hash tag, so the rows of one version spread over every
 // master of a cluster:
 //
-//	sr:NS:VERSION:KEY          string  the encoded value
+//	sr:NS:VERSION:KEY            string  the encoded value
 //
 // Namespaces and version ids cannot contain ':' (ValidateNamespace, ValidateVersion) or
 // any glob character, so "sr:NS:VERSION:" is a prefix of exactly one version's rows and
@@ -106,6 +113,27 @@ const scanCount = 1000
 // take up to a second to be seen. That is harmless under the contract: a version is
 // written by the one run that holds its namespace's lease, and gc removes a writing
 // version only once it is older than its grace period.
+//
+// Reads of many keys. GetMany asks a standalone server with one MGET (one per
+// getManyChunk keys, all in one pipeline). A cluster cannot MGET keys of two slots, and
+// a batch's keys fall in nearly as many slots as there are keys, so it sends one GET per
+// key in one pipeline, which go-redis splits by master and sends to every master at once:
+// one round trip per master that holds any of the keys, each in parallel.
+//
+// Releases (writers.Releaser). The record is one JSON string, {sr:NS}:release, and its
+// revision is the record's own "revision" field, so there is nothing to keep in step with
+// it. SwapRelease is one Lua script: it decodes the stored record with cjson, compares
+// its revision with the caller's old one (0 for no record), sets the new record and
+// publishes {"namespace":NS,"release":true} on FlipChannel, so that WatchFlips wakes a
+// lookup replica to re-read the release as it does for a flip. (A record changes a few
+// times per judgement interval, so decoding it in the script costs the server little.)
+// Counters are one hash per (release, interval), raised with HINCRBY in a MULTI together
+// with an EXPIRE of CountsTTL, so an interval's counts go away once nobody has added to
+// them for that long. Sketches are one hash per (release, name) with a field per
+// replica; nothing expires or deletes them (a release has a few). Release ids cannot
+// contain ':' (ValidateVersion), so "rc:RELEASE:" and "rs:RELEASE:" never mix two
+// releases. All of these keys carry the namespace's hash tag: one slot, like the rest of
+// the catalog.
 //
 // The lease is {sr:NS}:lease, set with SET NX PX; renew and release are Lua scripts that
 // compare the stored holder and token first. Expiry is Redis's own, so a lease that
@@ -134,6 +162,8 @@ var (
 	_ writers.Driver      = (*Driver)(nil)
 	_ writers.FlipWatcher = (*Driver)(nil)
 	_ writers.Describer   = (*Driver)(nil)
+	_ writers.ManyGetter  = (*Driver)(nil)
+	_ writers.Releaser    = (*Driver)(nil)
 )
 
 // Open connects to the Redis server or cluster a redis://, rediss:// or redis+cluster://
@@ -313,6 +343,11 @@ func commitsKey(ns, version string) string { return tag(ns) + ":shards:" + versi
 func dataPrefix(ns, version string) string {
 	return "sr:" + ns + ":" + version + ":"
 }
+func releaseKey(ns string) string { return tag(ns) + ":release" }
+func countsKey(ns, release string, interval int64) string {
+	return tag(ns) + ":rc:" + release + ":" + strconv.FormatInt(interval, 10)
+}
+func sketchesKey(ns, release, name string) string { return tag(ns) + ":rs:" + release + ":" + name }
 
 // fail names the server in an error of the client.
 func (d *Driver) fail(err error) error { return fmt.Errorf("redis %s: %w", d.addr, err) }
@@ -431,6 +466,65 @@ func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byt
 		v = []byte{}
 	}
 	return v, nil
+}
+
+// getManyChunk is the most keys one MGET of GetMany asks for: a bigger batch is several
+// MGETs in one pipeline, so that the server can serve other clients between them.
+const getManyChunk = 1000
+
+// GetMany implements writers.ManyGetter: MGETs on a standalone server, a pipeline of GETs
+// on a cluster (see Driver).
+func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	prefix := dataPrefix(ns, version)
+	out := make([][]byte, len(keys))
+	pipe := d.client.Pipeline()
+	if d.cluster == nil {
+		var cmds []*goredis.SliceCmd
+		for lo := 0; lo < len(keys); lo += getManyChunk {
+			hi := min(lo+getManyChunk, len(keys))
+			names := make([]string, 0, hi-lo)
+			for _, k := range keys[lo:hi] {
+				names = append(names, prefix+string(k))
+			}
+			cmds = append(cmds, pipe.MGet(ctx, names...))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, d.fail(err)
+		}
+		for c, cmd := range cmds {
+			for i, v := range cmd.Val() {
+				switch v := v.(type) {
+				case nil:
+				case string:
+					out[c*getManyChunk+i] = append(make([]byte, 0, len(v)), v...)
+				default:
+					return nil, d.fail(fmt.Errorf("MGET answered a %T", v))
+				}
+			}
+		}
+		return out, nil
+	}
+	cmds := make([]*goredis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Get(ctx, prefix+string(k))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, d.fail(err)
+	}
+	for i, cmd := range cmds {
+		v, err := cmd.Bytes()
+		switch {
+		case errors.Is(err, goredis.Nil):
+		case err != nil:
+			return nil, d.fail(err)
+		default:
+			if v == nil {
+				v = []byte{}
+			}
+			out[i] = v
+		}
+	}
+	return out, nil
 }
 
 // CountKeys implements writers.Driver: SCANs of the version's pattern on every master.
@@ -691,7 +785,8 @@ func (d *Driver) SwapLive(ctx context.Context, ns, old, next string) error {
 }
 
 // WatchFlips implements writers.FlipWatcher: it subscribes to FlipChannel and calls fn
-// with the namespace of every flip announced there, of every namespace, until ctx is
+// with the namespace of every flip (and every release swap: a flipMessage decodes a
+// releaseMessage's namespace) announced there, of every namespace, until ctx is
 // done or the store is closed. go-redis resubscribes by itself after a lost connection;
 // what was announced meanwhile is lost, which is why a watcher must also poll. fn runs
 // on the watching goroutine and should return quickly: messages wait while it runs.
@@ -714,6 +809,127 @@ func (d *Driver) WatchFlips(ctx context.Context, fn func(ns string)) {
 			fn(f.Namespace)
 		}
 	}
+}
+
+// CountsTTL is how long the counters of one (release, interval) are kept after the last
+// add to them. An interval is judged soon after it ends; a few days leave room for a
+// judge that was down over a long weekend, and let the counters of finished releases and
+// long-judged intervals go away by themselves.
+const CountsTTL = 4 * 24 * time.Hour
+
+// swapReleaseScript is SwapRelease: compare the stored record's revision, set the new
+// record, announce it.
+//
+//	KEYS: release   ARGV: old revision, new record, flip channel, message
+//	returns {"ok"}, {"conflict", stored revision} or {"corrupt"}
+var swapReleaseScript = goredis.NewScript(`
+local rev = 0
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if not ok or type(rec) ~= 'table' or type(rec['revision']) ~= 'number' then return {'corrupt'} end
+  rev = rec['revision']
+end
+if rev ~= tonumber(ARGV[1]) then return {'conflict', tostring(rev)} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return {'ok'}
+`)
+
+// releaseMessage is what SwapRelease publishes on FlipChannel; WatchFlips hands its
+// namespace to fn as it does a flip's.
+type releaseMessage struct {
+	Namespace string `json:"namespace"`
+	Release   bool   `json:"release"`
+}
+
+// Release implements writers.Releaser.
+func (d *Driver) Release(ctx context.Context, ns string) ([]byte, error) {
+	data, err := d.client.Get(ctx, releaseKey(ns)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, d.fail(err)
+	}
+	return data, nil
+}
+
+// SwapRelease implements writers.Releaser with swapReleaseScript.
+func (d *Driver) SwapRelease(ctx context.Context, ns string, old int64, data []byte) error {
+	msg, err := json.Marshal(releaseMessage{Namespace: ns, Release: true})
+	if err != nil {
+		return err
+	}
+	res, err := swapReleaseScript.Run(ctx, d.client, []string{releaseKey(ns)}, old, data, FlipChannel, msg).StringSlice()
+	if err != nil {
+		return d.fail(err)
+	}
+	switch {
+	case len(res) == 1 && res[0] == "ok":
+		return nil
+	case len(res) == 2 && res[0] == "conflict":
+		return fmt.Errorf("from revision %d: %w: the stored revision is %s", old, writers.ErrConflict, res[1])
+	case len(res) == 1 && res[0] == "corrupt":
+		return fmt.Errorf("redis %s: %s holds no release record with a numeric revision (not written by staticref?): delete it to start over", d.addr, releaseKey(ns))
+	default:
+		return fmt.Errorf("unexpected script reply %q", res)
+	}
+}
+
+// AddCounts implements writers.Releaser: one HINCRBY per counter and the key's EXPIRE,
+// in one MULTI.
+func (d *Driver) AddCounts(ctx context.Context, ns, release string, interval int64, counts map[string]int64) error {
+	key := countsKey(ns, release, interval)
+	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		for name, n := range counts {
+			p.HIncrBy(ctx, key, name, n)
+		}
+		p.Expire(ctx, key, CountsTTL)
+		return nil
+	})
+	if err != nil {
+		return d.fail(err)
+	}
+	return nil
+}
+
+// Counts implements writers.Releaser.
+func (d *Driver) Counts(ctx context.Context, ns, release string, interval int64) (map[string]int64, error) {
+	all, err := d.client.HGetAll(ctx, countsKey(ns, release, interval)).Result()
+	if err != nil {
+		return nil, d.fail(err)
+	}
+	out := make(map[string]int64, len(all))
+	for name, v := range all {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("counter %q: %w", name, err)
+		}
+		out[name] = n
+	}
+	return out, nil
+}
+
+// PutSketch implements writers.Releaser.
+func (d *Driver) PutSketch(ctx context.Context, ns, release, name, replica string, data []byte) error {
+	if err := d.client.HSet(ctx, sketchesKey(ns, release, name), replica, data).Err(); err != nil {
+		return d.fail(err)
+	}
+	return nil
+}
+
+// Sketches implements writers.Releaser.
+func (d *Driver) Sketches(ctx context.Context, ns, release, name string) ([][]byte, error) {
+	vals, err := d.client.HVals(ctx, sketchesKey(ns, release, name)).Result()
+	if err != nil {
+		return nil, d.fail(err)
+	}
+	out := make([][]byte, len(vals))
+	for i, v := range vals {
+		out[i] = []byte(v)
+	}
+	return out, nil
 }
 
 // leaseValue is the stored lease: who holds it, and the token of this acquisition. Its

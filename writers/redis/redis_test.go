@@ -69,6 +69,28 @@ func TestRedisStandalone(t *testing.T) {
 	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
 	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
 	t.Run("a flip on one handle reaches WatchFlips on another", func(t *testing.T) { testWatchFlips(t, url) })
+	t.Run("a release swap is announced on the flip channel", func(t *testing.T) { testReleaseAnnounced(t, url) })
+	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
+	t.Run("get many of 100 keys is one MGET", func(t *testing.T) {
+		ctx := context.Background()
+		s := openRedis(t, url)
+		defer s.Close()
+		writeVersion(t, s, "gm", "v1", 300, writers.StateComplete)
+		c := driver(s).Client().(*goredis.Client)
+		before := commandCalls(t, c)
+		vals, err := s.GetMany(ctx, "gm", "v1", askKeys(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := commandCalls(t, c)
+		checkAsked(t, vals)
+		if got := after["mget"] - before["mget"]; got != 1 {
+			t.Errorf("GetMany of 100 keys cost %d MGETs, want 1", got)
+		}
+		if got := after["get"] - before["get"]; got != 0 {
+			t.Errorf("GetMany of 100 keys cost %d GETs, want 0", got)
+		}
+	})
 }
 
 func TestRedisCluster(t *testing.T) {
@@ -78,6 +100,9 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("a flip publishes exactly one message", func(t *testing.T) { testRedisFlipPublishes(t, openRedis(t, url)) })
 	t.Run("gc of a version with 50k keys leaves none", func(t *testing.T) { testRedisGC(t, openRedis(t, url)) })
 	t.Run("a flip on one handle reaches WatchFlips on another", func(t *testing.T) { testWatchFlips(t, url) })
+	t.Run("a release swap is announced on the flip channel", func(t *testing.T) { testReleaseAnnounced(t, url) })
+	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
+	t.Run("get many of 100 keys costs one round trip per master", func(t *testing.T) { testClusterGetMany(t, openRedis(t, url)) })
 	t.Run("the rows of a version spread over every master", func(t *testing.T) {
 		ctx := context.Background()
 		s := openRedis(t, url)
@@ -585,4 +610,235 @@ func TestRedisRefusedCredentials(t *testing.T) {
 		t.Fatalf("with the right password: %v", err)
 	}
 	s.Close()
+}
+
+// askKeys is n keys of a version writeVersion wrote with at least 300 rows, every third
+// one missing: "key-0", "nokey-1", "key-2", …
+func askKeys(n int) [][]byte {
+	keys := make([][]byte, n)
+	for i := range keys {
+		if i%3 == 1 {
+			keys[i] = fmt.Appendf(nil, "nokey-%d", i)
+		} else {
+			keys[i] = fmt.Appendf(nil, "key-%d", i)
+		}
+	}
+	return keys
+}
+
+// checkAsked checks GetMany's answer to askKeys against makeRows' values.
+func checkAsked(t *testing.T, vals [][]byte) {
+	t.Helper()
+	for i, v := range vals {
+		want := []byte(nil)
+		if i%3 != 1 {
+			want = fmt.Appendf(nil, `{"score":0.%034d}`, i)
+		}
+		if string(v) != string(want) || (v == nil) != (want == nil) {
+			t.Errorf("GetMany[%d] = %q, want %q", i, v, want)
+		}
+	}
+}
+
+// commandCalls is the calls count of every command in INFO commandstats, by lower-case
+// name (get, mget, …).
+func commandCalls(t *testing.T, c *goredis.Client) map[string]int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatalf("INFO commandstats: %v", err)
+	}
+	calls := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		var n int64
+		if _, err := fmt.Sscanf(stats, "calls=%d,", &n); err != nil {
+			t.Fatalf("INFO commandstats line %q: %v", line, err)
+		}
+		calls[strings.TrimPrefix(name, "cmdstat_")] = n
+	}
+	return calls
+}
+
+// roundTrips counts what a client sends to one server: pipelines (one write of all
+// their commands, one read of all replies) and single commands, with the GETs and
+// MGETs among them.
+type roundTrips struct {
+	pipelines, singles, gets atomic.Int64
+}
+
+func (r *roundTrips) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (r *roundTrips) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		if n := cmd.Name(); n == "get" || n == "mget" {
+			r.singles.Add(1)
+			r.gets.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (r *roundTrips) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		r.pipelines.Add(1)
+		for _, cmd := range cmds {
+			if n := cmd.Name(); n == "get" || n == "mget" {
+				r.gets.Add(1)
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// testClusterGetMany: a GetMany of 100 keys spread over three masters sends each master
+// at most one pipeline and no single command (counted by a hook on each master's
+// client), and the masters together execute exactly 100 GETs and no MGET (counted by
+// each server's INFO commandstats): nothing was resent, nothing asked one key at a time.
+func testClusterGetMany(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "gm", "v1", 300, writers.StateComplete)
+	var (
+		mu      sync.Mutex
+		masters []*goredis.Client
+	)
+	err := driver(s).Client().(*goredis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		masters = append(masters, c)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(masters) != 3 {
+		t.Fatalf("%d masters, want 3", len(masters))
+	}
+	trips := make([]*roundTrips, len(masters))
+	before := make([]map[string]int64, len(masters))
+	for i, c := range masters {
+		trips[i] = new(roundTrips)
+		c.AddHook(trips[i])
+		before[i] = commandCalls(t, c)
+	}
+
+	vals, err := s.GetMany(ctx, "gm", "v1", askKeys(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAsked(t, vals)
+
+	var gets, mgets, pipelines int64
+	for i, c := range masters {
+		addr, r := c.Options().Addr, trips[i]
+		after := commandCalls(t, c)
+		if p, n := r.pipelines.Load(), r.singles.Load(); p > 1 || n > 0 {
+			t.Errorf("master %s: GetMany sent %d pipelines and %d single GETs, want at most one pipeline and none", addr, p, n)
+		}
+		if got, want := after["get"]-before[i]["get"], r.gets.Load(); got != want {
+			t.Errorf("master %s executed %d GETs, the client sent it %d", addr, got, want)
+		}
+		gets += after["get"] - before[i]["get"]
+		mgets += after["mget"] - before[i]["mget"]
+		pipelines += r.pipelines.Load()
+	}
+	if gets != 100 || mgets != 0 {
+		t.Errorf("the masters executed %d GETs and %d MGETs, want 100 and 0", gets, mgets)
+	}
+	if pipelines != 3 {
+		t.Errorf("GetMany sent %d pipelines, want 3: one to each master", pipelines)
+	}
+}
+
+// testReleaseAnnounced: a release swap on one handle publishes exactly one message on
+// the flip channel, {"namespace":NS,"release":true}, which reaches WatchFlips on another
+// handle with its namespace; a swap that loses its compare-and-swap publishes nothing.
+func testReleaseAnnounced(t *testing.T, url string) {
+	ctx := context.Background()
+	s := openRedis(t, url)
+	defer s.Close()
+	watcher, err := redis.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+
+	sub := driver(s).Client().Subscribe(ctx, redis.FlipChannel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	ch := sub.Channel()
+	got := make(chan string, 16)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go watcher.WatchFlips(wctx, func(ns string) { got <- ns })
+	waitSubscribers(t, driver(s), 2)
+
+	rel := &writers.Release{ID: "r1", Namespace: "relpub", Mode: writers.ModeCanary, Live: "v1", Candidate: "v2",
+		WeightPercent: 10, State: writers.ReleaseRunning}
+	stale := *rel
+	if err := s.SwapRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SwapRelease(ctx, &stale); !errors.Is(err, writers.ErrConflict) {
+		t.Fatalf("SwapRelease from revision 0 over revision 1: %v, want ErrConflict", err)
+	}
+	select {
+	case msg := <-ch:
+		if want := `{"namespace":"relpub","release":true}`; msg.Payload != want {
+			t.Errorf("release message = %s, want %s", msg.Payload, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no release message within 5s")
+	}
+	select {
+	case g := <-got:
+		if g != "relpub" {
+			t.Errorf("WatchFlips got namespace %q, want relpub", g)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WatchFlips got nothing within 5s of a release swap")
+	}
+	select {
+	case msg := <-ch:
+		t.Errorf("second message %q, want one: a lost compare-and-swap announces nothing", msg.Payload)
+	case g := <-got:
+		t.Errorf("WatchFlips got %q a second time, want once", g)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// testReleaseKeys: counters live CountsTTL after their last add, under the documented
+// key; a release key holding something that is not a record is an error, not a conflict,
+// and is left alone.
+func testReleaseKeys(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	c := driver(s).Client()
+	if err := s.AddCounts(ctx, "cnt", "r1", 7, map[string]int64{"live.requests": 3}); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := c.TTL(ctx, "{sr:cnt}:rc:r1:7").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl > redis.CountsTTL || ttl < redis.CountsTTL-time.Minute {
+		t.Errorf("TTL of the counters = %s, want about %s", ttl, redis.CountsTTL)
+	}
+
+	if err := c.Set(ctx, "{sr:bad}:release", "not a record", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err = s.SwapRelease(ctx, &writers.Release{ID: "r1", Namespace: "bad", Revision: 0})
+	if err == nil || errors.Is(err, writers.ErrConflict) || !strings.Contains(err.Error(), "{sr:bad}:release") {
+		t.Errorf("SwapRelease over a corrupt record: %v, want an error naming {sr:bad}:release", err)
+	}
+	if v, _ := c.Get(ctx, "{sr:bad}:release").Result(); v != "not a record" {
+		t.Errorf("the corrupt record became %q, want it untouched", v)
+	}
 }
