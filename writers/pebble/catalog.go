@@ -24,13 +24,15 @@ import (
 //	catalog/NS/lease.json                the writer lease {holder, token, expires}
 //	catalog/NS/manifests/VERSION.json    a version's manifest
 //	catalog/NS/commits/VERSION/H.json    committed work; H is the SHA-256 of its id
+//	catalog/NS/release.json              the release record (see release.go)
+//	catalog/NS/releases/RELEASE/...      its counters and sketches (see release.go)
 //
 // Namespaces and version ids are made of a-z, A-Z, 0-9, '_', '.', '-' and start with a
 // letter or digit (writers.ValidateNamespace, ValidateVersion), so each is one path
 // segment that is never ".", "..", or hidden, and no namespace's files lie inside
 // another's: catalog/demo/ and catalog/demo2/ are siblings. Compare-and-swap (the live
-// pointer, the lease, retirement) holds NS's flock, which excludes the goroutines of this
-// process and every other process alike; plain reads take no lock.
+// pointer, the lease, retirement, the release record) holds NS's flock, which excludes
+// the goroutines of this process and every other process alike; plain reads take no lock.
 
 func (d *Driver) nsDir(ns string) string { return filepath.Join(d.dir, "catalog", ns) }
 

@@ -6,7 +6,7 @@
 // databases (see catalog.go and rows.go for the layout and why it is safe):
 //
 //	DIR/STORE                      marks the directory as a store of this layout
-//	DIR/catalog/NS/...             live pointer, manifests, lease, commits: one file each
+//	DIR/catalog/NS/...             live pointer, manifests, lease, commits, releases: small files
 //	DIR/versions/NS/VERSION/...    the version's rows: Pebble databases, sealed when complete
 //
 // Any number of processes may use one store directory at once: runs writing versions of
@@ -114,9 +114,11 @@ type Driver struct {
 }
 
 var (
-	_ writers.Driver    = (*Driver)(nil)
-	_ writers.Describer = (*Driver)(nil)
-	_ writers.Sweeper   = (*Driver)(nil)
+	_ writers.Driver     = (*Driver)(nil)
+	_ writers.Describer  = (*Driver)(nil)
+	_ writers.Sweeper    = (*Driver)(nil)
+	_ writers.ManyGetter = (*Driver)(nil)
+	_ writers.Releaser   = (*Driver)(nil)
 )
 
 // Open opens (creating it if needed) the Pebble store in dir.

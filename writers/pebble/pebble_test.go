@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -647,5 +648,200 @@ func TestPebbleGCFreesWhatAnEarlierGCHadToLeave(t *testing.T) {
 	}
 	if logs, _ := filepath.Glob(filepath.Join(dir, "versions", "demo", "v2", "part-*", "*.log")); len(logs) != 0 {
 		t.Errorf("the sealed v2 keeps write-ahead logs %v, want none", logs)
+	}
+}
+
+// TestPebbleHandlesShareReleases: two handles on one directory (each with its own locks,
+// as two processes have) update one release record by compare-and-swap and add to the
+// same counters at once; no swap and no increment is lost, and each sees the other's
+// sketches, whatever their names.
+func TestPebbleHandlesShareReleases(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	handles := []*writers.Store{openAt(t, dir), openAt(t, dir)}
+	rel := &writers.Release{ID: "r1", Namespace: "demo", Mode: writers.ModeCanary, Live: "v1", Candidate: "v2",
+		WeightPercent: 1, State: writers.ReleaseRunning, Salt: "r1"}
+	if err := handles[0].SwapRelease(ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		swaps   = 20 // per handle
+		workers = 4  // per handle
+		adds    = 10 // per worker
+	)
+	var wg sync.WaitGroup
+	conflicts := make([]int, len(handles))
+	for h, s := range handles {
+		// One goroutine swaps, read-modify-write until it wins, each win adding 1 to Judged.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for won := 0; won < swaps; {
+				cur, err := s.Release(ctx, "demo")
+				if err != nil || cur == nil {
+					t.Errorf("handle %d: Release = %+v, %v", h, cur, err)
+					return
+				}
+				cur.Judged++
+				cur.Reason = fmt.Sprint("handle ", h)
+				switch err := s.SwapRelease(ctx, cur); {
+				case err == nil:
+					won++
+				case errors.Is(err, writers.ErrConflict):
+					conflicts[h]++
+				default:
+					t.Errorf("handle %d: SwapRelease: %v", h, err)
+					return
+				}
+			}
+		}()
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range adds {
+					if err := s.AddCounts(ctx, "demo", "r1", 7, map[string]int64{"live.requests": 3, "candidate.requests": 1}); err != nil {
+						t.Errorf("handle %d: AddCounts: %v", h, err)
+						return
+					}
+				}
+				replica := fmt.Sprintf("host/%d ..%d", h, w) // free-form: a slash, dots, a space
+				if err := s.PutSketch(ctx, "demo", "r1", "units/live", replica, []byte(replica)); err != nil {
+					t.Errorf("handle %d: PutSketch: %v", h, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	t.Logf("conflicts lost and retried: %v", conflicts)
+
+	n := int64(len(handles))
+	for h, s := range handles {
+		cur, err := s.Release(ctx, "demo")
+		if err != nil || cur == nil {
+			t.Fatalf("handle %d: Release = %+v, %v", h, cur, err)
+		}
+		if cur.Revision != 1+n*swaps || cur.Judged != n*swaps {
+			t.Errorf("handle %d: revision %d, judged %d; want %d, %d", h, cur.Revision, cur.Judged, 1+n*swaps, n*swaps)
+		}
+		c, err := s.Counts(ctx, "demo", "r1", 7)
+		if want := map[string]int64{"live.requests": 3 * n * workers * adds, "candidate.requests": n * workers * adds}; err != nil || !maps.Equal(c, want) {
+			t.Errorf("handle %d: Counts = %v, %v; want %v", h, c, err, want)
+		}
+		sk, err := s.Sketches(ctx, "demo", "r1", "units/live")
+		if err != nil || len(sk) != int(n)*workers {
+			t.Errorf("handle %d: Sketches = %q, %v; want %d", h, sk, err, n*workers)
+		}
+	}
+	// Nothing but plain files inside the release's directory, none hidden but the lock.
+	ents, err := os.ReadDir(filepath.Join(dir, "catalog", "demo", "releases", "r1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.IsDir() || (strings.HasPrefix(e.Name(), ".") && e.Name() != ".lock") {
+			t.Errorf("release directory holds %q, want plain files", e.Name())
+		}
+	}
+}
+
+// TestPebbleGetManyFollowsGet: GetMany answers what Get answers, key by key, over every
+// part of a version written by two processes, for batches small and large, with repeated
+// keys and empty values; a version another process is still writing, or that is retired,
+// answers nothing, as Get does.
+func TestPebbleGetManyFollowsGet(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, c := openAt(t, dir), openAt(t, dir)
+	b, err := pebble.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &writers.Manifest{Namespace: "demo", Version: "v1", State: writers.StateWriting}
+	if err := a.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// a writes k00..k59, b (a second shard) k40..k99 and an empty value; each its own part.
+	for s, span := range map[*writers.Store][2]int{a: {0, 60}, b: {40, 100}} {
+		var rows writers.Rows
+		for i := span[0]; i < span[1]; i++ {
+			rows.Keys = append(rows.Keys, fmt.Appendf(nil, "k%02d", i))
+			rows.Values = append(rows.Values, fmt.Appendf(nil, "v%02d", i))
+		}
+		if s == b {
+			rows.Keys, rows.Values = append(rows.Keys, []byte("empty")), append(rows.Values, []byte{})
+		}
+		if err := s.WriteRows(ctx, "demo", "v1", rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := c.GetMany(ctx, "demo", "v1", [][]byte{[]byte("k00"), []byte("k50"), []byte("k99")}); err != nil || slices.ContainsFunc(got, func(v []byte) bool { return v != nil }) {
+		t.Errorf("GetMany of a version others write = %q, %v; want nothing", got, err)
+	}
+	if got, err := a.GetMany(ctx, "demo", "v1", [][]byte{[]byte("k99"), []byte("k00"), []byte("k50")}); err != nil || got[0] != nil || string(got[1]) != "v00" || string(got[2]) != "v50" {
+		t.Errorf("GetMany by a writer = %q, %v; want its own part: [nil v00 v50]", got, err)
+	}
+	if err := b.Close(); err != nil { // b's shard is done
+		t.Fatal(err)
+	}
+	m.State = writers.StateComplete
+	if err := a.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if parts, err := a.Driver().(*pebble.Driver).PartsForTest("demo", "v1"); err != nil || len(parts) != 2 {
+		t.Fatalf("parts of v1 = %v, %v; want 2", parts, err)
+	}
+
+	batches := [][][]byte{
+		{[]byte("k42")},
+		{[]byte("k99"), []byte("k00")},
+		{[]byte("empty"), []byte("k05"), []byte("k05"), []byte("nope")},
+	}
+	var all [][]byte
+	for i := 120; i >= 0; i -= 3 {
+		all = append(all, fmt.Appendf(nil, "k%02d", i%110), []byte("empty"), fmt.Appendf(nil, "k%02d", (i*7)%100))
+	}
+	batches = append(batches, all)
+	for _, s := range []*writers.Store{a, c} {
+		for _, keys := range batches {
+			got, err := s.GetMany(ctx, "demo", "v1", keys)
+			if err != nil || len(got) != len(keys) {
+				t.Fatalf("GetMany(%d keys) = %d values, %v", len(keys), len(got), err)
+			}
+			for i, k := range keys {
+				want, err := s.Get(ctx, "demo", "v1", k)
+				if errors.Is(err, writers.ErrNotFound) {
+					want = nil
+				} else if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got[i], want) || (got[i] == nil) != (want == nil) {
+					t.Errorf("GetMany(%d keys)[%d] (%s) = %q, want %q as Get answers", len(keys), i, k, got[i], want)
+				}
+			}
+			seen := map[*byte]bool{} // each answer is its own copy, even of a repeated key
+			for i := range got {
+				if len(got[i]) > 0 {
+					if seen[&got[i][0]] {
+						t.Errorf("GetMany(%d keys)[%d] (%s) shares its bytes with another answer", len(keys), i, keys[i])
+					}
+					seen[&got[i][0]] = true
+				}
+			}
+		}
+	}
+	if _, err := writers.Flip(ctx, a, "demo", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, a, "demo", "v2", 10)
+	if err := a.DeleteVersion(ctx, "demo", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	// c, which had v1 open, answers from it until it closes it idle, as Get does (see
+	// TestPebbleGCRemovesAVersionOnlyOnceNoReaderHoldsIt); a and a new process do not.
+	for _, s := range []*writers.Store{a, openAt(t, dir)} {
+		if got, err := s.GetMany(ctx, "demo", "v1", [][]byte{[]byte("k00"), []byte("k99"), []byte("k50")}); err != nil || slices.ContainsFunc(got, func(v []byte) bool { return v != nil }) {
+			t.Errorf("GetMany of a retired version = %q, %v; want nothing", got, err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -275,7 +276,8 @@ func lockFree(path string) (bool, error) {
 
 // Get implements writers.Driver.
 func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
-	if w := d.ownWriter(ns, version); w != nil {
+	if w := d.lockOwnWriter(ns, version); w != nil {
+		defer d.rows.RUnlock()
 		return get(w.db, key)
 	}
 	r, err := d.readerFor(ns, version)
@@ -292,9 +294,35 @@ func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byt
 	return nil, writers.ErrNotFound
 }
 
+// GetMany implements writers.ManyGetter: the answers Get would give, read in one pass over
+// each part (see getMany); a version Get finds nothing in answers nil for every key.
+func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	var dbs []*pdb.DB
+	if w := d.lockOwnWriter(ns, version); w != nil {
+		defer d.rows.RUnlock()
+		dbs = []*pdb.DB{w.db}
+	} else {
+		r, err := d.readerFor(ns, version)
+		if errors.Is(err, writers.ErrNotFound) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer r.mu.RUnlock()
+		dbs = r.parts
+	}
+	if err := getMany(ctx, dbs, keys, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CountKeys implements writers.Driver: the distinct keys of every part, merged.
 func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
-	if w := d.ownWriter(ns, version); w != nil {
+	if w := d.lockOwnWriter(ns, version); w != nil {
+		defer d.rows.RUnlock()
 		return countDistinct(ctx, []*pdb.DB{w.db})
 	}
 	r, err := d.readerFor(ns, version)
@@ -306,6 +334,22 @@ func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, erro
 	}
 	defer r.mu.RUnlock()
 	return countDistinct(ctx, r.parts)
+}
+
+// lockOwnWriter returns this process's part of a version with d.rows held shared, so that
+// sealing or retirement cannot close it before the caller's d.rows.RUnlock; nil, holding
+// nothing, when this process writes no part of it (reads of complete versions, the lookup
+// path, never take d.rows).
+func (d *Driver) lockOwnWriter(ns, version string) *writer {
+	if d.ownWriter(ns, version) == nil {
+		return nil
+	}
+	d.rows.RLock()
+	if w := d.ownWriter(ns, version); w != nil {
+		return w
+	}
+	d.rows.RUnlock()
+	return nil
 }
 
 func (d *Driver) ownWriter(ns, version string) *writer {
@@ -519,6 +563,93 @@ func get(db *pdb.DB, key []byte) ([]byte, error) {
 		out = []byte{}
 	}
 	return out, closer.Close()
+}
+
+// getManyPlain is the largest batch getMany answers with a Get per key rather than an
+// iterator pass: for one or two keys, setting up the iterator costs more than its ordered
+// seeks save. Measured on a sealed 200k-row part in the block cache (2-core machine), in
+// ns per key, Gets against the iterator: 1 key 1.9k/2.4k, 2 keys 1.4k/1.8k, 3 keys even,
+// 4 keys 1.2k/1.0k, 8 keys 1.4k/0.9k, 100 keys 1.6k/0.95k.
+const getManyPlain = 2
+
+// getMany sets out[i] to the value of keys[i] in the first of dbs that holds it (the part
+// Get would answer from), leaving nil for a key none holds. The keys are sorted once
+// (order keeps their positions), and each part is read by one iterator, bounded to the
+// keys' range, that seeks them in ascending order: Pebble turns a seek to a later key into
+// a few Nexts when the key is near (TrySeekUsingNext) and into nothing when the iterator
+// already stands at or past it, so a batch of nearby keys reads each block once instead of
+// descending the levels once per key. A later part seeks only the keys earlier ones
+// lacked. A key asked twice is read once; each answer is its own copy.
+func getMany(ctx context.Context, dbs []*pdb.DB, keys [][]byte, out [][]byte) error {
+	order := make([]int, len(keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(keys[a], keys[b]) })
+	if len(keys) <= getManyPlain {
+		for _, db := range dbs {
+			for _, i := range order {
+				if out[i] != nil {
+					continue
+				}
+				v, err := get(db, keys[i])
+				if err != nil && !errors.Is(err, writers.ErrNotFound) {
+					return err
+				}
+				out[i] = v
+			}
+		}
+		return nil
+	}
+	lo, hi := keys[order[0]], keys[order[len(order)-1]]
+	opts := &pdb.IterOptions{LowerBound: lo, UpperBound: append(bytes.Clone(hi), 0)}
+	for _, db := range dbs {
+		it, err := db.NewIterWithContext(ctx, opts)
+		if err != nil {
+			return err
+		}
+		missing, err := seekAll(ctx, it, keys, order, out)
+		if err = errors.Join(err, it.Close()); err != nil || missing == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+// seekAll is getMany's pass over one part: it answers the keys still unanswered that it
+// holds, and returns how many remain unanswered.
+func seekAll(ctx context.Context, it *pdb.Iterator, keys [][]byte, order []int, out [][]byte) (missing int, err error) {
+	for j, i := range order {
+		if out[i] != nil {
+			continue
+		}
+		if j > 0 && bytes.Equal(keys[i], keys[order[j-1]]) { // asked again: the same answer
+			if prev := out[order[j-1]]; prev != nil {
+				out[i] = bytes.Clone(prev)
+			} else {
+				missing++
+			}
+			continue
+		}
+		if j%1024 == 1023 {
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+		}
+		if !it.SeekGE(keys[i]) || !bytes.Equal(it.Key(), keys[i]) {
+			missing++
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return 0, err
+		}
+		out[i] = bytes.Clone(v)
+		if out[i] == nil {
+			out[i] = []byte{}
+		}
+	}
+	return missing, it.Error()
 }
 
 // countDistinct counts the distinct keys of dbs: a merge of their sorted iterators.
