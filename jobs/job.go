@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
@@ -82,9 +83,65 @@ type Defaults struct {
 
 // Release says when and how a complete version becomes live.
 type Release struct {
-	Flip  string `yaml:"flip"` // auto | manual
-	Keep  *int   `yaml:"keep"`
-	Gates Gates  `yaml:"gates"`
+	// Flip is what a run does with a version whose gates pass: auto flips it live,
+	// manual leaves it complete for `versions flip`, canary and shadow start a release of
+	// it against the live version (DESIGN.md, "Release strategies on read") with the
+	// settings of Canary or Shadow, and leave the flip to the release.
+	Flip   string `yaml:"flip"` // auto | manual | canary | shadow
+	Keep   *int   `yaml:"keep"`
+	Gates  Gates  `yaml:"gates"`
+	Canary Canary `yaml:"canary"`
+	Shadow Shadow `yaml:"shadow"`
+}
+
+// Canary is how a release started with flip: canary steps and is judged. A field left
+// out takes the store's default (writers.DefaultCanary); steps default to
+// DefaultCanarySteps.
+type Canary struct {
+	// Steps are the candidate's weights in percent, rising, the last 100 (which flips
+	// it live).
+	Steps []float64 `yaml:"steps"`
+	// Interval is how long each step is judged for.
+	Interval            *Duration `yaml:"interval"`
+	MinRequests         *int64    `yaml:"min_requests"`
+	MaxNotFoundIncrease *float64  `yaml:"max_not_found_increase"`
+	MaxErrorIncrease    *float64  `yaml:"max_error_increase"`
+	MaxPSI              *float64  `yaml:"max_psi"`
+	FailureLimit        *int      `yaml:"failure_limit"`
+}
+
+// Shadow is how a release started with flip: shadow samples requests.
+type Shadow struct {
+	// SamplePercent of requests also read the candidate (default
+	// writers.DefaultShadowSamplePercent).
+	SamplePercent *float64 `yaml:"sample_percent"`
+}
+
+// DefaultCanarySteps are a canary's weights when release.canary.steps is left out.
+var DefaultCanarySteps = []float64{1, 10, 50, 100}
+
+// CanarySteps is Steps with its default.
+func (c Canary) CanarySteps() []float64 {
+	if len(c.Steps) == 0 {
+		return DefaultCanarySteps
+	}
+	return c.Steps
+}
+
+// Duration is a time.Duration written as "10m" or "90s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("want a duration, as in 10m")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("%s is not a duration (e.g. 10m)", yamldecode.Quote(n.Value))
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // Gates must all pass before a flip.
@@ -98,7 +155,31 @@ type Gates struct {
 	// comes from the rows themselves as they are written (pipeline/dupkeys: a hash per
 	// key, memory bounded), never from a scan of the store.
 	UniqueKeys *bool `yaml:"unique_keys"`
+
+	// The drift gates compare the version with the live one; each is off unless set, and
+	// passes when there is no live version. MaxPSI bounds each output's population
+	// stability index against the live version's distribution over its deciles (from the
+	// distributions both manifests record). MaxMeanAbsDiff bounds, per output, the mean
+	// of |value - live value| over the sampled keys both versions hold, and MinKeyOverlap
+	// is the share of the sampled keys that the live version holds. SampleKeys (default
+	// DefaultSampleKeys) bounds the sample: keys of the version's own rows, the same ones
+	// for the same input (the keys of smallest hash), each read from both versions.
+	MaxPSI         *float64 `yaml:"max_psi"`
+	MaxMeanAbsDiff *float64 `yaml:"max_mean_abs_diff"`
+	MinKeyOverlap  *float64 `yaml:"min_key_overlap"`
+	SampleKeys     *int     `yaml:"sample_keys"`
 }
+
+// Samples is SampleKeys with its default.
+func (g Gates) Samples() int {
+	if g.SampleKeys == nil {
+		return DefaultSampleKeys
+	}
+	return *g.SampleKeys
+}
+
+// SamplesKeys reports whether a gate that reads sampled keys is set.
+func (g Gates) SamplesKeys() bool { return g.MaxMeanAbsDiff != nil || g.MinKeyOverlap != nil }
 
 // Defaults applied to fields a job file leaves out.
 const (
@@ -108,6 +189,9 @@ const (
 	DefaultKeep            = 2
 	DefaultMinRowsRatio    = 0.9
 	DefaultMaxNullFraction = 0.0
+	DefaultSampleKeys      = 10000
+	// MaxSampleKeys bounds release.gates.sample_keys: the sample is held in memory.
+	MaxSampleKeys = 1_000_000
 )
 
 // KeepVersions is Release.Keep with its default.
@@ -378,9 +462,9 @@ func (j *Job) Validate() error {
 		add("defaults.segment_by: %s is a feature column; segment by a categorical column", q(j.Defaults.SegmentBy))
 	}
 	switch j.Release.Flip {
-	case "auto", "manual":
+	case "auto", "manual", "canary", "shadow":
 	default:
-		add("release.flip: %s: use auto or manual", q(j.Release.Flip))
+		add("release.flip: %s: use auto, manual, canary or shadow", q(j.Release.Flip))
 	}
 	if k := j.Release.KeepVersions(); k < 0 || k > 1000 {
 		add("release.keep: %d: use 0 to 1000", k)
@@ -391,6 +475,7 @@ func (j *Job) Validate() error {
 	if r := j.Release.Gates.MaxNulls(); r < 0 || r > 1 || math.IsNaN(r) {
 		add("release.gates.max_null_fraction: %v: use a fraction from 0 to 1", r)
 	}
+	p = append(p, j.Release.validateDrift()...)
 	if len(p) > 0 {
 		return &Error{File: j.File, Problems: p}
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/staticref/staticref/pipeline/dupkeys"
 	"github.com/staticref/staticref/pipeline/progress"
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/dist"
 )
 
 // committedRows counts the rows of committed row groups, so that a run that fails
@@ -44,7 +45,8 @@ type unit struct {
 // keeps the run's counts and cold-start defaults, so none of them needs a lock.
 //
 // Progress is committed per row group: when the last row of a row group has been written,
-// its commit record (counts and sums) is committed to the store. A resumed run skips
+// its commit record (counts, sums and the sketches of its output values, see
+// distributions.go) is committed to the store. A resumed run skips
 // committed row groups and totals the version from the records of all of them, so the
 // version ends with exactly one copy of every row and exact counts.
 type accountant struct {
@@ -52,9 +54,11 @@ type accountant struct {
 	defaults *defaults
 	expected map[unit]int64           // rows of each row group this run writes
 	open     map[unit]*writers.Commit // row groups in progress
+	sketches map[unit][]*dist.Sketch  // of the output values of each row group in progress
 	commits  chan writers.Commit      // row groups written, to the committer
 	rows     int64                    // rows written by this run, for progress
 	keys     *dupkeys.Counter         // the key of every row written by this run
+	sample   *keySample               // keys for the drift gates (nil: none is set)
 	all      bool                     // this run writes every row group of the version
 	skipped  int64
 	queues   func() map[string]int // stage queue depths, for progress
@@ -66,11 +70,15 @@ func newAccountant(r *run, todo []task) *accountant {
 		defaults: newDefaults(r.job.Defaults.Global, r.job.Defaults.SegmentBy, r.model.Outputs),
 		expected: map[unit]int64{},
 		open:     map[unit]*writers.Commit{},
+		sketches: map[unit][]*dist.Sketch{},
 		commits:  make(chan writers.Commit, 64),
 		keys:     dupkeys.New(0, ""),
 	}
 	for _, t := range todo {
 		a.expected[unit{t.file, t.rg}] = t.rows
+	}
+	if g := r.job.Release.Gates; g.SamplesKeys() {
+		a.sample = newKeySample(g.Samples())
 	}
 	return a
 }
@@ -98,7 +106,9 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 	if commit == nil {
 		commit = &writers.Commit{ID: commitID(c.file, c.rowGroup)}
 		a.open[t] = commit
+		a.sketches[t] = newSketches(r.model.Outputs)
 	}
+	addSketches(a.sketches[t], r.model.Outputs, c)
 	commit.Rows += int64(c.n)
 	commit.Written += int64(c.rows.Len())
 	commit.NullOutputs += int64(c.nullOuts)
@@ -130,15 +140,22 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 			return err
 		}
 	}
+	if a.sample != nil {
+		for _, k := range c.rows.Keys {
+			a.sample.add(k)
+		}
+	}
 	switch want := a.expected[t]; {
 	case commit.Rows > want:
 		return fmt.Errorf("shard %s row group %d: read %d rows, its footer says %d", c.file, c.rowGroup, commit.Rows, want)
 	case commit.Rows == want:
 		commit.CommittedAt = r.now().UTC()
+		stashSketches(commit, r.model.Outputs, a.sketches[t])
 		if err := send(ctx, a.commits, *commit); err != nil {
 			return err
 		}
 		delete(a.open, t)
+		delete(a.sketches, t)
 	}
 	a.skipped += int64(c.nullKeys + c.nullFeats)
 	snap := progress.Snapshot{RowsRead: r.rowsRead.Load(), RowsWritten: a.rows, RowsSkipped: a.skipped}
@@ -214,11 +231,17 @@ func (a *accountant) finish(ctx context.Context, all []task) (waiting int, err e
 	m.SkipReasons = nil
 	m.Commits = nil
 	total := &writers.Sums{}
+	sketches, sketched := newSketches(r.model.Outputs), true
 	for _, t := range all {
 		commit := byID[commitID(t.file, t.rg)]
 		if commit.Rows != t.rows {
 			return 0, fmt.Errorf("shard %s row group %d: committed %d rows, its footer says %d", t.file, t.rg, commit.Rows, t.rows)
 		}
+		ok, err := takeSketches(&commit, r.model.Outputs, sketches)
+		if err != nil {
+			return 0, err
+		}
+		sketched = sketched && ok
 		m.RowsRead += commit.Rows
 		m.RowsWritten += commit.Written
 		m.NullOutputs += commit.NullOutputs
@@ -236,18 +259,27 @@ func (a *accountant) finish(ctx context.Context, all []task) (waiting int, err e
 	if m.Defaults, err = a.defaults.result(total); err != nil {
 		return 0, err
 	}
+	m.Distributions = nil
+	if sketched {
+		m.Distributions = distributions(r.model.Outputs, sketches)
+	} else {
+		r.log.Warn("some row groups were committed without distributions (by an older staticref); the version records none",
+			"version", m.Version)
+	}
 	if m.RowsWritten != m.RowsRead-m.RowsSkipped {
 		return 0, fmt.Errorf("wrote %d rows, want %d read - %d skipped", m.RowsWritten, m.RowsRead, m.RowsSkipped)
 	}
 	// Duplicate keys: this run saw every row written if it wrote every row group; a resumed
 	// or sharded run did not, and reads the keys of every row group again.
+	// The drift gates' key sample, likewise: a reread samples every row of the version.
 	keys := a.keys
 	if !a.all {
-		if keys, err = r.rereadKeys(ctx, all); err != nil {
+		if keys, err = r.rereadKeys(ctx, all, a.sample); err != nil {
 			return 0, fmt.Errorf("count duplicate keys: %w", err)
 		}
 		defer keys.Close()
 	}
+	r.sample = a.sample
 	if m.DuplicateKeys, m.RepeatedKeys, err = keys.Count(); err != nil {
 		return 0, fmt.Errorf("count duplicate keys: %w", err)
 	}

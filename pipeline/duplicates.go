@@ -10,9 +10,13 @@ import (
 // rereadKeys collects the key of every row the version holds, reading every row group
 // again (with the same null handling as the run, so that exactly the rows written
 // count): for a resumed or sharded run, whose own process wrote only some of them. It
-// costs a scan of the input, not of the store.
-func (r *run) rereadKeys(ctx context.Context, all []task) (*dupkeys.Counter, error) {
+// costs a scan of the input, not of the store. When sample is not nil, it is emptied
+// and given the same keys.
+func (r *run) rereadKeys(ctx context.Context, all []task, sample *keySample) (*dupkeys.Counter, error) {
 	keys := dupkeys.New(0, "")
+	if sample != nil {
+		sample.reset()
+	}
 	fill, filling := r.job.Source.NullFill()
 	c := newChunk(r.job.Model.BatchSize, r.model.Width)
 	var f Input
@@ -43,6 +47,9 @@ func (r *run) rereadKeys(ctx context.Context, all []task) (*dupkeys.Counter, err
 				if c.keyValid[i] && c.valid[i] {
 					if err := keys.Add(c.key(i)); err != nil {
 						return err
+					}
+					if sample != nil {
+						sample.add(c.key(i))
 					}
 				}
 			}

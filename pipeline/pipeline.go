@@ -77,10 +77,15 @@ type Result struct {
 	// Waiting is how many row groups of a sharded run other processes have yet to commit
 	// (0 when this run completed the version).
 	Waiting int
+	// Release is the release this run started instead of a flip (release.flip canary or
+	// shadow), nil when it started none.
+	Release *writers.Release
 }
 
 // Run executes cfg.Job. On success the new version is complete and, unless release.flip is
-// manual or NoFlip is set, live. A failed gate returns an error wrapping ErrGateFailed with
+// manual or NoFlip is set, live; with release.flip canary or shadow, a release of it
+// against the live version has started instead (Result.Release), which flips it when it
+// is promoted. A failed gate returns an error wrapping ErrGateFailed with
 // the complete (not live) version in the result.
 func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	r, err := newRun(cfg)
@@ -147,6 +152,7 @@ type run struct {
 
 	rowsRead  atomic.Int64
 	committed committedRows // of this run's row groups, committed by it or before it
+	sample    *keySample    // keys of the version for the drift gates (nil: none is set)
 	// fence is when the writer lease was last known to hold (a time.Time; see lease).
 	fence atomic.Value
 }

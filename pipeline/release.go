@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -19,15 +20,13 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("read live pointer: %w", err)
 	}
-	var liveRows int64 = -1
+	var lm *writers.Manifest
 	if live != "" {
-		lm, err := r.store.Manifest(ctx, r.ns, live)
-		if err != nil {
+		if lm, err = r.store.Manifest(ctx, r.ns, live); err != nil {
 			return res, fmt.Errorf("read live manifest %s: %w", live, err)
 		}
-		liveRows = lm.RowsWritten
 	}
-	if r.m.Gates, err = r.gates(ctx, liveRows, live); err != nil {
+	if r.m.Gates, err = r.gates(ctx, live, lm); err != nil {
 		return res, err
 	}
 	r.m.State = writers.StateComplete
@@ -51,6 +50,13 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	if r.cfg.NoFlip || r.job.Release.Flip == "manual" {
 		r.log.Info("version left for a manual flip", "version", r.m.Version)
 		return res, nil
+	}
+	if r.releases() && live != "" {
+		res.Release, err = r.startRelease(ctx)
+		return res, err
+	}
+	if r.releases() {
+		r.log.Info("no live version to release against: flipping the first one live", "flip", r.job.Release.Flip, "version", r.m.Version)
 	}
 	if err := writers.FlipFrom(ctx, r.store, r.ns, live, r.m.Version); err != nil {
 		if now, lerr := r.store.Live(ctx, r.ns); r.sharded() && lerr == nil && now == r.m.Version {
@@ -94,6 +100,22 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		return res, nil
 	case r.cfg.NoFlip || r.job.Release.Flip == "manual":
 		return res, nil
+	case r.releases() && live != "":
+		// The shard that completed the version may have died before starting its release.
+		cur, err := r.store.Release(ctx, r.ns)
+		if err != nil && !errors.Is(err, writers.ErrNoReleases) {
+			return res, fmt.Errorf("read the release of %s: %w", r.ns, err)
+		}
+		if cur != nil && cur.Candidate == r.m.Version {
+			r.log.Info("version already released", "version", r.m.Version, "release", cur.ID, "state", cur.State)
+			return res, nil
+		}
+		if lm, err := r.store.Manifest(ctx, r.ns, live); err == nil && latestFlip(lm).After(r.m.CompletedAt) {
+			r.log.Info("a newer version is live; not releasing", "version", r.m.Version, "live", live)
+			return res, nil
+		}
+		res.Release, err = r.startRelease(ctx)
+		return res, err
 	case live != "":
 		// A version flipped live after this one completed is newer, whatever the ids say:
 		// flipping this one would be a rollback.
@@ -123,8 +145,13 @@ func latestFlip(m *writers.Manifest) time.Time {
 	return m.LiveAt
 }
 
-func (r *run) gates(ctx context.Context, liveRows int64, live string) ([]writers.GateResult, error) {
+// gates computes every gate's result; lm is the live version's manifest (nil when none).
+func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
+	var liveRows int64 = -1
+	if lm != nil {
+		liveRows = lm.RowsWritten
+	}
 	minRows := writers.GateResult{Name: "min_rows_ratio", Limit: g.MinRows(), Passed: true, Value: 1}
 	if liveRows > 0 {
 		minRows.Value = float64(r.m.RowsWritten) / float64(liveRows)
@@ -152,5 +179,74 @@ func (r *run) gates(ctx context.Context, liveRows int64, live string) ([]writers
 		unique.Detail += "; release.gates.unique_keys is false, so they were written anyway"
 	}
 	results = append(results, unique)
-	return results, nil
+	drift, err := r.driftGates(ctx, live, lm)
+	if err != nil {
+		return nil, err
+	}
+	return append(results, drift...), nil
+}
+
+// releases reports whether release.flip asks for a release instead of a flip.
+func (r *run) releases() bool {
+	f := r.job.Release.Flip
+	return f == writers.ModeCanary || f == writers.ModeShadow
+}
+
+// startRelease starts the release that release.flip canary or shadow asks for, of the
+// complete version against the live one. A store that keeps no release records, or a
+// release of another candidate already running, fail the run: the version stays
+// complete and not live, for a flip or a release by hand. A release of this version
+// already running (another shard of the run started it) is this run's.
+func (r *run) startRelease(ctx context.Context) (*writers.Release, error) {
+	rl := r.job.Release
+	spec := writers.ReleaseSpec{Namespace: r.ns, Candidate: r.m.Version, Mode: rl.Flip,
+		By: "staticref run of job " + r.job.Name}
+	c := rl.Canary
+	switch rl.Flip {
+	case writers.ModeCanary:
+		spec.Canary.Steps = c.CanarySteps()
+		if c.Interval != nil {
+			spec.Canary.Interval = writers.Duration(*c.Interval)
+		}
+		if c.MinRequests != nil {
+			spec.Canary.MinRequests = *c.MinRequests
+		}
+		if c.MaxNotFoundIncrease != nil {
+			spec.Canary.MaxNotFoundIncrease = *c.MaxNotFoundIncrease
+		}
+		if c.MaxErrorIncrease != nil {
+			spec.Canary.MaxErrorIncrease = *c.MaxErrorIncrease
+		}
+		if c.MaxPSI != nil {
+			spec.Canary.MaxPSI = *c.MaxPSI
+		}
+		if c.FailureLimit != nil {
+			spec.Canary.FailureLimit = *c.FailureLimit
+		}
+	case writers.ModeShadow:
+		if p := rl.Shadow.SamplePercent; p != nil {
+			spec.Shadow.SamplePercent = *p
+		}
+	}
+	rel, err := writers.StartRelease(ctx, r.store, spec, r.now())
+	if err == nil {
+		r.log.Info("release started", "namespace", r.ns, "release", rel.ID, "mode", rel.Mode,
+			"candidate", rel.Candidate, "live", rel.Live, "weight_percent", rel.WeightPercent)
+		return rel, nil
+	}
+	if errors.Is(err, writers.ErrNoReleases) {
+		return nil, fmt.Errorf("release.flip is %s, but store %s keeps no release records: version %s is complete and not live; flip it with versions flip, or set release.flip to auto or manual (%w)",
+			rl.Flip, r.store, r.m.Version, writers.ErrNoReleases)
+	}
+	// Another shard completing the version at the same moment may have started it (this
+	// start then finds it running, or loses the compare-and-swap to it).
+	if cur, cerr := r.store.Release(ctx, r.ns); cerr == nil && cur.Active() && cur.Candidate == r.m.Version {
+		r.log.Info("another shard started the release", "version", r.m.Version, "release", cur.ID)
+		return cur, nil
+	}
+	if errors.Is(err, writers.ErrReleaseRunning) {
+		return nil, fmt.Errorf("release.flip is %s, but another release of %s is running: version %s is complete and not live; end that release (release promote or abort) and start one of %s: %w",
+			rl.Flip, r.ns, r.m.Version, r.m.Version, err)
+	}
+	return nil, fmt.Errorf("start a %s release of version %s (complete, not live): %w", rl.Flip, r.m.Version, err)
 }

@@ -182,8 +182,11 @@ type Commit struct {
 	Skipped     map[string]int64 `json:"skipped,omitempty"` // by reason
 	NullOutputs int64            `json:"null_outputs,omitempty"`
 	// Sums are the per-output sums of the written rows, for mean defaults (nil: none).
-	Sums        *Sums     `json:"sums,omitempty"`
-	CommittedAt time.Time `json:"committed_at"`
+	Sums *Sums `json:"sums,omitempty"`
+	// Sketches are the state of each output's distribution sketch over the written rows
+	// (writers/dist.Sketch), by output name, merged into the manifest's Distributions.
+	Sketches    map[string][]float64 `json:"sketches,omitempty"`
+	CommittedAt time.Time            `json:"committed_at"`
 }
 
 // Sums are running sums of output values: over all rows, and per segment value.

@@ -185,12 +185,29 @@ func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) 
 			prev = "none"
 		}
 		fmt.Fprintf(w, "  live: %s (was %s)\n", m.Version, prev)
+	case res.Release != nil:
+		fmt.Fprintf(w, "  release: %s; follow it with: staticref release status --store %s --namespace %s\n",
+			releaseLine(res.Release), writers.RedactURL(store), m.Namespace)
 	case m.State == writers.StateComplete:
 		fmt.Fprintf(w, "  not live; flip with: staticref versions flip --store %s --namespace %s %s\n", writers.RedactURL(store), m.Namespace, m.Version)
 	}
 	if len(res.Removed) > 0 {
 		fmt.Fprintf(w, "  removed: %s\n", strings.Join(res.Removed, ", "))
 	}
+}
+
+// releaseLine says what release a run started.
+func releaseLine(r *writers.Release) string {
+	head := fmt.Sprintf("%s %s of %s against live %s", r.Mode, r.ID, r.Candidate, r.Live)
+	if r.Mode == writers.ModeShadow {
+		return fmt.Sprintf("%s started, %g%% of requests also read the candidate", head, r.Shadow.SamplePercent)
+	}
+	steps := make([]string, len(r.Canary.Steps))
+	for i, w := range r.Canary.Steps {
+		steps[i] = strconv.FormatFloat(w, 'g', -1, 64) + "%"
+	}
+	return fmt.Sprintf("%s started at %g%% of requests (steps %s, each judged for %s)", head, r.WeightPercent,
+		strings.Join(steps, ", "), time.Duration(r.Canary.Interval))
 }
 
 // envInt is an integer flag default taken from the environment (0 when unset or bad).

@@ -2,7 +2,9 @@
 // live version's distribution, which bin a value falls in, and the population stability
 // index (PSI) of observed counts against those bins. The drift gates (pipeline), the
 // shadow comparison and the canary judgement (lookup) all use it, so all compute PSI the
-// same way: over the live version's deciles, empty bins floored at Floor.
+// same way: over the live version's deciles, empty bins floored at Floor. A Sketch
+// (sketch.go) computes a version's distributions in the pass that writes it, mergeably,
+// so that a resumed or sharded run totals them from its row groups' records.
 package dist
 
 import (
