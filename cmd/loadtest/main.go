@@ -1,21 +1,25 @@
 // Command loadtest is `make loadtest`: it starts its own redis-server on a free loopback
 // port, writes two versions of a namespace with pipeline.Run, serves them with the
 // lookup service, and drives the service with concurrent single and batch lookups while
-// it flips between the versions. Then it runs redis-benchmark GET with the same number
-// of clients against the same server, and prints both. It is bounded in time and
-// requests, stops by itself, and exits 1 when an existing key failed or a batch mixed
-// versions.
+// it flips between the versions. Then it runs the same load twice without flips, once
+// with no release and once with a canary of the other version at -canary percent, and
+// compares their p99 (the canary's routing must add no errors and at most 10% to the
+// p99). Last it runs redis-benchmark GET with the same number of clients against the
+// same server, and prints everything. It is bounded in time and requests, stops by
+// itself, and exits 1 when an existing key failed or a batch mixed versions.
 //
 // This package only wires; the load itself is lookup/loadtest.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,14 +46,15 @@ func main() {
 	flips := flag.Int("flips", 30, "flips during the load")
 	batch := flag.Int("batch", 20, "keys per batchGet")
 	batchEvery := flag.Int("batch-every", 4, "every Nth request is a batchGet (0: none)")
+	canary := flag.Float64("canary", 10, "canary weight (percent) of the comparison run (0: skip it)")
 	flag.Parse()
-	if err := run(*rows, *clients, *dur, *maxReq, *flips, *batch, *batchEvery); err != nil {
+	if err := run(*rows, *clients, *dur, *maxReq, *flips, *batch, *batchEvery, *canary); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rows, clients int, dur time.Duration, maxReq, flips, batch, batchEvery int) error {
+func run(rows, clients int, dur time.Duration, maxReq, flips, batch, batchEvery int, canary float64) error {
 	if err := inference.Init(); err != nil {
 		return err
 	}
@@ -132,16 +137,22 @@ release: {keep: 5}
 			return err
 		},
 	})
-	sstop()
-	if serr := <-served; serr != nil {
-		return serr
-	}
+	defer func() { sstop(); <-served }()
 	if err != nil {
 		return err
 	}
 	fmt.Printf("lookup service (%d clients, batchGet of %d every %d requests, cache 100k):\n  %s\n", clients, batch, batchEvery, rep)
 	for _, s := range rep.Samples {
 		fmt.Println("  error:", s)
+	}
+
+	if rep.Errors > 0 || rep.Mixed > 0 || rep.Flips < flips {
+		return fmt.Errorf("%d errors, %d mixed-version batches, %d of %d flips", rep.Errors, rep.Mixed, rep.Flips, flips)
+	}
+	if canary > 0 {
+		if err := compareCanary(ctx, store, "http://"+ln.Addr().String(), keys, versions, clients, batch, batchEvery, dur, maxReq, canary); err != nil {
+			return err
+		}
 	}
 
 	out, err := exec.CommandContext(ctx, "redis-benchmark", "-p", strconv.Itoa(port), "-t", "get",
@@ -152,10 +163,81 @@ release: {keep: 5}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\r")
 		fmt.Printf("redis-benchmark -t get -c %d -n 200000 (same server):\n  %s\n", clients, strings.TrimSpace(lines[len(lines)-1]))
 	}
-	if rep.Errors > 0 || rep.Mixed > 0 || rep.Flips < flips {
-		return fmt.Errorf("%d errors, %d mixed-version batches, %d of %d flips", rep.Errors, rep.Mixed, rep.Flips, flips)
+	return nil
+}
+
+// compareCanary runs the same load (no flips) without a release and with a canary of the
+// other version at weight percent, and reports the canary's p99 against the baseline's.
+func compareCanary(ctx context.Context, store *writers.Store, base string, keys, versions []string, clients, batch, batchEvery int, dur time.Duration, maxReq int, weight float64) error {
+	load := func() (loadtest.Report, error) {
+		return loadtest.Run(ctx, loadtest.Config{BaseURL: base, Namespace: "churn", Keys: keys,
+			Clients: clients, BatchSize: batch, BatchEvery: batchEvery, Duration: dur, MaxRequests: maxReq})
+	}
+	plain, err := load()
+	if err != nil {
+		return err
+	}
+	live, err := store.Live(ctx, "churn")
+	if err != nil {
+		return err
+	}
+	candidate := versions[0]
+	if candidate == live {
+		candidate = versions[1]
+	}
+	// A fixed-weight canary judged once an hour: no judgement during the run.
+	if _, err := writers.StartRelease(ctx, store, writers.ReleaseSpec{Namespace: "churn", Candidate: candidate, Mode: writers.ModeCanary,
+		WeightPercent: weight, Canary: writers.CanaryConfig{Interval: writers.Duration(time.Hour)}, By: "loadtest"}, time.Now()); err != nil {
+		return err
+	}
+	if err := waitForArms(ctx, base, keys); err != nil {
+		return err
+	}
+	withCanary, err := load()
+	if err != nil {
+		return err
+	}
+	if _, err := writers.AbortRelease(ctx, store, "churn", "loadtest", "load test done", time.Now()); err != nil {
+		return err
+	}
+	fmt.Printf("same load, no flips, no release:\n  %s\n", plain)
+	fmt.Printf("same load with a canary of %s at %g%%:\n  %s\n", candidate, weight, withCanary)
+	for _, s := range withCanary.Samples {
+		fmt.Println("  error:", s)
+	}
+	ratio := float64(withCanary.P99) / float64(plain.P99)
+	verdict := "PASS"
+	if ratio > 1.10 || withCanary.Errors > 0 || withCanary.Mixed > 0 {
+		verdict = "FAIL"
+	}
+	fmt.Printf("%s canary %g%%: p99 %s is %.2fx the p99 without a release (%s), %d errors; target <= 1.10x and no errors\n",
+		verdict, weight, withCanary.P99, ratio, plain.P99, withCanary.Errors)
+	if withCanary.Errors > 0 || withCanary.Mixed > 0 {
+		return fmt.Errorf("canary: %d errors, %d mixed-version batches", withCanary.Errors, withCanary.Mixed)
 	}
 	return nil
+}
+
+// waitForArms waits until the service routes by the release: an answer names its arm.
+func waitForArms(ctx context.Context, base string, keys []string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		resp, err := http.Get(base + "/v1/churn/" + keys[i%len(keys)])
+		if err == nil {
+			var a struct {
+				Arm string `json:"arm"`
+			}
+			json.NewDecoder(resp.Body).Decode(&a)
+			resp.Body.Close()
+			if a.Arm != "" {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the service did not route by the canary within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startRedis starts redis-server on a free loopback port without persistence.
