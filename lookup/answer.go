@@ -3,7 +3,10 @@
 // and the HTTP lookup service (Service), so both print the same answer for the same key.
 //
 // It never writes rows to a store. The service moves a live pointer only through the
-// catalog (writers.Flip, writers.Rollback), on an authenticated admin request.
+// catalog: writers.Flip and writers.Rollback on an authenticated admin request, and
+// writers.PromoteRelease when an admin promotes a release or a canary passes its last
+// step (judge.go). Besides, it writes only release records, counters and sketches,
+// through the store's release contract (release.go).
 package lookup
 
 import (
@@ -28,15 +31,17 @@ const (
 
 // Answer is one key's answer, the shape of the lookup API and of `staticref get`.
 type Answer struct {
-	Namespace  string          `json:"namespace"`
-	Key        string          `json:"key"`
-	Value      json.RawMessage `json:"value,omitempty"`
-	Version    string          `json:"version,omitempty"`
-	ComputedAt *time.Time      `json:"computed_at,omitempty"`
-	AgeSeconds *float64        `json:"age_seconds,omitempty"`
-	Stale      *bool           `json:"stale,omitempty"`
-	Source     string          `json:"source,omitempty"`
-	Error      *Error          `json:"error,omitempty"`
+	Namespace string          `json:"namespace"`
+	Key       string          `json:"key"`
+	Value     json.RawMessage `json:"value,omitempty"`
+	Version   string          `json:"version,omitempty"`
+	// Arm is the release arm that answered, live or candidate, while a release routes.
+	Arm        string     `json:"arm,omitempty"`
+	ComputedAt *time.Time `json:"computed_at,omitempty"`
+	AgeSeconds *float64   `json:"age_seconds,omitempty"`
+	Stale      *bool      `json:"stale,omitempty"`
+	Source     string     `json:"source,omitempty"`
+	Error      *Error     `json:"error,omitempty"`
 }
 
 // Error is the JSON error object of the lookup API.
@@ -111,24 +116,28 @@ func (s *Service) stale(n *namespace, sn *Snapshot) (time.Time, bool) {
 }
 
 // answer answers one (already validated) key from the snapshot sn, which the caller
-// loaded once for the whole request.
-func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request) (Answer, *apiError) {
+// loaded once for the whole request (or the release candidate's snapshot that the
+// request's arm chose from it). missing reports that sn's version lacks the key,
+// whatever answered it then.
+func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request) (a Answer, missing bool, _ *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
-		return Answer{}, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
+		return Answer{}, false, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
-	a := Answer{Namespace: n.name, Key: key}
+	a = Answer{Namespace: n.name, Key: key}
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
 		v, found, err := s.precomputed(ctx, n, sn, key)
 		if err != nil {
-			return a, err
+			return a, false, err
 		}
 		if found {
 			sn.fill(&a, v, SourcePrecomputed, now, stale)
-			return a, nil
+			return a, false, nil
 		}
+		missing = true
 	}
-	return s.coldStart(ctx, n, sn, a, req, now, stale)
+	a, err := s.coldStart(ctx, n, sn, a, req, now, stale)
+	return a, missing, err
 }
 
 // precomputed reads key from the snapshot's version, through the cache.
@@ -196,11 +205,12 @@ const batchParallelism = 16
 // batch answers keys from one snapshot, a missing key from its features (features[key],
 // checked by the caller) when it has some, as a single lookup would. A key that nothing
 // answers, or whose online prediction is unavailable, is an Answer with the error in its
-// place; any other failure fails the batch.
-func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
+// place; any other failure fails the batch. missing[i] reports that the version lacks
+// keys[i].
+func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []string, req request, features map[string]map[string]float64) (_ []Answer, missing []bool, _ *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
-		return nil, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
+		return nil, nil, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
 	out := make([]Answer, len(keys))
 	found := make([]bool, len(keys))
@@ -224,8 +234,14 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			})
 		}
 		if err := g.Wait(); err != nil {
-			return nil, err.(*apiError)
+			return nil, nil, err.(*apiError)
 		}
+		missing = make([]bool, len(keys))
+		for i := range keys {
+			missing[i] = !found[i]
+		}
+	} else {
+		missing = make([]bool, len(keys)) // not looked up: not known to be missing
 	}
 	// Keys the version lacks are answered concurrently: an online prediction runs the
 	// model, and the namespace's session pool bounds how many run at once.
@@ -258,8 +274,8 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 	_ = g.Wait() // the goroutines report through fatal
 	for _, err := range fatal {
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return out, nil
+	return out, missing, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -36,6 +37,18 @@ func (s *Service) apiErrorOf(ns string, err error) *apiError {
 		return ae
 	case errors.As(err, &nc):
 		return errorf(CodeConflict, "version %s of %s is %s: only a complete version can be made live", nc.Version, ns, nc.State)
+	case errors.Is(err, writers.ErrReleaseRunning):
+		return errorf(CodeConflict, "a release of %s is running or paused: promote or abort it before starting another (GET /v1/%s:release)", ns, ns)
+	case errors.Is(err, writers.ErrNoReleases):
+		return errorf(CodeInvalid, "the store of %s keeps no release records: releases need a store whose driver keeps them (pebble: or redis://)", ns)
+	case errors.Is(err, writers.ErrInvalid):
+		// What was invalid is in the request (a mode, a weight, steps): say what, without
+		// the sentinel's words.
+		msg := err.Error()
+		if _, after, ok := strings.Cut(msg, writers.ErrInvalid.Error()+": "); ok {
+			msg = after
+		}
+		return errorf(CodeInvalid, "%s", msg)
 	case errors.Is(err, writers.ErrNotComplete):
 		return errorf(CodeConflict, "%s: only a complete version can be made live", ns)
 	case errors.Is(err, writers.ErrConflict):

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -154,7 +155,22 @@ func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
 	if sn == nil {
 		return
 	}
-	a, aerr := s.answer(r.Context(), n, sn, key, req)
+	// The release in the snapshot picks the arm, and the arm the version (release.go).
+	asn, arm, rel := sn, -1, sn.rel
+	if rel != nil && rel.routing {
+		var h uint64
+		asn, arm, h = rel.route(sn, unitOf(r, key))
+		if rel.ab {
+			rel.c.units[arm].insert(h)
+		}
+	}
+	a, missing, aerr := s.answer(r.Context(), n, asn, key, req)
+	w.Header()[VersionHeader] = asn.header()
+	if arm >= 0 {
+		rel.count(arm, missing, aerr != nil && failedCode(aerr.code), precomputedValue(&a))
+		w.Header()[ArmHeader] = armHeaders[arm]
+		a.Arm = armNames[arm]
+	}
 	if aerr != nil {
 		s.writeError(w, aerr)
 		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
@@ -166,6 +182,21 @@ func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, a)
 	s.met.latency.WithLabelValues(n.name, a.Source).Observe(time.Since(start).Seconds())
+	if rel != nil && rel.shadow && a.Source == SourcePrecomputed && rel.sampled() {
+		s.shadowOffer(n, rel, key, a.Value) // after the answer is written: never delays it
+	}
+}
+
+// armHeaders are the Staticref-Arm header values, by arm.
+var armHeaders = [2][]string{{writers.ArmLive}, {writers.ArmCandidate}}
+
+// precomputedValue is a's value when the version held it (what the release histograms
+// count), else nil.
+func precomputedValue(a *Answer) json.RawMessage {
+	if a.Source == SourcePrecomputed {
+		return a.Value
+	}
+	return nil
 }
 
 // BatchAnswer is the answer of :batchGet: every key answered from Version.
@@ -179,7 +210,7 @@ type BatchAnswer struct {
 func (s *Service) handleAction(w http.ResponseWriter, r *http.Request) {
 	name, action, ok := strings.Cut(r.PathValue("target"), ":")
 	if !ok {
-		s.writeError(w, errorf(CodeNotFound, "no such endpoint: POST %s: use /v1/NS:batchGet, :flip or :rollback", r.URL.Path))
+		s.writeError(w, errorf(CodeNotFound, "no such endpoint: POST %s: use /v1/NS:batchGet, :flip, :rollback or :release", r.URL.Path))
 		return
 	}
 	n := s.namespace(w, name)
@@ -189,13 +220,18 @@ func (s *Service) handleAction(w http.ResponseWriter, r *http.Request) {
 	switch action {
 	case "batchGet":
 		s.handleBatch(w, r, n)
+	case "release":
+		if !s.authorized(w, r) {
+			return
+		}
+		s.handleRelease(w, r, n)
 	case "flip", "rollback":
 		if !s.authorized(w, r) {
 			return
 		}
 		s.handleFlip(w, r, n, action)
 	default:
-		s.writeError(w, errorf(CodeNotFound, "no such action %q: use batchGet, flip or rollback", action))
+		s.writeError(w, errorf(CodeNotFound, "no such action %q: use batchGet, flip, rollback or release", action))
 	}
 }
 
@@ -261,7 +297,15 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 			}
 		}
 	}
-	answers, aerr := s.batch(r.Context(), n, sn, body.Keys, req, body.Features)
+	var answers []Answer
+	var missing []bool
+	var aerr *apiError
+	rel := sn.rel
+	if rel != nil && rel.routing {
+		answers, aerr = s.routedBatch(r, n, sn, rel, body.Keys, req, body.Features)
+	} else {
+		answers, missing, aerr = s.batch(r.Context(), n, sn, body.Keys, req, body.Features)
+	}
 	if aerr != nil {
 		s.writeError(w, aerr)
 		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
@@ -273,6 +317,74 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 	}
 	writeJSON(w, http.StatusOK, BatchAnswer{Namespace: n.name, Version: sn.Manifest.Version, Stale: stale, Answers: answers})
 	s.met.latency.WithLabelValues(n.name, "batch").Observe(time.Since(start).Seconds())
+	if rel != nil && rel.shadow && missing != nil {
+		for i := range answers {
+			if !missing[i] && answers[i].Source == SourcePrecomputed && rel.sampled() {
+				s.shadowOffer(n, rel, answers[i].Key, answers[i].Value)
+			}
+		}
+	}
+}
+
+// routedBatch answers a batch while a release routes: each key goes to the arm of its
+// unit (the request's ?unit= or Staticref-Unit for every key, else the key itself), each
+// arm's keys are answered from its version, concurrently, and each answer names its
+// version and arm. An arm that fails fails the batch.
+func (s *Service) routedBatch(r *http.Request, n *namespace, sn *Snapshot, rel *releaseView, keys []string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
+	unit, _ := queryValue(r.URL.RawQuery, "unit")
+	if unit == "" {
+		unit = r.Header.Get(UnitHeader)
+	}
+	var idx [2][]int
+	var snaps [2]*Snapshot
+	for i, k := range keys {
+		u := unit
+		if u == "" {
+			u = k
+		}
+		asn, arm, h := rel.route(sn, u)
+		snaps[arm] = asn
+		idx[arm] = append(idx[arm], i)
+		if rel.ab {
+			rel.c.units[arm].insert(h)
+		}
+	}
+	out := make([]Answer, len(keys))
+	var errs [2]*apiError
+	var wg sync.WaitGroup
+	for arm := range idx {
+		if len(idx[arm]) == 0 {
+			continue
+		}
+		wg.Go(func() {
+			sub := make([]string, len(idx[arm]))
+			for j, i := range idx[arm] {
+				sub[j] = keys[i]
+			}
+			answers, missing, err := s.batch(r.Context(), n, snaps[arm], sub, req, features)
+			if err != nil {
+				for range sub {
+					rel.count(arm, false, failedCode(err.code), nil)
+				}
+				errs[arm] = err
+				return
+			}
+			for j, i := range idx[arm] {
+				a := &answers[j]
+				a.Arm = armNames[arm]
+				failed := a.Error != nil && failedCode(a.Error.Code)
+				rel.count(arm, missing[j], failed, precomputedValue(a))
+				out[i] = *a
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // Status is the answer of GET /v1/{namespace}.
@@ -312,6 +424,12 @@ func summarize(m *writers.Manifest) *ManifestSummary {
 }
 
 func (s *Service) handleStatus(w http.ResponseWriter, r *http.Request) {
+	if name, ok := strings.CutSuffix(r.PathValue("namespace"), ":release"); ok {
+		if n := s.namespace(w, name); n != nil {
+			s.handleReleaseStatus(w, r, n)
+		}
+		return
+	}
 	n := s.namespace(w, r.PathValue("namespace"))
 	if n == nil {
 		return

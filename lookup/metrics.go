@@ -22,6 +22,17 @@ type metrics struct {
 	age       *prometheus.GaugeVec   // namespace
 	stale     *prometheus.GaugeVec   // namespace
 
+	// Releases (release.go, judge.go, shadow.go).
+	relAnswers    *prometheus.CounterVec   // namespace, arm
+	relWeight     *prometheus.GaugeVec     // namespace
+	relState      *prometheus.GaugeVec     // namespace, state
+	judgements    *prometheus.CounterVec   // namespace, outcome
+	aborts        *prometheus.CounterVec   // namespace, reason (the failed metric, or admin)
+	shadowAbsDiff *prometheus.HistogramVec // namespace
+	shadowDropped *prometheus.CounterVec   // namespace
+	relPSI        *prometheus.GaugeVec     // namespace
+	srm           *prometheus.GaugeVec     // namespace
+
 	nHits, nMisses atomic.Int64 // for the hit ratio
 }
 
@@ -85,6 +96,36 @@ func newMetrics() *metrics {
 			Name: "staticref_namespace_stale", Help: "1 when the live version is older than max_staleness.",
 		}, []string{"namespace"}),
 	}
+	m.relAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_release_answers_total", Help: "Keys answered while a release routes, by arm (live or candidate).",
+	}, []string{"namespace", "arm"})
+	m.relWeight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "staticref_release_weight_percent", Help: "The candidate's weight of the release this replica serves (0: none routes).",
+	}, []string{"namespace"})
+	m.relState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "staticref_release_state", Help: "1 for the state of the namespace's release record (running, paused, promoted, aborted).",
+	}, []string{"namespace", "state"})
+	m.judgements = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_release_judgements_total", Help: "Canary intervals this replica judged, by outcome (hold, pass, fail).",
+	}, []string{"namespace", "outcome"})
+	m.aborts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_release_aborts_total", Help: "Releases this replica aborted, by reason: the failed metric (not_found_rate, error_rate, psi) or admin.",
+	}, []string{"namespace", "reason"})
+	m.shadowAbsDiff = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "staticref_shadow_abs_diff",
+		Help:    "|candidate - live| of the first output's first value, per compared shadow key.",
+		Buckets: []float64{1e-6, 1e-5, 1e-4, 1e-3, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+	}, []string{"namespace"})
+	m.shadowDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_shadow_dropped_total", Help: "Sampled shadow keys dropped because the comparison queue was full.",
+	}, []string{"namespace"})
+	m.relPSI = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "staticref_release_psi", Help: "PSI of the candidate's answers against the live version's deciles: the last judged canary interval, or a shadow so far.",
+	}, []string{"namespace"})
+	m.srm = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "staticref_release_srm_p_value", Help: "Sample-ratio-mismatch p-value (chi-squared) of an A/B test's distinct units per arm.",
+	}, []string{"namespace"})
+	m.reg.MustRegister(m.relAnswers, m.relWeight, m.relState, m.judgements, m.aborts, m.shadowAbsDiff, m.shadowDropped, m.relPSI, m.srm)
 	ratio := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "staticref_cache_hit_ratio", Help: "Cache hits / (hits + misses) since start.",
 	}, func() float64 {

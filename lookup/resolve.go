@@ -22,6 +22,18 @@ type Snapshot struct {
 	Store *writers.Store
 
 	fb *fallbacks // cold-start answers, rendered by prepare (service only)
+	// rel is the namespace's release as this snapshot serves it (service only; nil: none).
+	rel *releaseView
+	// versionHeader is the Staticref-Version header's value, made once (prepare).
+	versionHeader []string
+}
+
+// header is the Staticref-Version header value of sn's answers.
+func (sn *Snapshot) header() []string {
+	if sn.versionHeader != nil {
+		return sn.versionHeader
+	}
+	return []string{sn.Manifest.Version}
 }
 
 // Resolve returns the live version of ns with its manifest.
@@ -90,4 +102,5 @@ func (sn *Snapshot) prepare(cfg *NamespaceConfig, log *slog.Logger) {
 		fb.def = v
 	}
 	sn.fb = fb
+	sn.versionHeader = []string{m.Version}
 }

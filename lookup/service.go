@@ -21,7 +21,6 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-
 // Service is the HTTP lookup service over one or more namespaces.
 //
 // Versions during a flip. Each namespace holds its live version as one
@@ -33,6 +32,9 @@ import (
 // old snapshot or the new one, never a mix; and the old version stays intact in the
 // store (a flip never deletes it; gc keeps `keep` previous versions), so requests that
 // started on it finish on it without an error.
+//
+// The snapshot also carries the namespace's release, if any, and the snapshot of its
+// candidate (release.go), so a request sees one consistent (live, release, candidate).
 //
 // Flips reach the service in two ways: the store's notification (Redis pub/sub on
 // redis.FlipChannel, found through writers.Store.WatchFlips) kicks an immediate refresh, and a poll every poll_interval
@@ -47,6 +49,11 @@ type Service struct {
 	names []string // sorted
 	token *[sha256.Size]byte
 	now   func() time.Time
+
+	// replica names this process in release records (the judge's lease) and sketches:
+	// random per process.
+	replica string
+	rt      releaseTiming
 }
 
 // namespace is one served namespace.
@@ -62,6 +69,9 @@ type namespace struct {
 	// refreshing serialises refresh: the background loop and an admin flip both refresh,
 	// and a slower one that read the old pointer must not store its snapshot last.
 	refreshing sync.Mutex
+
+	rel     releaseState   // the release's counters and the judge's view (release.go)
+	shadowQ chan shadowJob // sampled keys for the shadow comparison (shadow.go)
 }
 
 // openedSource is a namespace's source once its store is open.
@@ -91,7 +101,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(cfg.CacheEntries), ns: map[string]*namespace{}, now: time.Now}
+	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(cfg.CacheEntries), ns: map[string]*namespace{}, now: time.Now,
+		replica: replicaID(), rt: defaultReleaseTiming()}
 	if cfg.AdminTokenFile != "" {
 		b, err := os.ReadFile(cfg.AdminTokenFile)
 		if err != nil {
@@ -109,7 +120,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 		if _, err := writers.ParseURL(nc.Store); err != nil {
 			return nil, fmt.Errorf("%w: namespaces.%s.store: %v", ErrConfig, name, err)
 		}
-		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1)}
+		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1), shadowQ: make(chan shadowJob, shadowQueue)}
 		if nc.Model != "" {
 			n.online = newOnline(nc.Model, nc.Device)
 		}
@@ -224,6 +235,7 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	served := make(chan struct{}) // closed once the HTTP server has finished its requests
 	for _, n := range s.ns {
 		g.Go(func() error {
 			if n.src.Load() == nil && !s.connect(gctx, n) {
@@ -231,19 +243,21 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 			}
 			var wg sync.WaitGroup
 			wg.Go(func() { n.src.Load().watch(gctx, n.name, n.kick) })
+			wg.Go(func() { s.releases(gctx, n, served) })
 			s.watch(gctx, n)
 			wg.Wait()
 			return nil
 		})
 	}
 	g.Go(func() error {
-		s.log.Info("lookup service listening", "addr", ln.Addr().String(), "namespaces", strings.Join(s.names, ","))
+		s.log.Info("lookup service listening", "addr", ln.Addr().String(), "namespaces", strings.Join(s.names, ","), "replica", s.replica)
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve http: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
+		defer close(served)
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), DefaultShutdownGrace)
 		defer cancel()
@@ -297,11 +311,26 @@ func (s *Service) refresh(ctx context.Context, n *namespace) {
 		s.ageMetrics(n, cur)
 		return
 	}
-	if next != cur {
-		if next != nil {
-			next.prepare(n.cfg, s.log)
+	fresh := next != cur // a new live version
+	if fresh && next != nil {
+		next.prepare(n.cfg, s.log)
+	}
+	// The release goes into the same snapshot as the live version (release.go).
+	rv := s.releaseView(ctx, n, next, cur)
+	if rv == nil && cur != nil && cur.rel != nil {
+		s.releaseGauges(n, nil)
+	}
+	if next != nil && rv != next.rel {
+		if !fresh {
+			c := *next
+			next = &c
 		}
+		next.rel = rv
+	}
+	if next != cur {
 		n.snap.Store(next)
+	}
+	if fresh {
 		from, to := versionOf(cur), versionOf(next)
 		if from != "" {
 			s.met.live.DeleteLabelValues(n.name, from)
@@ -336,6 +365,13 @@ func (s *Service) ageMetrics(n *namespace, sn *Snapshot) {
 
 func (n *namespace) isStale(age time.Duration) bool {
 	return n.cfg.MaxStaleness > 0 && age > time.Duration(n.cfg.MaxStaleness)
+}
+
+// replicaID is a random name for this process. It tells nothing of the machine: release
+// records, which anyone may read through GET /v1/{ns}:release, carry it. The log says
+// which process it is.
+func replicaID() string {
+	return fmt.Sprintf("replica-%016x", rand.Uint64())
 }
 
 func versionOf(sn *Snapshot) string {

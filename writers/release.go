@@ -53,7 +53,8 @@ type Release struct {
 	// Shadow: the share of requests that also read the candidate.
 	Shadow ShadowConfig `json:"shadow,omitzero"`
 
-	// Judged is the last judgement interval judged; Failures the failed ones in a row.
+	// Judged is how many judgement intervals have been judged (the next to judge is
+	// number Judged, counting from 0); Failures the failed ones in a row.
 	Judged   int64 `json:"judged"`
 	Failures int   `json:"failures"`
 	// The judge's lease: the replica that judges, until when. A replica takes it by a
@@ -92,7 +93,7 @@ type ShadowConfig struct {
 // or an action (start, step, pause, resume, promote, abort, flip, rollback).
 type Judgement struct {
 	At       time.Time `json:"at"`
-	Interval int64     `json:"interval,omitempty"`
+	Interval int64     `json:"interval"`
 	Outcome  string    `json:"outcome"` // hold | pass | fail | start | step | pause | resume | promote | abort | end
 	Weight   float64   `json:"weight_percent"`
 	Reason   string    `json:"reason,omitempty"`

@@ -2,6 +2,7 @@ package writers
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -156,7 +157,9 @@ func StartRelease(ctx context.Context, s *Store, spec ReleaseSpec, now time.Time
 		return nil, fmt.Errorf("start release of %s: %w: %s of %s is %s; promote or abort it first", ns, ErrReleaseRunning, cur.ID, cur.Candidate, cur.State)
 	}
 	r.Live = live
-	r.ID = now.UTC().Format(VersionIDLayout) + "-" + shortHash(ns+"/"+spec.Candidate)
+	// Unique per start, so that a release restarted within the second never adds to the
+	// counters of the one before it.
+	r.ID = now.UTC().Format(VersionIDLayout) + "-" + randomID()
 	r.Salt = spec.Salt
 	if r.Salt == "" {
 		r.Salt = r.ID
@@ -206,9 +209,13 @@ func checkSteps(steps []float64) error {
 	return nil
 }
 
-func shortHash(s string) string {
-	h := sha256.Sum256([]byte(s))
-	return fmt.Sprintf("%x", h[:3])
+// randomID is 6 random hex digits.
+func randomID() string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return fmt.Sprintf("%x", b)
 }
 
 // UpdateRelease applies change to the namespace's release record and swaps it in,
