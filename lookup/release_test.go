@@ -22,6 +22,7 @@ import (
 
 	"github.com/staticref/staticref/lookup"
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/redistest"
 )
 
 // Releases on read through the real HTTP API of real services: versions written with
@@ -214,8 +215,23 @@ func storeConfig(url string) string {
 // 10% ± 1% to the candidate, each key to the arm that the documented hash gives, every
 // answer exact for its version; an abort returns every key to live.
 func TestACanaryRoutesByTheDocumentedHash(t *testing.T) {
+	t.Run("on redis", func(t *testing.T) {
+		url := redistest.Standalone(t)
+		s, err := writers.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		canaryRouting(t, s, url)
+	})
+	t.Run("on pebble", func(t *testing.T) {
+		s, url := pebbleStore(t)
+		canaryRouting(t, s, url)
+	})
+}
+
+func canaryRouting(t *testing.T, s *writers.Store, url string) {
 	const n = 20000
-	s, url := pebbleStore(t)
 	keys := keysOf(n)
 	v1 := putVersion(t, s, "churn", "v1", keys, liveValue)
 	v2 := putVersion(t, s, "churn", "v2", keys, candValue)
