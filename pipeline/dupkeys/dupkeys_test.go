@@ -51,3 +51,28 @@ func TestCountMatchesAMap(t *testing.T) {
 		})
 	}
 }
+
+// TestCountingAllocatesNothingPerKey: adding, spilling and merging cost a few
+// allocations per run of the buffer, none per key.
+func TestCountingAllocatesNothingPerKey(t *testing.T) {
+	keys := make([][]byte, 100_000)
+	for i := range keys {
+		keys[i] = []byte(fmt.Sprintf("k%08d", i%60_000))
+	}
+	dir := t.TempDir()
+	allocs := testing.AllocsPerRun(3, func() {
+		c := New(10_000*16, dir) // 10 spilled runs
+		for _, k := range keys {
+			if err := c.Add(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rows, _, err := c.Count(); err != nil || rows != 40_000 {
+			t.Fatalf("Count = %d, %v; want 40000", rows, err)
+		}
+		c.Close()
+	})
+	if per := allocs / float64(len(keys)); per > 0.01 {
+		t.Errorf("%.0f allocations for %d keys (%.3f a key), want almost none per key", allocs, len(keys), per)
+	}
+}
