@@ -478,10 +478,14 @@ func onnxgen1(t *testing.T, dir string) string {
 }
 
 // writeKeys writes a Parquet file with the given keys and one feature column.
-func writeKeys(t *testing.T, path string, keys []string) {
+func writeKeys(t *testing.T, path string, keys []string) { writeKeysOf(t, path, keys) }
+
+// writeKeysOf writes one row per key (of type K: a string or an integer column user_id)
+// with f0 = its index and country DE.
+func writeKeysOf[K any](t *testing.T, path string, keys []K) {
 	t.Helper()
 	type row struct {
-		UserID  string  `parquet:"user_id"`
+		UserID  K       `parquet:"user_id"`
 		F0      float64 `parquet:"f0"`
 		Country string  `parquet:"country"`
 	}
@@ -800,7 +804,7 @@ func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 	mixed := filepath.Join(dir, "mixed")
 	os.MkdirAll(mixed, 0o755)
 	writeKeys(t, filepath.Join(mixed, "a.parquet"), []string{"41", "42", "x"})
-	writeIntKeys(t, filepath.Join(mixed, "b.parquet"), []int64{42, 43})
+	writeKeysOf(t, filepath.Join(mixed, "b.parquet"), []int64{42, 43})
 	s, url := openStore(t)
 	job := func(uri string, sets ...string) *jobs.Job {
 		return newJob(t, d, url, append([]string{"source.uri=" + uri, "source.features=[f0]", "model.path=" + model}, sets...)...)
@@ -889,20 +893,4 @@ func TestDuplicateKeysFailTheUniqueKeysGate(t *testing.T) {
 			t.Errorf("completed by shard 1: %v, duplicate_keys %d, repeated_keys %d; want ErrGateFailed, 6000, 6000", err, res.Manifest.DuplicateKeys, res.Manifest.RepeatedKeys)
 		}
 	})
-}
-
-func writeIntKeys(t *testing.T, path string, keys []int64) {
-	t.Helper()
-	type row struct {
-		UserID  int64   `parquet:"user_id"`
-		F0      float64 `parquet:"f0"`
-		Country string  `parquet:"country"`
-	}
-	rows := make([]row, len(keys))
-	for i, k := range keys {
-		rows[i] = row{UserID: k, F0: float64(i), Country: "DE"}
-	}
-	if err := parquet.WriteFile(path, rows); err != nil {
-		t.Fatal(err)
-	}
 }
