@@ -280,6 +280,12 @@ func (a *accountant) finish(ctx context.Context, all []task) (waiting int, err e
 		defer keys.Close()
 	}
 	r.sample = a.sample
+	if a.sample != nil {
+		m.SampleKeys = m.SampleKeys[:0]
+		for _, k := range a.sample.keys() {
+			m.SampleKeys = append(m.SampleKeys, string(k))
+		}
+	}
 	if m.DuplicateKeys, m.RepeatedKeys, err = keys.Count(); err != nil {
 		return 0, fmt.Errorf("count duplicate keys: %w", err)
 	}

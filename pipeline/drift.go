@@ -24,8 +24,11 @@ import (
 //     unless its values tie across a decile. The gate's value is the largest PSI of any
 //     output both versions have; a live version that records no distributions (written by
 //     an older staticref) is not compared.
-//   - min_key_overlap: the share of the sampled keys (see keySample) that the live version
-//     holds.
+//   - min_key_overlap: the share of the live version's sampled keys that the new version
+//     holds: a candidate that lost keys scores below 1. The sample is the one the live
+//     version's run recorded (Manifest.SampleKeys, see keySample); a live version that
+//     recorded none (written before, or without the gates) is compared through this run's
+//     own sample instead, the share of it that live holds, and the detail says so.
 //   - max_mean_abs_diff: per output, the mean of |new - live| over every value of the
 //     sampled keys that both versions hold (NaN and null values left out), the largest of
 //     any output both versions have with the same width. With no sampled key in both
@@ -120,6 +123,7 @@ func psiGate(m, lm *writers.Manifest, limit float64) writers.GateResult {
 // sampleComparison is what reading the sampled keys from both versions found.
 type sampleComparison struct {
 	sampled, inLive int
+	fromLive        bool     // the sample is the live version's; else this run's
 	outputs         []string // compared: in both versions with one width
 	sum             []float64
 	n               []int64
@@ -129,7 +133,15 @@ type sampleComparison struct {
 // compareSample reads the sampled keys from this version and the live one.
 func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleComparison, error) {
 	keys := r.sample.keys()
-	cmp := &sampleComparison{sampled: len(keys)}
+	cmp := &sampleComparison{}
+	if len(lm.SampleKeys) > 0 {
+		keys = keys[:0:0]
+		for _, k := range lm.SampleKeys {
+			keys = append(keys, []byte(k))
+		}
+		cmp.fromLive = true
+	}
+	cmp.sampled = len(keys)
 	type pair struct{ mine, live int } // offsets of an output's values in each decoded row
 	var pairs []pair
 	var widths []int
@@ -164,13 +176,15 @@ func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleC
 			return nil, fmt.Errorf("read sampled keys of live version %s: %w", lm.Version, err)
 		}
 		for i, key := range batch {
-			if mv[i] == nil {
+			switch {
+			case cmp.fromLive && lv[i] == nil:
+				return nil, fmt.Errorf("sampled key %q of live version %s is not in the store", key, lm.Version)
+			case !cmp.fromLive && mv[i] == nil:
 				return nil, fmt.Errorf("sampled key %q of version %s is not in the store", key, r.m.Version)
+			case mv[i] == nil || lv[i] == nil:
+				continue // counted as not in both
 			}
-			if lv[i] == nil {
-				continue
-			}
-			cmp.inLive++
+			cmp.inLive++ // in both versions
 			if mine, err = decodeValue(r.m, mv[i], mine[:0]); err != nil {
 				return nil, fmt.Errorf("key %q: %w", key, err)
 			}
@@ -199,8 +213,13 @@ func (c *sampleComparison) overlapGate(live string, limit float64) writers.GateR
 	}
 	res.Value = float64(c.inLive) / float64(c.sampled)
 	res.Passed = res.Value >= limit
-	res.Detail = fmt.Sprintf("%d of %d sampled keys are in live version %s: overlap %.4f, at least %.4f",
-		c.inLive, c.sampled, live, res.Value, limit)
+	if c.fromLive {
+		res.Detail = fmt.Sprintf("%d of %d keys sampled from live version %s are in this version: overlap %.4f, at least %.4f",
+			c.inLive, c.sampled, live, res.Value, limit)
+	} else {
+		res.Detail = fmt.Sprintf("%d of %d sampled keys are in live version %s (it records no key sample, so this version's keys were sampled): overlap %.4f, at least %.4f",
+			c.inLive, c.sampled, live, res.Value, limit)
+	}
 	return res
 }
 

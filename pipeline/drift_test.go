@@ -243,6 +243,7 @@ func TestDriftGatesRefuseShiftedOrReshuffledPredictions(t *testing.T) {
 	permuted := writePermuted(t, d, t.TempDir(), 1, "")
 	renamed := writePermuted(t, d, t.TempDir(), 0, "new-")
 	gates := []string{"release.gates.max_psi=0.1", "release.gates.max_mean_abs_diff=0.001", "release.gates.min_key_overlap=0.95"}
+	shards, _ := filepath.Glob(filepath.Join(d.dir, "features", "*.parquet"))
 
 	t.Run("an identical re-run passes every drift gate", func(t *testing.T) {
 		res, err := run(t, s, newJob(t, d, url, append(gates, "release.gates.sample_keys=500")...))
@@ -277,6 +278,11 @@ func TestDriftGatesRefuseShiftedOrReshuffledPredictions(t *testing.T) {
 		{"the same values under other keys pass max_psi but fail max_mean_abs_diff", []string{"source.uri=" + permuted},
 			"max_mean_abs_diff", 0.01, []string{"max_psi", "min_key_overlap"}},
 		{"rows under new keys fail min_key_overlap", []string{"source.uri=" + renamed}, "min_key_overlap", 0, []string{"max_psi"}},
+		// The live version (the identical re-run above) recorded its key sample: half of
+		// those keys are missing here, which a sample of this version's own keys would
+		// never see.
+		{"half of the live version's keys missing fail min_key_overlap", []string{"source.uri=" + shards[0]},
+			"min_key_overlap", 0.3, []string{"max_mean_abs_diff"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			live, _ := s.Live(ctx, "scores")

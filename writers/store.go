@@ -136,6 +136,10 @@ type Manifest struct {
 
 	Commits []Commit     `json:"shards,omitempty"`
 	Gates   []GateResult `json:"gates,omitempty"`
+	// SampleKeys is the run's sample of the version's keys for the drift gates of the next
+	// runs (up to release.gates.sample_keys keys: the smallest hashes, so a re-run of the
+	// same input samples the same keys); recorded only when a drift gate samples keys.
+	SampleKeys []string `json:"sample_keys,omitempty"`
 	// Distributions of each output's values, computed by the run that wrote the version
 	// (for the drift gates, shadow and canary PSI, and the status page).
 	Distributions []Distribution `json:"distributions,omitempty"`
