@@ -33,7 +33,8 @@ import (
 //     earlier interval (of the last 8) in which it had min_requests;
 //   - fail when the candidate's not-found rate, or its error rate, exceeds live's by more
 //     than max_not_found_increase / max_error_increase, or the PSI of the candidate's
-//     answer histogram against the live version's decile shares exceeds max_psi;
+//     answer histogram against the live version's own shares of its decile bins (a tenth
+//     each unless its values tie, dist.BinShares) exceeds max_psi;
 //   - else pass.
 //
 // failure_limit failed intervals in a row abort the release (AbortRelease, the reason
@@ -91,9 +92,10 @@ const (
 	metricPSI      = "psi"
 )
 
-// decide judges one interval's counts of both arms under c. hist says whether the
-// candidate's answers were binned (the live version has a distribution).
-func decide(c writers.CanaryConfig, live, cand armTotals, hist bool) verdict {
+// decide judges one interval's counts of both arms under c. expected are the live
+// version's own shares of the bins the candidate's answers were binned in (nil: they were
+// not, the live version has no distribution).
+func decide(c writers.CanaryConfig, live, cand armTotals, expected []float64) verdict {
 	v := verdict{psi: math.NaN()}
 	if n := min(live.Requests, cand.Requests); n < c.MinRequests {
 		v.outcome, v.metric, v.value, v.limit = "hold", metricRequests, float64(n), float64(c.MinRequests)
@@ -102,13 +104,13 @@ func decide(c writers.CanaryConfig, live, cand armTotals, hist bool) verdict {
 	}
 	nf := cand.rate(cand.NotFound) - live.rate(live.NotFound)
 	er := cand.rate(cand.Errors) - live.rate(live.Errors)
-	if hist {
+	if expected != nil {
 		var n int64
 		for _, x := range cand.hist {
 			n += x
 		}
 		if n > 0 {
-			v.psi = dist.PSI(dist.DecileShares(), cand.hist[:])
+			v.psi = dist.PSI(expected, cand.hist[:])
 		}
 	}
 	switch {
@@ -222,7 +224,7 @@ func (s *Service) judge(ctx context.Context, n *namespace) {
 			}
 		}
 	}
-	v := decide(rec.Canary, live, cand, sn.rel.edges != nil)
+	v := decide(rec.Canary, live, cand, sn.rel.shares)
 	v.reason += baseline
 	if !math.IsNaN(v.psi) {
 		s.met.relPSI.WithLabelValues(n.name).Set(v.psi)
@@ -283,7 +285,7 @@ func (s *Service) decideInterval(ctx context.Context, store *writers.Store, n *n
 	case v.outcome == "fail" && updated.Failures >= updated.Canary.FailureLimit:
 		reason := fmt.Sprintf("canary judgement: %s %.4f > %g in %d intervals in a row (the last, interval %d: %s)",
 			v.metric, v.value, v.limit, updated.Failures, e, v.reason)
-		r, err := writers.AbortRelease(ctx, store, n.name, s.replica, reason, now)
+		r, err := writers.AbortRunningRelease(ctx, store, n.name, rec.ID, s.replica, reason, now)
 		n.rel.saw(r)
 		if err != nil {
 			s.log.Warn("canary judge: abort", "namespace", n.name, "release", rec.ID, "err", err)
@@ -292,7 +294,7 @@ func (s *Service) decideInterval(ctx context.Context, store *writers.Store, n *n
 		s.met.aborts.WithLabelValues(n.name, v.metric).Inc()
 		s.log.Warn("canary aborted", "namespace", n.name, "release", rec.ID, "candidate", rec.Candidate, "reason", reason)
 	case promote:
-		r, err := writers.PromoteRelease(ctx, store, n.name, s.replica, now)
+		r, err := writers.PromoteRunningRelease(ctx, store, n.name, rec.ID, s.replica, now)
 		n.rel.saw(r)
 		if err != nil {
 			s.log.Warn("canary judge: promote", "namespace", n.name, "release", rec.ID, "err", err)

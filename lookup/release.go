@@ -99,6 +99,7 @@ type releaseView struct {
 	// sample: a shadow samples a request when a uniform draw below 10000 is below it.
 	sample uint64
 	edges  []float64 // the live version's deciles of its first output; nil: no histogram
+	shares []float64 // the live version's own shares of the bins of edges (PSI's expected)
 	c      *releaseCounters
 
 	// broken: the candidate could not be read; the next refresh builds the view again.
@@ -397,7 +398,7 @@ func (s *Service) releaseView(ctx context.Context, n *namespace, live, cur *Snap
 		}
 	}
 	if d := live.Manifest.Distributions; len(d) > 0 {
-		v.edges = dist.Deciles(d[0])
+		v.edges, v.shares = decileBins(d[0])
 	}
 	v.c = n.rel.countersFor(rec)
 	for i, arm := range armNames {
@@ -416,6 +417,16 @@ func (s *Service) releaseView(ctx context.Context, n *namespace, live, cur *Snap
 			"routing", v.routing, "shadow", v.shadow)
 	}
 	return v
+}
+
+// decileBins are the deciles of a live version's output and the shares of its own values
+// in the bins they make: a tenth each, unless its values tie across a decile (a discrete
+// output), when assuming a tenth would fail a candidate identical to live. nil: none.
+func decileBins(d writers.Distribution) (edges, shares []float64) {
+	if edges = dist.Deciles(d); edges == nil {
+		return nil, nil
+	}
+	return edges, dist.BinShares(d, edges)
 }
 
 // releaseGauges sets the weight and state gauges of n's release.

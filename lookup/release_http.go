@@ -188,7 +188,11 @@ func (s *Service) releaseStatus(ctx context.Context, store *writers.Store, n *na
 	case writers.ModeShadow:
 		sh := rec.Shadow
 		st.Shadowed = &sh
-		st.Shadow = shadowStatus(counts)
+		var shares []float64 // the live version's own shares of its decile bins
+		if sn := n.snap.Load(); sn != nil && sn.rel != nil && sn.rel.rec.ID == rec.ID {
+			shares = sn.rel.shares
+		}
+		st.Shadow = shadowStatus(counts, shares)
 	case writers.ModeAB:
 		live, cand, err := s.distinctUnits(ctx, store, n.name, rec.ID)
 		if err != nil {
@@ -202,8 +206,9 @@ func (s *Service) releaseStatus(ctx context.Context, store *writers.Store, n *na
 	return st, nil
 }
 
-// shadowStatus is the comparison that a shadow's counts add up to.
-func shadowStatus(counts map[string]int64) *ShadowStatus {
+// shadowStatus is the comparison that a shadow's counts add up to; expected are the live
+// version's own shares of its decile bins (nil: a tenth each).
+func shadowStatus(counts map[string]int64, expected []float64) *ShadowStatus {
 	sh := &ShadowStatus{Sampled: counts["shadow.sampled"], Compared: counts["shadow.compared"],
 		Missing: counts["shadow.missing"], Dropped: counts["shadow.dropped"]}
 	if sh.Compared > 0 {
@@ -213,7 +218,10 @@ func shadowStatus(counts map[string]int64) *ShadowStatus {
 		for b := range hist {
 			hist[b] = counts[fmt.Sprintf("shadow.hist.%d", b)]
 		}
-		if p := dist.PSI(dist.DecileShares(), hist); !math.IsNaN(p) {
+		if expected == nil {
+			expected = dist.DecileShares()
+		}
+		if p := dist.PSI(expected, hist); !math.IsNaN(p) {
 			sh.PSI = &p
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/staticref/staticref/writers"
+	"github.com/staticref/staticref/writers/dist"
 )
 
 func TestTheServiceBucketIsTheDocumentedOne(t *testing.T) {
@@ -123,7 +124,11 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := decide(c, tt.live, tt.cand, tt.hist)
+			var expected []float64
+			if tt.hist {
+				expected = dist.DecileShares()
+			}
+			v := decide(c, tt.live, tt.cand, expected)
 			if v.outcome != tt.outcome || v.metric != tt.metric {
 				t.Errorf("got %s %s (%s), want %s %s", v.outcome, v.metric, v.reason, tt.outcome, tt.metric)
 			}
@@ -153,5 +158,41 @@ func TestQueryValue(t *testing.T) {
 		if got, _ := queryValue(tc.raw, "unit"); got != tc.want {
 			t.Errorf("queryValue(%q): got %q, want %q", tc.raw, got, tc.want)
 		}
+	}
+}
+
+// TestJudgingACandidateLikeATiedLivePasses: a live version whose output ties across its
+// deciles (a discrete score: 70% zeros, 30% ones) does not hold a tenth of its values in
+// each decile bin. A candidate answering exactly live's values must pass the PSI check,
+// in the canary judgement and in the shadow's status alike.
+func TestJudgingACandidateLikeATiedLivePasses(t *testing.T) {
+	values := make([]float32, 10000)
+	for i := range values {
+		if i%10 >= 7 {
+			values[i] = 1
+		}
+	}
+	var sk dist.Sketch
+	sk.Add(values)
+	edges, shares := decileBins(sk.Distribution("score"))
+	cand := armTotals{Requests: 2000}
+	for i := range 2000 {
+		cand.hist[dist.Bin(edges, float64(values[i]))]++
+	}
+	hist := cand.hist[:]
+	c := writers.DefaultCanary
+	c.MinRequests = 100
+	if v := decide(c, armTotals{Requests: 2000}, cand, shares); v.outcome != "pass" {
+		t.Errorf("canary: got %s %s (%s), want pass", v.outcome, v.metric, v.reason)
+	}
+	counts := map[string]int64{"shadow.compared": 2000}
+	for b, n := range hist {
+		counts[fmt.Sprintf("shadow.hist.%d", b)] = n
+	}
+	switch sh := shadowStatus(counts, shares); {
+	case sh.PSI == nil:
+		t.Error("shadow: got no PSI, want a number below 0.05")
+	case *sh.PSI > 0.05:
+		t.Errorf("shadow: got PSI %v, want below 0.05", *sh.PSI)
 	}
 }

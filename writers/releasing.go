@@ -333,3 +333,38 @@ func endRelease(ctx context.Context, s *Store, ns, live string, now time.Time, r
 }
 
 var errNothingToDo = errors.New("nothing to do")
+
+// The judge's actions. The judge decides from a record it read a moment before; an admin
+// may have paused (or ended) the release meanwhile, and a paused release must not be
+// aborted or promoted by a judgement. These act only while the release id is running.
+
+// AbortRunningRelease is AbortRelease for the judge: it aborts release id only while it
+// is running, else returns an error wrapping ErrConflict and changes nothing.
+func AbortRunningRelease(ctx context.Context, s *Store, ns, id, by, reason string, now time.Time) (*Release, error) {
+	r, err := UpdateRelease(ctx, s, ns, now, func(r *Release) error {
+		if r.ID != id || r.State != ReleaseRunning {
+			return fmt.Errorf("abort release %s of %s: %w: it is %s %s", id, ns, ErrConflict, r.ID, r.State)
+		}
+		r.State, r.WeightPercent, r.Reason = ReleaseAborted, 0, reason
+		r.History = append(r.History, Judgement{At: now.UTC(), Outcome: "abort", Weight: 0, Reason: reason, By: by})
+		return nil
+	})
+	if err != nil {
+		return r, fmt.Errorf("abort release of %s: %w", ns, err)
+	}
+	return r, nil
+}
+
+// PromoteRunningRelease is PromoteRelease for the judge: it flips the candidate of release
+// id only while that release is running. (A pause in the moment between its read and the
+// flip is not seen: the flip then ends the release as promoted, as an admin's would.)
+func PromoteRunningRelease(ctx context.Context, s *Store, ns, id, by string, now time.Time) (*Release, error) {
+	r, err := s.Release(ctx, ns)
+	if err != nil {
+		return nil, fmt.Errorf("promote release of %s: %w", ns, err)
+	}
+	if r == nil || r.ID != id || r.State != ReleaseRunning {
+		return r, fmt.Errorf("promote release %s of %s: %w: it is no longer running", id, ns, ErrConflict)
+	}
+	return PromoteRelease(ctx, s, ns, by, now)
+}

@@ -226,3 +226,39 @@ func publishMem(t *testing.T, s *writers.Store, ns, v string, flip bool) {
 		}
 	}
 }
+
+// TestTheJudgeNeverOverridesAPause: a judgement read the record while it ran; an admin
+// paused the release before the judge acted. The judge's abort and promote refuse, and
+// the release stays paused with the live pointer where it was.
+func TestTheJudgeNeverOverridesAPause(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	publishMem(t, s, "ns", "v1", true)
+	publishMem(t, s, "ns", "v2", false)
+	r, err := writers.StartRelease(ctx, s, writers.ReleaseSpec{Namespace: "ns", Candidate: "v2", Mode: writers.ModeCanary, WeightPercent: 10}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writers.PauseRelease(ctx, s, "ns", "admin", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writers.AbortRunningRelease(ctx, s, "ns", r.ID, "judge", "psi too high", now); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("the judge's abort of a paused release: %v, want ErrConflict", err)
+	}
+	if _, err := writers.PromoteRunningRelease(ctx, s, "ns", r.ID, "judge", now); !errors.Is(err, writers.ErrConflict) {
+		t.Errorf("the judge's promote of a paused release: %v, want ErrConflict", err)
+	}
+	if cur, _ := s.Release(ctx, "ns"); cur.State != writers.ReleasePaused || cur.WeightPercent != 10 {
+		t.Errorf("after the judge's attempts: %+v, want paused at 10%%", cur)
+	}
+	if live, _ := s.Live(ctx, "ns"); live != "v1" {
+		t.Errorf("live = %s, want v1 untouched", live)
+	}
+	if _, err := writers.ResumeRelease(ctx, s, "ns", "admin", now); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := writers.AbortRunningRelease(ctx, s, "ns", r.ID, "judge", "psi too high", now); err != nil || cur.State != writers.ReleaseAborted {
+		t.Errorf("the judge's abort of the running release: %+v, %v; want aborted", cur, err)
+	}
+}

@@ -62,14 +62,53 @@ func PSI(expected []float64, actual []int64) float64 {
 	return psi
 }
 
-// DecileShares is what PSI expects of the live version's own values over its deciles: a
-// tenth in each of the ten bins.
+// DecileShares is what PSI expects of a live version's own values over its deciles when
+// none tie: a tenth in each of the ten bins (BinShares is the general case).
 func DecileShares() []float64 {
 	s := make([]float64, 10)
 	for i := range s {
 		s[i] = 0.1
 	}
 	return s
+}
+
+// BinShares estimates the shares of d's values in the bins that edges make as Bin assigns
+// them (a value equal to an edge is in the bin above it), from d's quantiles: what PSI
+// expects of the live version's own values over its deciles (BinShares(d, Deciles(d))). It
+// is a tenth in each bin unless values tie across a decile, as a discrete output's do.
+func BinShares(d writers.Distribution, edges []float64) []float64 {
+	if len(d.Quantiles) != writers.DistributionQuantiles {
+		return nil
+	}
+	shares := make([]float64, len(edges)+1)
+	prev := 0.0
+	for i, e := range edges {
+		c := cdfBelow(d.Quantiles, e)
+		shares[i] = c - prev
+		prev = c
+	}
+	shares[len(edges)] = 1 - prev
+	return shares
+}
+
+// cdfBelow is the share of values strictly below x, interpolated between quantiles q (p0..p100
+// in equal steps).
+func cdfBelow(q []float64, x float64) float64 {
+	n := len(q) - 1
+	switch {
+	case x <= q[0]:
+		return 0
+	case x > q[n]:
+		return 1
+	}
+	// The first quantile at or above x; linear from the one before it.
+	i := sort.Search(len(q), func(i int) bool { return q[i] >= x })
+	lo, hi := q[i-1], q[i]
+	frac := 1.0
+	if hi > lo {
+		frac = (x - lo) / (hi - lo)
+	}
+	return (float64(i-1) + frac) / float64(n)
 }
 
 // SharesOver estimates the shares of d's values in the bins that edges make, from d's

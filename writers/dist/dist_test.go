@@ -66,3 +66,40 @@ func TestDecilesBinsAndShares(t *testing.T) {
 		t.Errorf("PSI of a shift by a fifth of the range = %v, want a big one (> 0.25)", psi)
 	}
 }
+
+// TestBinSharesOfTiedValuesAreWhatBinCounts: a live version whose values tie across
+// deciles (70% zeros, 30% ones) does not put a tenth of its values in each decile bin.
+// The expected shares the canary and shadow PSI use must be those Bin gives the version's
+// own values (counted here directly), so that a candidate identical to live has a PSI
+// near 0, not a large one.
+func TestBinSharesOfTiedValuesAreWhatBinCounts(t *testing.T) {
+	values := make([]float32, 10000)
+	for i := range values {
+		if i%10 >= 7 {
+			values[i] = 1
+		}
+	}
+	var s Sketch
+	s.Add(values)
+	d := s.Distribution("score")
+	edges := Deciles(d)
+	counts := make([]int64, len(edges)+1)
+	for _, v := range values {
+		counts[Bin(edges, float64(v))]++
+	}
+	shares := BinShares(d, edges)
+	if psi := PSI(shares, counts); psi > 0.05 {
+		t.Errorf("PSI of the version's own values against BinShares = %v, want below 0.05 (shares %v, counts %v)", psi, shares, counts)
+	}
+	// Continuous values: a tenth in each bin.
+	for i := range values {
+		values[i] = float32(i) / 10000
+	}
+	var c Sketch
+	c.Add(values)
+	for i, sh := range BinShares(c.Distribution("score"), Deciles(c.Distribution("score"))) {
+		if math.Abs(sh-0.1) > 1e-9 {
+			t.Errorf("continuous values: share of bin %d = %v, want 0.1", i, sh)
+		}
+	}
+}
