@@ -50,6 +50,9 @@ type Config struct {
 	MaxBodyBytes int64    `yaml:"max_body_bytes"`
 	StoreTimeout Duration `yaml:"store_timeout"`
 	PollInterval Duration `yaml:"poll_interval"`
+	// UI serves the read-only status page at /ui/ (lookup/ui, docs/lookup.md); absent
+	// means on, false turns it off.
+	UI *bool `yaml:"ui"`
 
 	Namespaces map[string]*NamespaceConfig `yaml:"namespaces"`
 }
@@ -235,6 +238,10 @@ func (c *Config) validate() []yamldecode.Problem {
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = Duration(DefaultPollInterval)
+	}
+	if c.UI == nil {
+		on := true
+		c.UI = &on
 	}
 	if len(c.Namespaces) == 0 {
 		add("namespaces", "serve at least one namespace")

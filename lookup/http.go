@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/staticref/staticref/lookup/ui"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -57,6 +58,9 @@ func (s *Service) Handler() http.Handler {
 		writeJSON(w, status, r)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
+	if s.cfg.UI == nil || *s.cfg.UI {
+		mux.Handle("/ui/", ui.New(s, s.log)) // read-only; GET and its own login POST
+	}
 	mux.HandleFunc("GET /v1/{namespace}", s.handleStatus)
 	mux.HandleFunc("POST /v1/{target}", s.handleAction)
 	mux.HandleFunc("GET /v1/{namespace}/{key...}", s.handleGet)
@@ -738,3 +742,58 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	w.Write(b.Bytes())
 }
+
+// The status page (lookup/ui) reads the service through these three methods.
+
+// StatusNamespaces is every served namespace as the status page shows it, sorted.
+func (s *Service) StatusNamespaces() []ui.Namespace {
+	now := s.now()
+	out := make([]ui.Namespace, 0, len(s.names))
+	for _, name := range s.names {
+		n := s.ns[name]
+		r := s.namespaceReadiness(n, now)
+		v := ui.Namespace{Name: name, StoreURL: writers.RedactURL(n.cfg.Store), MaxStaleness: time.Duration(n.cfg.MaxStaleness),
+			Ready: r.Ready, Reason: r.Reason}
+		if sn := n.snap.Load(); sn != nil {
+			v.Live, v.Store = sn.Manifest, sn.Store
+			_, v.Stale = s.stale(n, sn)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// StatusRelease is ns's release with the counts of every replica; nil when it has none.
+func (s *Service) StatusRelease(ctx context.Context, ns string) (*ui.Release, error) {
+	n, ok := s.ns[ns]
+	if !ok {
+		return nil, nil
+	}
+	store, done, aerr := s.releaseStore(ctx, n)
+	if aerr != nil {
+		return nil, aerr
+	}
+	defer done()
+	st, err := s.currentRelease(ctx, store, n)
+	if st == nil || errors.Is(err, writers.ErrNoReleases) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r := &ui.Release{ID: st.ID, Mode: st.Mode, Live: st.Live, Candidate: st.Candidate, WeightPercent: st.WeightPercent,
+		State: st.State, Reason: st.Reason, StartedAt: st.StartedAt, UpdatedAt: st.UpdatedAt, Canary: st.Canary,
+		Step: st.Step, Judged: st.Judged, Failures: st.Failures, History: st.History, SRMPValue: st.SRMPValue,
+		Arms: [2]ui.Arm{
+			{Requests: st.Arms.Live.Requests, NotFound: st.Arms.Live.NotFound, Errors: st.Arms.Live.Errors},
+			{Requests: st.Arms.Candidate.Requests, NotFound: st.Arms.Candidate.NotFound, Errors: st.Arms.Candidate.Errors}}}
+	if sh := st.Shadow; sh != nil {
+		r.Shadow = &ui.Shadow{Sampled: sh.Sampled, Compared: sh.Compared, Missing: sh.Missing, Dropped: sh.Dropped,
+			MeanAbsDiff: sh.MeanAbsDiff, PSI: sh.PSI}
+	}
+	return r, nil
+}
+
+// AdminTokenHash is the SHA-256 of the admin token, nil without one: the page's login
+// checks a token against it and derives its session cookie from it.
+func (s *Service) AdminTokenHash() *[sha256.Size]byte { return s.token }
