@@ -77,7 +77,9 @@ func Stop() {
 	}
 }
 
-// S3 returns s3://BUCKET?endpoint=http://127.0.0.1:P&use_path_style=true&region=us-east-1
+// S3 returns s3://BUCKET?endpoint=http://127.0.0.1:P&use_path_style=true&region=us-east-1&response_checksum_validation=when_required
+// (an S3-compatible server sends no checksums: without the last, the SDK logs a warning
+// per read)
 // for a new bucket on a shared versitygw.
 func S3(t testing.TB) string {
 	t.Helper()
@@ -103,7 +105,7 @@ func S3(t testing.TB) string {
 
 // S3Query is the query for an S3 bucket URL served at addr (host:port).
 func S3Query(addr string) string {
-	return "endpoint=http://" + addr + "&use_path_style=true&region=us-east-1"
+	return "endpoint=http://" + addr + "&use_path_style=true&region=us-east-1&response_checksum_validation=when_required"
 }
 
 // GCS returns gs://BUCKET for a new bucket on a shared fake-gcs-server, with
