@@ -157,7 +157,7 @@ func TestBadObjectsFailClearlyNamingTheObject(t *testing.T) {
 		}
 	})
 	t.Run("an unreachable endpoint fails within the caller's deadline", func(t *testing.T) {
-		u := "s3://b/x/*.parquet?" + objtest.S3Query("127.0.0.1:1")
+		u := "s3://b/x/*.parquet?" + objtest.S3Query(objtest.Unreachable(t))
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		start := time.Now()

@@ -273,3 +273,9 @@ func freePort(t testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// Unreachable returns a loopback host:port on which nothing listens (a port just freed).
+func Unreachable(t testing.TB) string {
+	t.Helper()
+	return "127.0.0.1:" + strconv.Itoa(freePort(t))
+}
