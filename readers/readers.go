@@ -159,8 +159,8 @@ type File struct {
 	// remote marks an object: column chunks are read in larger pieces, each one range
 	// request.
 	remote bool
-	pr    *file.Reader
-	fr    *pqarrow.FileReader
+	pr     *file.Reader
+	fr     *pqarrow.FileReader
 
 	rowGroups []RowGroup
 	rows      int64
