@@ -353,7 +353,8 @@ func (j *Job) setDefaults() {
 // with --set at the working directory (left as they are).
 func (j *Job) resolvePaths(dir string, fromSet map[string]bool) {
 	abs := func(field, p string) string {
-		if p == "" || filepath.IsAbs(p) || fromSet[field] {
+		// A URL (s3://, gs://, azblob://, file://) is never relative.
+		if p == "" || filepath.IsAbs(p) || fromSet[field] || strings.Contains(p, "://") {
 			return p
 		}
 		return filepath.Join(dir, p)

@@ -3,9 +3,11 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/staticref/staticref/inference"
 	"github.com/staticref/staticref/readers"
+	"github.com/staticref/staticref/readers/objstore"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -60,16 +62,29 @@ func loadModel(ctx context.Context, path string, opts inference.Options) (*Model
 	if err := inference.Init(); err != nil {
 		return nil, err
 	}
+	src := path // what is read: path, or a local copy of an object
+	if objstore.IsURL(path) {
+		// A model in object storage is downloaded once per run under ctx, capped as a
+		// local model is; inference loads it into memory, so the copy goes at once.
+		tmp, err := objstore.Download(ctx, path, "staticref-model-*.onnx", inference.MaxModelBytes)
+		if err != nil {
+			return nil, fmt.Errorf("model %w", err)
+		}
+		defer os.Remove(tmp)
+		src = tmp
+	} else if p, ok := objstore.FilePath(path); ok {
+		path, src = p, p
+	}
 	if opts.Features == 0 {
 		// A variable-length list column: the model's declared input width decides, and
 		// every row's list must have that many values.
-		w, err := inputWidth(ctx, path, opts.Input)
+		w, err := inputWidth(ctx, src, opts.Input)
 		if err != nil {
 			return nil, err
 		}
 		opts.Features = w
 	}
-	m, err := inference.Load(ctx, path, opts)
+	m, err := inference.Load(ctx, src, opts)
 	if err != nil {
 		return nil, err
 	}

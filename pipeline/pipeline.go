@@ -212,7 +212,7 @@ func (r *run) close() {
 // check checks everything that can be checked before any data is read: every input
 // file's schema and the model against the features.
 func (r *run) check(ctx context.Context) error {
-	paths, err := readers.Glob(r.job.Source.URI)
+	paths, err := readers.GlobContext(ctx, r.job.Source.URI)
 	if err != nil {
 		return fmt.Errorf("source.uri: %w", err)
 	}

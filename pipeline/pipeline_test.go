@@ -22,6 +22,7 @@ import (
 	"github.com/staticref/staticref/jobs"
 	"github.com/staticref/staticref/pipeline"
 	"github.com/staticref/staticref/pipeline/progress"
+	"github.com/staticref/staticref/readers/objtest"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
 	_ "github.com/staticref/staticref/writers/pebble" // pebble: stores for the runs under test
@@ -64,6 +65,7 @@ func bigDataset(t *testing.T) *dataset {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	objtest.Stop()
 	if big != nil {
 		os.RemoveAll(big.dir)
 	}

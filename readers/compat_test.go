@@ -191,7 +191,7 @@ func pickColumns(path string) (key string, features []string, err error) {
 		return "", nil, err
 	}
 	defer osf.Close()
-	probe := &File{path: path, osf: osf, opts: Options{Key: "\x00", Features: []string{"\x00"}, BatchSize: 1}}
+	probe := &File{path: path, src: osf, close: osf.Close, opts: Options{Key: "\x00", Features: []string{"\x00"}, BatchSize: 1}}
 	if err := probe.open(1 << 62); !errors.Is(err, ErrSchema) { // fails before the chunks are checked
 		return "", nil, fmt.Errorf("probe: %v", err)
 	}

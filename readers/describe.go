@@ -1,11 +1,14 @@
 package readers
 
 import (
+	"context"
 	"fmt"
 	"os"
 
 	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+
+	"github.com/staticref/staticref/readers/objstore"
 )
 
 // Description is what `staticref inspect` shows of a Parquet file.
@@ -33,13 +36,38 @@ type RowGroupInfo struct {
 	Codecs []string `json:"codecs"`
 }
 
-// Describe reads a Parquet file's footer: its Arrow schema and row groups.
+// Describe reads a Parquet file's footer: its Arrow schema and row groups. path is a
+// local path, a file:// URL or an object URL; an object's footer is read with ranged
+// reads, nothing else.
 func Describe(path string) (d *Description, err error) {
+	return DescribeContext(context.Background(), path)
+}
+
+// DescribeContext is Describe under ctx.
+func DescribeContext(ctx context.Context, path string) (d *Description, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			d, err = nil, fmt.Errorf("parquet %s: %w: %v", path, ErrCorrupt, r)
 		}
 	}()
+	if objstore.IsURL(path) {
+		r, err := objstore.Open(ctx, path)
+		if err != nil {
+			return nil, fmt.Errorf("parquet %w", err)
+		}
+		defer r.Close()
+		if _, err := checkFooter(r, r.Size()); err != nil {
+			return nil, fmt.Errorf("parquet %s: %w", r.Name(), err)
+		}
+		pr, err := file.NewParquetReader(r)
+		if err != nil {
+			return nil, fmt.Errorf("parquet %s: %w: %w", r.Name(), ErrCorrupt, err)
+		}
+		return describe(r.Name(), r.Size(), pr)
+	}
+	if p, ok := objstore.FilePath(path); ok {
+		path = p
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("parquet %s: %w", path, err)
@@ -61,8 +89,12 @@ func Describe(path string) (d *Description, err error) {
 		return nil, fmt.Errorf("parquet %s: %w: %w", path, ErrCorrupt, err)
 	}
 	defer pr.Close()
+	return describe(path, st.Size(), pr)
+}
+
+func describe(path string, size int64, pr *file.Reader) (d *Description, err error) {
 	md := pr.MetaData()
-	d = &Description{Path: path, Bytes: st.Size(), Rows: md.NumRows, CreatedBy: md.GetCreatedBy()}
+	d = &Description{Path: path, Bytes: size, Rows: md.NumRows, CreatedBy: md.GetCreatedBy()}
 	schema, err := pqarrow.FromParquet(md.Schema, nil, md.KeyValueMetadata())
 	if err != nil {
 		return nil, fmt.Errorf("parquet %s: schema: %w", path, err)

@@ -31,6 +31,8 @@ import (
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+
+	"github.com/staticref/staticref/readers/objstore"
 )
 
 // DefaultBatchSize is the number of rows per Batch when Options.BatchSize is 0.
@@ -64,9 +66,33 @@ type Options struct {
 	BatchSize int
 }
 
-// Glob expands a local glob pattern into a sorted list of paths. A pattern
-// that matches nothing is an error naming the pattern (matching ErrNoFiles).
+// Glob expands a glob pattern into a sorted list of paths, as GlobContext does with
+// a background context.
 func Glob(pattern string) ([]string, error) {
+	return GlobContext(context.Background(), pattern)
+}
+
+// GlobContext expands a glob pattern into a sorted list of paths. The pattern is a
+// local glob, a file:// URL, or an object URL (s3://, gs://, azblob://, bucket options
+// as query parameters) whose key is matched within path segments over a recursive
+// listing of the prefix before the first wildcard, under ctx; object paths are returned
+// as URLs that Open opens again. A pattern that matches nothing is an error naming the
+// pattern (matching ErrNoFiles).
+func GlobContext(ctx context.Context, pattern string) ([]string, error) {
+	if objstore.IsURL(pattern) {
+		urls, err := objstore.Glob(ctx, pattern)
+		if err != nil {
+			return nil, err
+		}
+		if len(urls) == 0 {
+			o, _ := objstore.Parse(pattern)
+			return nil, fmt.Errorf("glob %q: %w", o.Name(), ErrNoFiles)
+		}
+		return urls, nil // sorted: sharded runs split this list
+	}
+	if p, ok := objstore.FilePath(pattern); ok {
+		pattern = p
+	}
 	paths, err := filepath.Glob(pattern)
 	if err != nil {
 		return nil, fmt.Errorf("glob %q: %w", pattern, err)
@@ -128,9 +154,13 @@ type File struct {
 	path  string
 	bytes int64
 	opts  Options
-	osf   *os.File
-	pr    *file.Reader
-	fr    *pqarrow.FileReader
+	src   parquet.ReaderAtSeeker // the local file, or ranged reads of an object
+	close func() error
+	// remote marks an object: column chunks are read in larger pieces, each one range
+	// request.
+	remote bool
+	pr     *file.Reader
+	fr     *pqarrow.FileReader
 
 	rowGroups []RowGroup
 	rows      int64
@@ -150,9 +180,25 @@ type File struct {
 // data. A missing column, a non-numeric feature, a list of non-floats or a key
 // of an unsupported type is a *SchemaError naming the file and the column; a
 // truncated or corrupt file is an error naming the file.
+//
+// path is a local path, a file:// URL or an object URL as GlobContext returns it. An
+// object is read with ranged reads only: its size from its attributes, its footer,
+// then the column chunks of the named columns, each read under a deadline and retried
+// on transient errors (see package objstore).
 func Open(path string, opts Options) (f *File, err error) {
+	return OpenContext(context.Background(), path, opts)
+}
+
+// OpenContext is Open under ctx, which bounds the open and, for an object, every read.
+func OpenContext(ctx context.Context, path string, opts Options) (f *File, err error) {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = DefaultBatchSize
+	}
+	if objstore.IsURL(path) {
+		return openObject(ctx, path, opts)
+	}
+	if p, ok := objstore.FilePath(path); ok {
+		path = p
 	}
 	// A FIFO's open would wait for a writer, and a device's read never end: only a
 	// regular file is read, checked before the open (made without blocking) and after.
@@ -181,12 +227,39 @@ func Open(path string, opts Options) (f *File, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: %w", path, err)
 	}
-	f = &File{path: path, bytes: st.Size(), opts: opts, osf: osf}
+	f = &File{path: path, bytes: st.Size(), opts: opts, src: osf, close: osf.Close}
 	if err := f.open(footerStart); err != nil {
 		return nil, err
 	}
 	return f, nil
 }
+
+// openObject opens an object with the checks a local file gets: the footer's claimed
+// size against the object's size (from its attributes), then the chunks.
+func openObject(ctx context.Context, u string, opts Options) (f *File, err error) {
+	r, err := objstore.Open(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("shard %w", err)
+	}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	footerStart, err := checkFooter(r, r.Size())
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %w", r.Name(), err)
+	}
+	f = &File{path: u, bytes: r.Size(), opts: opts, src: r, close: r.Close, remote: true}
+	if err := f.open(footerStart); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// remoteBufferBytes is how much of a column chunk one ranged read of an object fetches:
+// large enough that a chunk costs few requests, small enough to bound memory per reader.
+const remoteBufferBytes = 1 << 20
 
 // open parses the footer, resolves the columns and checks that their chunks lie before
 // footerStart, turning decoder panics on hostile footers into errors.
@@ -200,7 +273,10 @@ func (f *File) open(footerStart int64) (err error) {
 	// Stream column chunks through a small buffer instead of reading each
 	// whole chunk into memory.
 	props.BufferedStreamEnabled = true
-	pr, err := file.NewParquetReader(f.osf, file.WithReadProps(props))
+	if f.remote {
+		props.BufferSize = remoteBufferBytes
+	}
+	pr, err := file.NewParquetReader(f.src, file.WithReadProps(props))
 	if err != nil {
 		return fmt.Errorf("shard %s: %w: %w", f.path, ErrCorrupt, err)
 	}
@@ -350,7 +426,7 @@ func (f *File) Width() int {
 
 // Close releases the shard.
 func (f *File) Close() error {
-	if err := f.osf.Close(); err != nil {
+	if err := f.close(); err != nil {
 		return fmt.Errorf("close shard %s: %w", f.path, err)
 	}
 	return nil

@@ -18,14 +18,16 @@ func newInspectCmd() *cobra.Command {
 		Use:   "inspect FILE.onnx|FILE.parquet",
 		Short: "Show a model's inputs and outputs, or a Parquet file's schema and row groups",
 		Example: `  staticref inspect testdata/models/logistic.onnx
-  staticref inspect testdata/features/part-00000.parquet -o json`,
+  staticref inspect testdata/features/part-00000.parquet -o json
+  staticref inspect 's3://features/dt=2026-11-30/part-00000.parquet?region=eu-west-1'`,
 		Args: args(1, 1),
 		RunE: func(c *cobra.Command, a []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
 			path := a[0]
-			switch strings.ToLower(filepath.Ext(path)) {
+			name, _, _ := strings.Cut(path, "?") // an object URL's bucket options
+			switch strings.ToLower(filepath.Ext(name)) {
 			case ".onnx":
 				if err := inference.Init(); err != nil {
 					return err
@@ -47,7 +49,7 @@ func newInspectCmd() *cobra.Command {
 				}
 				return w.Flush()
 			case ".parquet", ".parq", ".pq":
-				d, err := readers.Describe(path)
+				d, err := readers.DescribeContext(c.Context(), path)
 				if err != nil {
 					return err
 				}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/staticref/staticref/inference"
 	"github.com/staticref/staticref/lookup"
+	"github.com/staticref/staticref/readers/objtest"
 )
 
 // staticref runs Main as the binary would and returns its exit code and output.
@@ -240,7 +241,9 @@ func TestMissingRuntimeLibrary(t *testing.T) {
 // relative to the module root, and loaded once per process.
 func TestMain(m *testing.M) {
 	inference.Init()
-	os.Exit(m.Run())
+	code := m.Run()
+	objtest.Stop()
+	os.Exit(code)
 }
 
 func TestInspectShowsModelTensorsAndParquetLayout(t *testing.T) {
