@@ -42,8 +42,9 @@ type Model struct {
 // Deps are the parts a run is built from. Tests of this package substitute fakes; real
 // runs use Default.
 type Deps struct {
-	// OpenInput opens one input file and checks its schema.
-	OpenInput func(path string, opts readers.Options) (Input, error)
+	// OpenInput opens one input file and checks its schema. An object's reads go on under
+	// ctx (the run's), so a cancelled run stops a read in flight.
+	OpenInput func(ctx context.Context, path string, opts readers.Options) (Input, error)
 	// LoadModel loads the job's model for rows of width features, reading it under ctx.
 	LoadModel func(ctx context.Context, path string, opts inference.Options) (*Model, error)
 }
@@ -51,8 +52,8 @@ type Deps struct {
 // Default wires the real Parquet reader and ONNX Runtime.
 func Default() Deps {
 	return Deps{
-		OpenInput: func(path string, opts readers.Options) (Input, error) {
-			return readers.Open(path, opts)
+		OpenInput: func(ctx context.Context, path string, opts readers.Options) (Input, error) {
+			return readers.OpenContext(ctx, path, opts)
 		},
 		LoadModel: loadModel,
 	}

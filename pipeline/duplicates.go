@@ -33,7 +33,7 @@ func (r *run) rereadKeys(ctx context.Context, all []task, sample *keySample) (*d
 				f = nil
 			}
 			var err error
-			if f, err = r.cfg.Deps.OpenInput(t.file, r.ropts); err != nil {
+			if f, err = r.cfg.Deps.OpenInput(ctx, t.file, r.ropts); err != nil {
 				keys.Close()
 				return nil, err
 			}

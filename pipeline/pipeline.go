@@ -218,7 +218,7 @@ func (r *run) check(ctx context.Context) error {
 	}
 	width := -1
 	for _, p := range paths {
-		f, err := r.cfg.Deps.OpenInput(p, r.ropts)
+		f, err := r.cfg.Deps.OpenInput(ctx, p, r.ropts)
 		if errors.Is(err, readers.ErrSchema) {
 			return mismatch{err}
 		}

@@ -152,7 +152,7 @@ func (r *run) read(ctx context.Context, tasks <-chan task, free chan *chunk, out
 				f = nil
 			}
 			var err error
-			if f, err = r.cfg.Deps.OpenInput(t.file, r.ropts); err != nil {
+			if f, err = r.cfg.Deps.OpenInput(ctx, t.file, r.ropts); err != nil {
 				return err
 			}
 			open = t.file
