@@ -553,12 +553,23 @@ func TestNullsAreSkippedAndCountedOrFilled(t *testing.T) {
 }
 
 // flakyDriver fails WriteRows once after a number of successful calls, and counts rows.
+// The failing call first waits (a few seconds at most) until a row group was committed,
+// so that a run that fails has progress to resume however the stages were scheduled.
 type flakyDriver struct {
 	writers.Driver
 	mu        sync.Mutex
 	failAfter int
 	calls     int
 	rows      int
+	commits   int
+}
+
+func (f *flakyDriver) CommitWork(ctx context.Context, ns, v string, c writers.Commit, data []byte) error {
+	err := f.Driver.CommitWork(ctx, ns, v, c, data)
+	f.mu.Lock()
+	f.commits++
+	f.mu.Unlock()
+	return err
 }
 
 // flaky wraps s's driver in a flakyDriver, returning the driver (for its counts) and a
@@ -577,6 +588,14 @@ func (f *flakyDriver) WriteRows(ctx context.Context, ns, v string, rows writers.
 	}
 	f.mu.Unlock()
 	if fail {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			f.mu.Lock()
+			n := f.commits
+			f.mu.Unlock()
+			if n > 0 {
+				break
+			}
+		}
 		return errors.New("connection reset by peer")
 	}
 	return f.Driver.WriteRows(ctx, ns, v, rows)
