@@ -53,13 +53,11 @@ func PSI(expected []float64, actual []int64) float64 {
 	if total == 0 || len(expected) != len(actual) {
 		return math.NaN()
 	}
-	var psi float64
-	for i, e := range expected {
-		a := max(float64(actual[i])/float64(total), Floor)
-		e = max(e, Floor)
-		psi += (a - e) * math.Log(a/e)
+	shares := make([]float64, len(actual))
+	for i, n := range actual {
+		shares[i] = float64(n) / float64(total)
 	}
-	return psi
+	return PSIOfShares(expected, shares)
 }
 
 // DecileShares is what PSI expects of a live version's own values over its deciles when
@@ -77,13 +75,18 @@ func DecileShares() []float64 {
 // expects of the live version's own values over its deciles (BinShares(d, Deciles(d))). It
 // is a tenth in each bin unless values tie across a decile, as a discrete output's do.
 func BinShares(d writers.Distribution, edges []float64) []float64 {
+	return sharesBy(d, edges, cdfBelow)
+}
+
+// sharesBy is the shares of d's values in the bins of edges, from a cumulative share cdf.
+func sharesBy(d writers.Distribution, edges []float64, cdf func(q []float64, x float64) float64) []float64 {
 	if len(d.Quantiles) != writers.DistributionQuantiles {
 		return nil
 	}
 	shares := make([]float64, len(edges)+1)
 	prev := 0.0
 	for i, e := range edges {
-		c := cdfBelow(d.Quantiles, e)
+		c := cdf(d.Quantiles, e)
 		shares[i] = c - prev
 		prev = c
 	}
@@ -115,18 +118,7 @@ func cdfBelow(q []float64, x float64) float64 {
 // quantiles (linear between neighbouring quantiles): for comparing a candidate version's
 // recorded distribution with the live version's deciles without reading any row.
 func SharesOver(d writers.Distribution, edges []float64) []float64 {
-	shares := make([]float64, len(edges)+1)
-	if len(d.Quantiles) != writers.DistributionQuantiles {
-		return nil
-	}
-	prev := 0.0
-	for i, e := range edges {
-		c := cdf(d.Quantiles, e)
-		shares[i] = c - prev
-		prev = c
-	}
-	shares[len(edges)] = 1 - prev
-	return shares
+	return sharesBy(d, edges, cdf)
 }
 
 // cdf is the share of values at or below x, interpolated between quantiles q (p0..p100 in
