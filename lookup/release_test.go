@@ -117,39 +117,9 @@ func refBucket(salt, unit string) uint32 {
 // waits grace past an interval's end, and waits until it is ready.
 func releaseService(t testing.TB, cfgYAML string, flush, grace time.Duration) (*lookup.Service, string) {
 	t.Helper()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "serve.yaml")
-	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(adminToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := lookup.LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := lookup.New(context.Background(), cfg, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lookup.SetReleaseTiming(svc, nil, flush, grace)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		svc.Close()
-	})
+	svc, base := startServiceWith(t, cfgYAML, quiet, func(svc *lookup.Service) { lookup.SetReleaseTiming(svc, nil, flush, grace) })
 	eventually(t, 10*time.Second, "service ready", svc.Ready)
-	return svc, "http://" + ln.Addr().String()
+	return svc, base
 }
 
 // batchAnswer is the decoded answer of :batchGet.

@@ -106,6 +106,12 @@ func service(t testing.TB, cfgYAML string) (*lookup.Service, string) {
 // returns its base URL at once, ready or not.
 func startService(t testing.TB, cfgYAML string, log *slog.Logger) (*lookup.Service, string) {
 	t.Helper()
+	return startServiceWith(t, cfgYAML, log, nil)
+}
+
+// startServiceWith is startService with a hook that sets the service up before it runs.
+func startServiceWith(t testing.TB, cfgYAML string, log *slog.Logger, setup func(*lookup.Service)) (*lookup.Service, string) {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "serve.yaml")
 	os.WriteFile(filepath.Join(dir, "token"), []byte("s3cret-admin-token-0123456789\n"), 0o600)
@@ -119,6 +125,9 @@ func startService(t testing.TB, cfgYAML string, log *slog.Logger) (*lookup.Servi
 	svc, err := lookup.New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(svc)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
