@@ -43,11 +43,22 @@ arguments, and serve expands them in the store URL of its config. A literal pass
 NAME is the job name when it is a valid Kubernetes name of at most 52 characters;
 otherwise it is made one and gets six hex digits of a hash of the job name, so that jobs
 a_b, a.b and a-b keep apart.
+Object storage needs no volume: with source.uri, model.path (and sink.export) on s3://,
+gs:// or azblob://, the pods mount nothing but their ConfigMap. They read the bucket with
+keys from the Secret (AWS_ACCESS_KEY_ID…, AZURE_STORAGE_KEY) or, better, by workload
+identity: --service-account names the pods' ServiceAccount, and
+--service-account-annotation renders it, tied to a cloud identity (EKS IRSA, GKE Workload
+Identity); Azure Workload Identity also wants --pod-label azure.workload.identity/use=true.
 Schedules with seconds cannot run as a CronJob. Paths in the job file that are local to
 this machine, and a pebble: store, draw a warning: the pods do not have them.`,
 		Example: `  staticref k8s render --job jobs/churn.yaml --image registry.example.com/staticref:1.4 \
       --completions 8 --parallelism 4 --cpu 2 --memory 4Gi \
-      --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' | kubectl apply -f -`,
+      --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' | kubectl apply -f -
+
+  # shards and model in S3, read by IRSA: no volume, no keys
+  staticref k8s render --job jobs/churn-s3.yaml --image registry.example.com/staticref:1.4 \
+      --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' \
+      --service-account-annotation eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/churn`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "job"); err != nil {
@@ -85,5 +96,9 @@ this machine, and a pebble: store, draw a warning: the pods do not have them.`,
 	f.StringVar(&o.Store, "store", "", "store URL for the pods, overriding sink.store; may use $(VAR) from the secret")
 	f.StringVar(&o.Secret, "secret", "", "Secret with store credentials, as environment variables (default NAME-store)")
 	f.Int32Var(&o.ServeReplicas, "serve-replicas", 2, "replicas of the lookup Deployment")
+	f.StringVar(&o.ServiceAccount, "service-account", "", "service account of every pod, for workload identity (default NAME with --service-account-annotation)")
+	f.StringToStringVar(&o.ServiceAccountAnnotations, "service-account-annotation", nil,
+		"render the ServiceAccount with this annotation, KEY=VALUE, repeatable (eks.amazonaws.com/role-arn=…, iam.gke.io/gcp-service-account=…)")
+	f.StringToStringVar(&o.PodLabels, "pod-label", nil, "label every pod, KEY=VALUE, repeatable (azure.workload.identity/use=true)")
 	return c
 }

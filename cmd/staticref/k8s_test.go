@@ -272,3 +272,105 @@ func TestK8sRenderRefusesWhatACronJobCannotRun(t *testing.T) {
 		})
 	}
 }
+
+// A job whose shards and model sit in a bucket needs no volume: its pods mount only their
+// ConfigMap and read the bucket by workload identity, through the ServiceAccount.
+func TestK8sRenderOfAnObjectStoreJobNeedsNoVolume(t *testing.T) {
+	const job = `name: churn
+schedule: "0 2 * * *"
+source: {uri: "s3://lake/features/churn/dt=2026-11-*/*.parquet?region=eu-west-1", key: user_id, features: [f0, f1]}
+model: {path: "s3://lake/models/churn.onnx?region=eu-west-1"}
+sink: {store: "redis://redis:6379/0", namespace: churn}
+`
+	file := filepath.Join(t.TempDir(), "churn.yaml")
+	if err := os.WriteFile(file, []byte(job), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const role = "arn:aws:iam::123456789012:role/churn"
+	code, out, stderr := staticref(t, "k8s", "render", "--job", file,
+		"--service-account-annotation", "eks.amazonaws.com/role-arn="+role,
+		"--pod-label", "azure.workload.identity/use=true")
+	if code != 0 {
+		t.Fatalf("k8s render: exit %d: %s", code, stderr)
+	}
+	if stderr != "" {
+		t.Errorf("want no warnings for a job on object storage, got:\n%s", stderr)
+	}
+	var (
+		sa  corev1.ServiceAccount
+		cj  batchv1.CronJob
+		dep appsv1.Deployment
+	)
+	kinds := map[string]int{}
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		kinds[meta.Kind]++
+		var err error
+		switch meta.Kind {
+		case "ServiceAccount":
+			err = yaml.UnmarshalStrict([]byte(doc), &sa)
+		case "CronJob":
+			err = yaml.UnmarshalStrict([]byte(doc), &cj)
+		case "Deployment":
+			err = yaml.UnmarshalStrict([]byte(doc), &dep)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", meta.Kind, err)
+		}
+	}
+	if want := map[string]int{"ServiceAccount": 1, "ConfigMap": 2, "CronJob": 1, "Deployment": 1, "Service": 1}; !reflect.DeepEqual(kinds, want) {
+		t.Errorf("kinds: got %v, want %v", kinds, want)
+	}
+	if sa.Name != "churn" || sa.Annotations["eks.amazonaws.com/role-arn"] != role {
+		t.Errorf("ServiceAccount: got %s %v, want churn annotated with the role", sa.Name, sa.Annotations)
+	}
+	for _, pod := range []struct {
+		what string
+		spec corev1.PodSpec
+		meta map[string]string
+	}{
+		{"batch pod", cj.Spec.JobTemplate.Spec.Template.Spec, cj.Spec.JobTemplate.Spec.Template.Labels},
+		{"serve pod", dep.Spec.Template.Spec, dep.Spec.Template.Labels},
+	} {
+		if pod.spec.ServiceAccountName != "churn" {
+			t.Errorf("%s: serviceAccountName %q, want churn", pod.what, pod.spec.ServiceAccountName)
+		}
+		if len(pod.spec.Volumes) != 1 || pod.spec.Volumes[0].ConfigMap == nil {
+			t.Errorf("%s: volumes %+v, want only its ConfigMap", pod.what, pod.spec.Volumes)
+		}
+		if mounts := pod.spec.Containers[0].VolumeMounts; len(mounts) != 1 || mounts[0].MountPath != k8s.ConfigDir {
+			t.Errorf("%s: mounts %+v, want only %s", pod.what, mounts, k8s.ConfigDir)
+		}
+		if pod.meta["azure.workload.identity/use"] != "true" || pod.meta["app.kubernetes.io/name"] != "staticref" {
+			t.Errorf("%s: labels %v, want the pod label beside the own ones", pod.what, pod.meta)
+		}
+	}
+	if cj.Spec.JobTemplate.Spec.Selector != nil {
+		t.Errorf("the Job's selector is Kubernetes' to set")
+	}
+
+	t.Run("an existing ServiceAccount is referred to, not rendered", func(t *testing.T) {
+		code, out, stderr := staticref(t, "k8s", "render", "--job", file, "--service-account", "lake-reader")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		if strings.Contains(out, "kind: ServiceAccount") || strings.Count(out, "serviceAccountName: lake-reader") != 2 {
+			t.Errorf("want both pods on lake-reader and no ServiceAccount object:\n%s", out)
+		}
+	})
+	t.Run("a bad name or label is bad usage naming the flag", func(t *testing.T) {
+		for _, tc := range []struct{ flag, want string }{
+			{"--service-account=Lake_Reader", `--service-account "Lake_Reader"`},
+			{"--pod-label=team=a b", `--pod-label team="a b": the value`},
+			{"--service-account-annotation=bad key=1", `--service-account-annotation "bad key"`},
+		} {
+			code, _, stderr := staticref(t, "k8s", "render", "--job", file, tc.flag)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("%s: got exit %d, %q; want 2 naming %s", tc.flag, code, stderr, tc.want)
+			}
+		}
+	})
+}

@@ -23,8 +23,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +37,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/staticref/staticref/jobs"
@@ -77,6 +80,19 @@ type Options struct {
 	// credentials); default NAME-store. It is optional: a missing Secret is no error.
 	Secret        string
 	ServeReplicas int32 // default 2
+	// ServiceAccount is the Kubernetes service account of every pod: the way a pod reads
+	// S3, GCS or Azure without keys in a Secret (workload identity). "" leaves the
+	// namespace's default, or NAME when ServiceAccountAnnotations is set.
+	ServiceAccount string
+	// ServiceAccountAnnotations, when set, renders the ServiceAccount with them: the
+	// annotation is what ties it to a cloud identity, e.g.
+	// eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/churn (EKS IRSA) or
+	// iam.gke.io/gcp-service-account=churn@PROJECT.iam.gserviceaccount.com (GKE Workload
+	// Identity). Without them an existing ServiceAccount is only referred to.
+	ServiceAccountAnnotations map[string]string
+	// PodLabels are added to every pod, e.g. azure.workload.identity/use=true, which
+	// Azure Workload Identity needs on the pod besides the annotated ServiceAccount.
+	PodLabels map[string]string
 }
 
 // DefaultImage is the image used without --image.
@@ -238,13 +254,17 @@ func Render(w io.Writer, o Options) error {
 		return err
 	}
 	name := Name(o.Job.Name)
-	objs := []any{
+	var objs []any
+	if len(o.ServiceAccountAnnotations) > 0 {
+		objs = append(objs, o.serviceAccount())
+	}
+	objs = append(objs,
 		o.jobConfigMap(name),
 		o.cronJob(name, schedule, tz),
 		o.serveConfigMap(name),
 		o.deployment(name),
 		o.service(name),
-	}
+	)
 	var buf bytes.Buffer
 	for i, obj := range objs {
 		data, err := yaml.Marshal(obj)
@@ -322,6 +342,29 @@ func (o *Options) defaults() {
 	if o.ServeReplicas < 1 {
 		o.ServeReplicas = 2
 	}
+	if o.ServiceAccount == "" && len(o.ServiceAccountAnnotations) > 0 {
+		o.ServiceAccount = Name(o.Job.Name)
+	}
+}
+
+// podLabels are the labels of a pod of component: the objects' own, then PodLabels.
+func (o *Options) podLabels(component string) map[string]string {
+	l := o.labels(component)
+	for k, v := range o.PodLabels {
+		if _, own := l[k]; !own {
+			l[k] = v
+		}
+	}
+	return l
+}
+
+func (o *Options) serviceAccount() *corev1.ServiceAccount {
+	meta := o.meta(o.ServiceAccount, "identity")
+	meta.Annotations = o.ServiceAccountAnnotations
+	return &corev1.ServiceAccount{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta: meta,
+	}
 }
 
 func (o *Options) meta(name, component string) metav1.ObjectMeta {
@@ -395,6 +438,27 @@ func (o *Options) Validate() error {
 	if o.Parallelism > o.Completions && o.Completions > 0 {
 		errs = append(errs, fmt.Errorf("--parallelism %d exceeds --completions %d: the extra pods would have no shard", o.Parallelism, o.Completions))
 	}
+	if o.ServiceAccount != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(o.ServiceAccount) {
+			errs = append(errs, fmt.Errorf("--service-account %q: %s", o.ServiceAccount, msg))
+		}
+	}
+	for _, m := range []struct {
+		flag  string
+		kv    map[string]string
+		label bool
+	}{{"--service-account-annotation", o.ServiceAccountAnnotations, false}, {"--pod-label", o.PodLabels, true}} {
+		for _, k := range slices.Sorted(maps.Keys(m.kv)) {
+			for _, msg := range validation.IsQualifiedName(k) {
+				errs = append(errs, fmt.Errorf("%s %q: the key %s", m.flag, k, msg))
+			}
+			if m.label {
+				for _, msg := range validation.IsValidLabelValue(m.kv[k]) {
+					errs = append(errs, fmt.Errorf("%s %s=%q: the value %s", m.flag, k, m.kv[k], msg))
+				}
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -460,10 +524,11 @@ func (o *Options) cronJob(name, schedule string, tz *string) *batchv1.CronJob {
 					}},
 					TTLSecondsAfterFinished: ptr(int32(7 * 24 * 3600)),
 					Template: corev1.PodTemplateSpec{
-						ObjectMeta: metav1.ObjectMeta{Labels: labels},
+						ObjectMeta: metav1.ObjectMeta{Labels: o.podLabels("batch")},
 						Spec: corev1.PodSpec{
-							RestartPolicy:   corev1.RestartPolicyNever,
-							SecurityContext: podSec,
+							RestartPolicy:      corev1.RestartPolicyNever,
+							ServiceAccountName: o.ServiceAccount,
+							SecurityContext:    podSec,
 							Containers: []corev1.Container{{
 								Name:  "staticref",
 								Image: o.Image,
@@ -505,11 +570,12 @@ func (o *Options) deployment(name string) *appsv1.Deployment {
 			Replicas: ptr(o.ServeReplicas),
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+				ObjectMeta: metav1.ObjectMeta{Labels: o.podLabels("serve"), Annotations: map[string]string{
 					"prometheus.io/scrape": "true", "prometheus.io/port": fmt.Sprint(servePort), "prometheus.io/path": "/metrics",
 				}},
 				Spec: corev1.PodSpec{
-					SecurityContext: podSec,
+					ServiceAccountName: o.ServiceAccount,
+					SecurityContext:    podSec,
 					Containers: []corev1.Container{{
 						Name:            "staticref",
 						Image:           o.Image,
