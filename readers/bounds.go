@@ -28,10 +28,10 @@ func checkFooter(r io.ReaderAt, size int64) (footerStart int64, err error) {
 	var head [4]byte
 	var tail [footerTail]byte
 	if _, err := r.ReadAt(head[:], 0); err != nil {
-		return 0, fmt.Errorf("%w: read header: %w", ErrCorrupt, err)
+		return 0, corrupt(fmt.Errorf("read header: %w", err))
 	}
 	if _, err := r.ReadAt(tail[:], size-footerTail); err != nil {
-		return 0, fmt.Errorf("%w: read footer length: %w", ErrCorrupt, err)
+		return 0, corrupt(fmt.Errorf("read footer length: %w", err))
 	}
 	if !magic(head[:]) || !magic(tail[4:]) {
 		return 0, fmt.Errorf("%w: no PAR1 magic at the start and end: not a Parquet file", ErrCorrupt)

@@ -189,6 +189,17 @@ func Open(path string, opts Options) (f *File, err error) {
 	return OpenContext(context.Background(), path, opts)
 }
 
+// corrupt marks err, from reading a file's structure, with ErrCorrupt, unless it is the
+// failure of a read on its way (a dead or hung object store, a cancelled run), which says
+// nothing about the file.
+func corrupt(err error) error {
+	var re *objstore.ReadError
+	if errors.As(err, &re) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrCorrupt, err)
+}
+
 // OpenContext is Open under ctx, which bounds the open and, for an object, every read.
 func OpenContext(ctx context.Context, path string, opts Options) (f *File, err error) {
 	if opts.BatchSize <= 0 {
@@ -278,11 +289,11 @@ func (f *File) open(footerStart int64) (err error) {
 	}
 	pr, err := file.NewParquetReader(f.src, file.WithReadProps(props))
 	if err != nil {
-		return fmt.Errorf("shard %s: %w: %w", f.path, ErrCorrupt, err)
+		return fmt.Errorf("shard %s: %w", f.path, corrupt(err))
 	}
 	fr, err := pqarrow.NewFileReader(pr, pqarrow.ArrowReadProperties{BatchSize: int64(f.opts.BatchSize)}, memory.DefaultAllocator)
 	if err != nil {
-		return fmt.Errorf("shard %s: %w: %w", f.path, ErrCorrupt, err)
+		return fmt.Errorf("shard %s: %w", f.path, corrupt(err))
 	}
 	f.pr, f.fr = pr, fr
 
@@ -466,10 +477,10 @@ func (f *File) ReadRowGroup(ctx context.Context, rg int, fn func(*Batch) error) 
 	rgr := f.pr.RowGroup(rg)
 	for _, leaf := range f.leaves {
 		if _, err := rgr.MetaData().ColumnChunk(leaf); err != nil {
-			return wrap(fmt.Errorf("%w: %w", ErrCorrupt, err))
+			return wrap(corrupt(err))
 		}
 		if _, err := rgr.GetColumnPageReader(leaf); err != nil {
-			return wrap(fmt.Errorf("%w: %w", ErrCorrupt, err))
+			return wrap(corrupt(err))
 		}
 	}
 	rr, err := f.fr.GetRecordReader(ctx, f.leaves, []int{rg})

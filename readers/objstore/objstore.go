@@ -158,12 +158,18 @@ func Glob(ctx context.Context, pattern string) ([]string, error) {
 	var keys []string
 	token := blob.FirstPageToken
 	for {
-		var page []*blob.ListObject
+		var (
+			page []*blob.ListObject
+			next []byte
+		)
+		// A failed try must leave token alone: ListPage answers a nil token with io.EOF
+		// ("no more pages"), which would end the listing early, as a success.
 		err := Retry(ctx, func(ctx context.Context) error {
 			var err error
-			page, token, err = b.ListPage(ctx, token, 1000, &blob.ListOptions{Prefix: prefix})
+			page, next, err = b.ListPage(ctx, token, 1000, &blob.ListOptions{Prefix: prefix})
 			return err
 		})
+		token = next
 		if err != nil {
 			return nil, fmt.Errorf("list %s://%s/%s: %w", o.Scheme, o.Bucket, prefix, scrub(err, o))
 		}
@@ -196,6 +202,14 @@ type Reader struct {
 	pos    int64 // for Seek, which Arrow's Parquet reader uses only to learn the size
 }
 
+// ReadError is the error of a range read that failed on its way (the server died, hung
+// past the deadline, or the caller gave up), after its retries: it says nothing about
+// what the object holds, so a reader must not call the object corrupt for it.
+type ReadError struct{ err error }
+
+func (e *ReadError) Error() string { return e.err.Error() }
+func (e *ReadError) Unwrap() error { return e.err }
+
 // Open opens the object at u for ranged reads: its size comes from its attributes.
 // ctx bounds the open and every later read (each also under CallTimeout).
 func Open(ctx context.Context, u string) (*Reader, error) {
@@ -217,7 +231,7 @@ func Open(ctx context.Context, u string) (*Reader, error) {
 		b.Close()
 		return nil, fmt.Errorf("%s: %w", o.Name(), scrub(err, o))
 	}
-	return &Reader{obj: o, bucket: b, size: attrs.Size, ctx: context.WithoutCancel(ctx)}, nil
+	return &Reader{obj: o, bucket: b, size: attrs.Size, ctx: ctx}, nil
 }
 
 // Name is the object's SCHEME://BUCKET/KEY.
@@ -246,7 +260,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("%s: read %d bytes at %d: %w", r.obj.Name(), n, off, scrub(err, r.obj))
+		return 0, &ReadError{fmt.Errorf("%s: read %d bytes at %d: %w", r.obj.Name(), n, off, scrub(err, r.obj))}
 	}
 	if n < len(p) {
 		return n, io.EOF
