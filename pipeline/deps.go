@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/staticref/staticref/inference"
 	"github.com/staticref/staticref/readers"
@@ -59,6 +60,28 @@ func Default() Deps {
 	}
 }
 
+// named makes an error about src, a local copy of the model object at path, name the
+// object (SCHEME://BUCKET/KEY, without the URL's options) instead of the copy, which is
+// gone by the time anyone reads the message.
+func named(err error, src, path string) error {
+	if src == path {
+		return err
+	}
+	name := path
+	if o, perr := objstore.Parse(path); perr == nil {
+		name = o.Name()
+	}
+	return &renamedError{msg: strings.ReplaceAll(err.Error(), src, name), err: err}
+}
+
+type renamedError struct {
+	msg string
+	err error
+}
+
+func (e *renamedError) Error() string { return e.msg }
+func (e *renamedError) Unwrap() error { return e.err }
+
 func loadModel(ctx context.Context, path string, opts inference.Options) (*Model, error) {
 	if err := inference.Init(); err != nil {
 		return nil, err
@@ -81,13 +104,13 @@ func loadModel(ctx context.Context, path string, opts inference.Options) (*Model
 		// every row's list must have that many values.
 		w, err := inputWidth(ctx, src, opts.Input)
 		if err != nil {
-			return nil, err
+			return nil, named(err, src, path)
 		}
 		opts.Features = w
 	}
 	m, err := inference.Load(ctx, src, opts)
 	if err != nil {
-		return nil, err
+		return nil, named(err, src, path)
 	}
 	info := writers.ModelInfo{Path: path, SHA256: m.Info.SHA256}
 	for _, t := range m.Info.Inputs {

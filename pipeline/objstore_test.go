@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,6 +78,7 @@ func TestBadObjectInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 	whole := mustRead(t, d.files[1])
 	objtest.Put(t, bucket, "bad/dt=2026-11-30/truncated.parquet", whole[:len(whole)/2])
 	objtest.Put(t, bucket, "bad/dt=2026-11-30/notes.parquet", []byte("user_id,f0\nu1,0.5\n"))
+	objtest.Put(t, bucket, "models/notes.onnx", []byte("not a model"))
 	goodURI := inBucket(bucket, "features/dt=*/*.parquet")
 	goodModel := inBucket(bucket, "models/logistic.onnx")
 	noBucket := strings.Replace(goodURI, "s3://", "s3://absent-", 1)
@@ -101,6 +103,8 @@ func TestBadObjectInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 			nil, []string{"bad/dt=2026-11-30/notes.parquet", "not a Parquet file"}, nil, readers.ErrCorrupt},
 		{"a model object that does not exist names it", []string{"source.uri=" + goodURI, "model.path=" + inBucket(bucket, "models/absent.onnx")},
 			nil, []string{"models/absent.onnx"}, nil, nil},
+		{"a model object that is not ONNX names the object, not its downloaded copy", []string{"source.uri=" + goodURI, "model.path=" + inBucket(bucket, "models/notes.onnx")},
+			nil, []string{"models/notes.onnx"}, []string{"staticref-model-", os.TempDir() + "/"}, nil},
 		{"an unreachable endpoint fails within the run's deadline", []string{"source.uri=" + unreachable}, nil, []string{"s3://b/features/"}, nil, nil},
 	}
 	for _, tt := range tests {
@@ -149,7 +153,62 @@ func TestBadObjectInputFailsClearlyAndLeavesTheLiveVersionAlone(t *testing.T) {
 			}
 		})
 	}
-	_ = fmt.Sprint
+}
+
+// TestCancellingARunStopsAnObjectReadInFlight: a run whose store hangs in the middle of a
+// column chunk stops when its context is cancelled (SIGTERM to `staticref run`), naming
+// the cancellation, and the live version stays.
+func TestCancellingARunStopsAnObjectReadInFlight(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 20_000, Shards: 2, RowGroupRows: 5_000, Seed: 11})
+	bucket := objtest.S3(t)
+	uploadPartitioned(t, bucket, d)
+	s, url := openStore(t)
+	good, err := run(t, s, newJob(t, d, url, "sink.namespace=cancel", "source.uri="+inBucket(bucket, "features/dt=*/*.parquet"),
+		"model.path="+inBucket(bucket, "models/logistic.onnx")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(-1)
+	if st, err := os.Stat(d.files[0]); err == nil {
+		size = st.Size()
+	}
+	stalled := make(chan struct{}, 64)
+	hanging := objtest.Intercept(t, bucket, func(r *http.Request) objtest.Action {
+		// Column chunks lie in the first half of a shard; the footer checks read its end.
+		var start, end int64
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &start, &end); err == nil && start < size/2 {
+			stalled <- struct{}{}
+			return objtest.Stall
+		}
+		return objtest.Pass
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "sink.namespace=cancel",
+			"source.uri="+inBucket(hanging, "features/dt=*/*.parquet"), "model.path="+inBucket(bucket, "models/logistic.onnx")), Store: s, Log: quiet})
+		done <- err
+	}()
+	select {
+	case <-stalled:
+	case err := <-done:
+		t.Fatalf("the run ended before its reads hung: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no read reached the hanging server")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run went on after it was cancelled: the hung read was not stopped")
+	}
+	if live, _ := s.Live(context.Background(), "cancel"); live != good.Manifest.Version {
+		t.Errorf("live: got %q, want %q untouched", live, good.Manifest.Version)
+	}
 }
 
 func mustRead(t *testing.T, path string) []byte {
