@@ -1,4 +1,5 @@
 # staticref — the two set-up commands are `make demo` and `make test`.
+SHELL    := bash
 GO       ?= go
 BIN      := bin/staticref
 STORE    := pebble:.staticref/store
@@ -17,8 +18,12 @@ build:
 vet:
 	$(GO) vet ./...
 
+# The object-store servers are installed into a cache on first use (scripts/test-servers.sh);
+# scripts/testreport prints go test's results and then the tests skipped for want of a
+# Debian package (redis-server, chromium, npm), with the apt-get line that runs them.
 test: ort vet ## the suite CI runs, then a short fuzz of the config decoders
-	$(GO) test -race -timeout 40m ./...
+	@eval "$$(./scripts/test-servers.sh)" && set -o pipefail && \
+		$(GO) test -json -race -timeout 40m ./... | $(GO) run ./scripts/testreport
 	$(MAKE) fuzz
 
 # A bounded fuzz of each YAML decoder a user's file reaches (job files, serve configs),

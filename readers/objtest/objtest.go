@@ -207,7 +207,12 @@ func start(t testing.TB, s *server, name, env, cached string, argv func(bin stri
 	s.once.Do(func() {
 		bin := find(name, env, cached)
 		if bin == "" {
-			s.skip = fmt.Sprintf("%s not found: set %s, put it on PATH or run .ci/run to install it", name, env)
+			s.skip = fmt.Sprintf("%s not found: set %s, put it on PATH or run scripts/test-servers.sh (make test does) to install it", name, env)
+			if name == "azurite" {
+				if _, err := exec.LookPath("npm"); err != nil {
+					s.skip += "; it needs npm: apt-get install npm"
+				}
+			}
 			return
 		}
 		port := freePort(t)

@@ -280,6 +280,6 @@ func lookPath(t testing.TB, name string) string {
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("redistest: %s not found on PATH (CI=true, so this fails instead of skipping): install redis-server", name)
 	}
-	t.Skipf("redistest: %s not found on PATH: install redis-server to run this test", name)
+	t.Skipf("redistest: %s not found on PATH: apt-get install redis-server to run this test", name)
 	return ""
 }
