@@ -56,7 +56,7 @@ this machine, and a pebble: store, draw a warning: the pods do not have them.`,
       --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' | kubectl apply -f -
 
   # shards and model in S3, read by IRSA: no volume, no keys
-  staticref k8s render --job jobs/churn-s3.yaml --image registry.example.com/staticref:1.4 \
+  staticref k8s render --job deploy/k8s/churn-s3.yaml --image registry.example.com/staticref:1.4 \
       --store 'redis://:$(REDIS_PASSWORD)@redis:6379/0' \
       --service-account-annotation eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/churn`,
 		Args: args(0, 0),
