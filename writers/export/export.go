@@ -1,0 +1,295 @@
+// Package export writes a version's rows as Parquet files into a local folder or an
+// object-store prefix (s3://, gs://, azblob://, file://, through gocloud.dev/blob): the
+// `sink.export` of a job and the files of an export-only `parquet:` store.
+//
+// A file holds a column `key` (a string: the key exactly as the lookup store holds it,
+// whatever the source column's type) and one column per model output, float32 for an
+// output of width 1 and list<float32> for a wider one; zstd; row groups cut when the
+// buffered (uncompressed) row group reaches a byte target. Columns are in name order,
+// as parquet-go lays out a group; readers should address them by name.
+//
+// A file is streamed straight into the bucket's writer as rows arrive: nothing is staged
+// whole in memory or on disk. An object appears only when its writer closes without error
+// (gocloud.dev/blob writers are atomic on Close; fileblob renames a temporary file), so a
+// file aborted or cut off by a crash never shows up half-written, and writing the same
+// name again replaces it whole.
+//
+// It never imports pipeline, lookup, scheduler or cmd.
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/parquet-go/parquet-go"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
+
+	"github.com/staticref/staticref/readers/objstore"
+	"github.com/staticref/staticref/writers"
+)
+
+// DefaultRowGroupBytes is the row group target when Options.RowGroupBytes is 0.
+const DefaultRowGroupBytes = 64 << 20
+
+// KeyColumn is the name of the key column.
+const KeyColumn = "key"
+
+// Options shape the files.
+type Options struct {
+	// RowGroupBytes: a row group is flushed when its buffered, uncompressed size reaches
+	// this many bytes (DefaultRowGroupBytes when 0).
+	RowGroupBytes int64
+}
+
+// Target is an open export location: a bucket and a prefix within it.
+type Target struct {
+	bucket *blob.Bucket
+	prefix string // "" or ending in "/"
+	name   string // for messages: SCHEME://BUCKET/PREFIX or the local folder, no query
+	opts   Options
+}
+
+// CheckURL reports whether raw can name an export location, without opening anything:
+// a local folder, file://…, s3://BUCKET/PREFIX, gs://…, azblob://….
+func CheckURL(raw string) error {
+	switch {
+	case raw == "":
+		return errors.New("empty: use a local folder or an object-store prefix (s3://, gs://, azblob://, file://)")
+	case objstore.IsURL(raw):
+		_, err := objstore.Parse(raw)
+		return err
+	case strings.HasPrefix(raw, "file://"):
+		return nil
+	case strings.Contains(raw, "://"):
+		scheme, _, _ := strings.Cut(raw, "://")
+		return fmt.Errorf("scheme %q: use a local folder, file://, s3://, gs:// or azblob://", scheme)
+	}
+	return nil
+}
+
+// Name is raw as messages and manifests show it: the query (endpoints, options) and any
+// userinfo dropped, so no secret is ever recorded.
+func Name(raw string) string {
+	if objstore.IsURL(raw) {
+		if o, err := objstore.Parse(raw); err == nil {
+			return strings.TrimSuffix(o.Name(), "/")
+		}
+	}
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		u.User, u.RawQuery = nil, ""
+		return u.String()
+	}
+	return raw
+}
+
+// Open opens the export location raw. A local folder (or file:// URL) is created if it
+// does not exist.
+func Open(ctx context.Context, raw string, opts Options) (*Target, error) {
+	if err := CheckURL(raw); err != nil {
+		return nil, fmt.Errorf("export %s: %w", Name(raw), err)
+	}
+	if opts.RowGroupBytes <= 0 {
+		opts.RowGroupBytes = DefaultRowGroupBytes
+	}
+	t := &Target{name: Name(raw), opts: opts}
+	if objstore.IsURL(raw) {
+		o, err := objstore.Parse(raw)
+		if err != nil {
+			return nil, err
+		}
+		if t.bucket, err = objstore.OpenBucket(ctx, o); err != nil {
+			return nil, fmt.Errorf("export %s: %w", t.name, err)
+		}
+		if o.Key != "" {
+			t.prefix = strings.TrimSuffix(o.Key, "/") + "/"
+		}
+		return t, nil
+	}
+	dir := raw
+	if p, ok := objstore.FilePath(raw); ok {
+		dir = p
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("export %s: %w", t.name, err)
+	}
+	// Temporary files beside their destination (NoTempDir), so that Close's rename never
+	// crosses file systems; no .attrs sidecar files beside the Parquet.
+	if t.bucket, err = fileblob.OpenBucket(dir, &fileblob.Options{CreateDir: true, NoTempDir: true, Metadata: fileblob.MetadataDontWrite}); err != nil {
+		return nil, fmt.Errorf("export %s: %w", t.name, err)
+	}
+	return t, nil
+}
+
+// Name names the location in messages and manifests (no query, no secret).
+func (t *Target) Name() string { return t.name }
+
+// Bucket is the bucket beneath the location, and Prefix the prefix of its keys.
+func (t *Target) Bucket() *blob.Bucket { return t.bucket }
+
+// Prefix is the key prefix of the location within its bucket ("" or ending in "/").
+func (t *Target) Prefix() string { return t.prefix }
+
+// Close closes the bucket.
+func (t *Target) Close() error { return t.bucket.Close() }
+
+// VersionDir is the path, relative to the location, of a version's files.
+func VersionDir(ns, version string) string { return ns + "/" + version }
+
+// PartName is the path, relative to the location, of part n of a version.
+func PartName(ns, version string, n int) string {
+	return fmt.Sprintf("%s/part-%05d.parquet", VersionDir(ns, version), n)
+}
+
+// Schema is the Parquet schema of an export of outputs; an output named like the key
+// column is refused.
+func Schema(outputs []writers.Output) (*parquet.Schema, error) {
+	g := parquet.Group{KeyColumn: parquet.String()}
+	for _, o := range outputs {
+		if o.Name == KeyColumn {
+			return nil, fmt.Errorf("model output %q: the export's key column has that name", o.Name)
+		}
+		if _, dup := g[o.Name]; dup {
+			return nil, fmt.Errorf("model output %q: listed twice", o.Name)
+		}
+		switch {
+		case o.Width < 1:
+			return nil, fmt.Errorf("model output %q: width %d", o.Name, o.Width)
+		case o.Width == 1:
+			g[o.Name] = parquet.Leaf(parquet.FloatType)
+		default:
+			g[o.Name] = parquet.List(parquet.Leaf(parquet.FloatType))
+		}
+	}
+	return parquet.NewSchema("staticref", g), nil
+}
+
+// File is one Parquet file being written. It is not safe for concurrent use.
+type File struct {
+	path    string // relative to the target
+	name    string // full name, for messages
+	cancel  context.CancelFunc
+	bw      *blob.Writer
+	counter *countingWriter
+	pw      *parquet.Writer
+	outputs []writers.Output
+	order   []int // the outputs in leaf column order, -1 for the key
+	target  int64
+	flushed int64 // the writer's Size after the last row group was cut
+	row     parquet.Row
+	rows    int64
+	done    bool
+}
+
+// Create starts part n of version ns/version (an existing object of that name is replaced
+// only when the new one closes). Cancelling ctx, or Abort, abandons it: no object appears.
+func (t *Target) Create(ctx context.Context, ns, version string, n int, outputs []writers.Output) (*File, error) {
+	schema, err := Schema(outputs)
+	if err != nil {
+		return nil, err
+	}
+	rel := PartName(ns, version, n)
+	f := &File{path: rel, name: t.name + "/" + rel, outputs: outputs, target: t.opts.RowGroupBytes}
+	index := map[string]int{KeyColumn: -1}
+	for k, o := range outputs {
+		index[o.Name] = k
+	}
+	for _, p := range schema.Columns() {
+		f.order = append(f.order, index[p[0]])
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	bw, err := t.bucket.NewWriter(wctx, t.prefix+rel, &blob.WriterOptions{ContentType: "application/vnd.apache.parquet"})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("export %s: %w", f.name, err)
+	}
+	f.cancel, f.bw, f.counter = cancel, bw, &countingWriter{w: bw}
+	f.pw = parquet.NewWriter(f.counter, schema, parquet.Compression(&parquet.Zstd),
+		parquet.CreatedBy("staticref", "export", ""))
+	return f, nil
+}
+
+// Name is the file's full name, for messages.
+func (f *File) Name() string { return f.name }
+
+// Add appends the row of index row of a batch: key, and for each output k its values
+// outs[k][row*Width : (row+1)*Width].
+func (f *File) Add(key []byte, outs [][]float32, row int) error {
+	// A row's values go column by column, in the schema's leaf order; a list's values
+	// repeat at level 1 after the first, all defined (the list and its elements are
+	// required).
+	r := f.row[:0]
+	for col, k := range f.order {
+		if k < 0 {
+			r = append(r, parquet.ByteArrayValue(key).Level(0, 0, col))
+			continue
+		}
+		o := f.outputs[k]
+		vals := outs[k][row*o.Width : (row+1)*o.Width]
+		if o.Width == 1 {
+			r = append(r, parquet.FloatValue(vals[0]).Level(0, 0, col))
+			continue
+		}
+		for i, v := range vals {
+			r = append(r, parquet.FloatValue(v).Level(min(i, 1), 1, col))
+		}
+	}
+	f.row = r
+	if _, err := f.pw.WriteRows([]parquet.Row{r}); err != nil {
+		return fmt.Errorf("export %s: %w", f.name, err)
+	}
+	f.rows++
+	if f.pw.Size()-f.flushed >= f.target {
+		if err := f.pw.Flush(); err != nil {
+			return fmt.Errorf("export %s: %w", f.name, err)
+		}
+		f.flushed = f.pw.Size()
+	}
+	return nil
+}
+
+// Close finishes the file: the footer, then the object, which exists once Close returns
+// nil.
+func (f *File) Close() (writers.ExportFile, error) {
+	if f.done {
+		return writers.ExportFile{}, fmt.Errorf("export %s: closed twice", f.name)
+	}
+	f.done = true
+	defer f.cancel()
+	if err := f.pw.Close(); err != nil {
+		f.cancel()
+		f.bw.Close()
+		return writers.ExportFile{}, fmt.Errorf("export %s: %w", f.name, err)
+	}
+	if err := f.bw.Close(); err != nil {
+		return writers.ExportFile{}, fmt.Errorf("export %s: %w", f.name, err)
+	}
+	return writers.ExportFile{Path: f.path, Rows: f.rows, Bytes: f.counter.n}, nil
+}
+
+// Abort abandons the file: no object is written. It does nothing after Close.
+func (f *File) Abort() {
+	if f.done {
+		return
+	}
+	f.done = true
+	f.cancel() // a cancelled context makes Close abort the upload
+	f.bw.Close()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
