@@ -19,10 +19,8 @@ package export
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"path/filepath"
 	"strings"
 
@@ -56,37 +54,12 @@ type Target struct {
 }
 
 // CheckURL reports whether raw can name an export location, without opening anything:
-// a local folder, file://…, s3://BUCKET/PREFIX, gs://…, azblob://….
-func CheckURL(raw string) error {
-	switch {
-	case raw == "":
-		return errors.New("empty: use a local folder or an object-store prefix (s3://, gs://, azblob://, file://)")
-	case objstore.IsURL(raw):
-		_, err := objstore.Parse(raw)
-		return err
-	case strings.HasPrefix(raw, "file://"):
-		return nil
-	case strings.Contains(raw, "://"):
-		scheme, _, _ := strings.Cut(raw, "://")
-		return fmt.Errorf("scheme %q: use a local folder, file://, s3://, gs:// or azblob://", scheme)
-	}
-	return nil
-}
+// a local folder, file://…, s3://BUCKET/PREFIX, gs://…, azblob://… (writers.CheckExportURL).
+func CheckURL(raw string) error { return writers.CheckExportURL(raw) }
 
 // Name is raw as messages and manifests show it: the query (endpoints, options) and any
-// userinfo dropped, so no secret is ever recorded.
-func Name(raw string) string {
-	if objstore.IsURL(raw) {
-		if o, err := objstore.Parse(raw); err == nil {
-			return strings.TrimSuffix(o.Name(), "/")
-		}
-	}
-	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
-		u.User, u.RawQuery = nil, ""
-		return u.String()
-	}
-	return raw
-}
+// userinfo dropped, so no secret is ever recorded (writers.ExportName).
+func Name(raw string) string { return writers.ExportName(raw) }
 
 // Open opens the export location raw. A local folder (or file:// URL) is created if it
 // does not exist.
