@@ -43,7 +43,9 @@ type URL struct {
 // ExportOnly reports whether the URL names an export-only Parquet store (parquet:DIR,
 // parquet+s3://…): runs write Parquet files and a catalog there, but it holds no rows to
 // look up, and has no live pointer.
-func (u URL) ExportOnly() bool { return u.Scheme == "parquet" || strings.HasPrefix(u.Scheme, "parquet+") }
+func (u URL) ExportOnly() bool {
+	return u.Scheme == "parquet" || strings.HasPrefix(u.Scheme, "parquet+")
+}
 
 // ErrExportOnly is wrapped by what an export-only store answers to a lookup or a flip.
 var ErrExportOnly = errors.New("writers: export-only store")
