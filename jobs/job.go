@@ -462,6 +462,15 @@ func (j *Job) Validate() error {
 	if n := j.Sink.MaxInFlight; n < 1 || n > 64 {
 		add("sink.max_in_flight: %d: use 1 to 64", n)
 	}
+	if u, err := writers.ParseURL(j.Sink.Store); err == nil && u.ExportOnly() {
+		// An export-only store has no live version and no rows to look up.
+		if f := j.Release.Flip; f == "canary" || f == "shadow" {
+			add("release.flip: %s needs a lookup store; the store %s is export-only (use auto)", f, u.Redacted())
+		}
+		if j.Release.Gates.SamplesKeys() {
+			add("release.gates: min_key_overlap and max_mean_abs_diff look keys up, which the export-only store %s cannot; use max_psi", u.Redacted())
+		}
+	}
 	if j.Sink.Export != "" {
 		if err := writers.CheckExportURL(j.Sink.Export); err != nil {
 			add("sink.export: %s", yamldecode.QuoteIn(err.Error(), writers.ExportName(j.Sink.Export)))

@@ -46,6 +46,28 @@ func (r *run) exportURL() string {
 	return r.job.Sink.Export
 }
 
+// exportOnly reports whether the run's store is an export-only parquet: store.
+func (r *run) exportOnly() bool { return r.store.URL().ExportOnly() }
+
+// newestExport is, for an export-only store, the version the gates compare with in place
+// of a live one: the complete version that completed last (none: "", nil).
+func (r *run) newestExport(ctx context.Context) (string, *writers.Manifest, error) {
+	ms, err := r.store.Manifests(ctx, r.ns)
+	if err != nil {
+		return "", nil, fmt.Errorf("list the exports of %s: %w", r.ns, err)
+	}
+	var newest *writers.Manifest
+	for _, m := range ms {
+		if m.State == writers.StateComplete && m.Version != r.m.Version && (newest == nil || m.CompletedAt.After(newest.CompletedAt)) {
+			newest = m
+		}
+	}
+	if newest == nil {
+		return "", nil, nil
+	}
+	return newest.Version, newest, nil
+}
+
 // exportInfo is the manifest's export record for a new version (nil: no export).
 func (r *run) exportInfo() *writers.ExportInfo {
 	if r.exportURL() == "" {

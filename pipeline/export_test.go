@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -16,6 +17,7 @@ import (
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
 	"github.com/staticref/staticref/writers/export/exporttest"
+	_ "github.com/staticref/staticref/writers/parquet" // parquet:, parquet+s3://
 )
 
 // checkExport reads back every file the manifest lists under the export location url,
@@ -242,5 +244,82 @@ func TestAResumedRunExportsEveryRowExactlyOnce(t *testing.T) {
 	checkExport(t, exportURL, d, res.Manifest, "logistic", scalarFeatures)
 	if len(res.Manifest.Export.Files) != 12 {
 		t.Errorf("files: got %d, want 12", len(res.Manifest.Export.Files))
+	}
+}
+
+func TestAnExportOnlyStoreGetsTheFilesAndAManifestButNoLiveVersion(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 6000, Shards: 2, RowGroupRows: 1500, Seed: 21})
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name string
+		loc  func(t *testing.T) (storeURL, exportURL string)
+	}{
+		{"a local parquet: folder", func(t *testing.T) (string, string) {
+			dir := filepath.Join(t.TempDir(), "exports")
+			return "parquet:" + dir, dir
+		}},
+		{"a parquet+s3 prefix", func(t *testing.T) (string, string) {
+			u := inBucket(objtest.S3(t), "warehouse/scores")
+			return "parquet+" + u, u
+		}},
+		{"a parquet+gs prefix", func(t *testing.T) (string, string) {
+			u := inBucket(objtest.GCS(t), "warehouse/scores")
+			return "parquet+" + u, u
+		}},
+		{"a parquet+azblob prefix", func(t *testing.T) (string, string) {
+			u := inBucket(objtest.Azure(t), "warehouse/scores")
+			return "parquet+" + u, u
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			storeURL, exportURL := tt.loc(t)
+			s, err := writers.Open(ctx, storeURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			first, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, storeURL), Store: s, Log: quiet, Version: "v1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first.Flipped {
+				t.Error("an export-only run flipped a live pointer")
+			}
+			m := first.Manifest
+			if m.State != writers.StateComplete || m.RowsWritten != int64(d.spec.Rows) {
+				t.Fatalf("manifest: state %s, %d rows written; want complete with %d", m.State, m.RowsWritten, d.spec.Rows)
+			}
+			checkExport(t, exportURL, d, m, "logistic", scalarFeatures, "scores/v1/manifest.json")
+			var published writers.Manifest
+			if err := json.Unmarshal(exporttest.ReadBytes(t, exportURL, "scores/v1/manifest.json"), &published); err != nil {
+				t.Fatal(err)
+			}
+			if published.State != writers.StateComplete || len(published.Export.Files) != 4 {
+				t.Errorf("published manifest: state %s, %d files; want complete with 4", published.State, len(published.Export.Files))
+			}
+			if live, err := s.Live(ctx, "scores"); live != "" || err != nil {
+				t.Errorf("live: got %q (%v), want none", live, err)
+			}
+
+			// The second run's min_rows_ratio compares with the newest complete export.
+			second, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, storeURL), Store: s, Log: quiet, Version: "v2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var detail string
+			for _, g := range second.Manifest.Gates {
+				if g.Name == "min_rows_ratio" {
+					detail = g.Detail
+				}
+			}
+			if !strings.Contains(detail, "newest complete export v1") {
+				t.Errorf("min_rows_ratio: %q, want it compared with export v1", detail)
+			}
+			checkExport(t, exportURL, d, second.Manifest, "logistic", scalarFeatures, "scores/v2/manifest.json")
+			ms, err := s.Manifests(ctx, "scores")
+			if err != nil || len(ms) != 2 {
+				t.Fatalf("catalog: got %d manifests (%v), want 2", len(ms), err)
+			}
+		})
 	}
 }

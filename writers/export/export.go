@@ -43,6 +43,8 @@ type Options struct {
 	// RowGroupBytes: a row group is flushed when its buffered, uncompressed size reaches
 	// this many bytes (DefaultRowGroupBytes when 0).
 	RowGroupBytes int64
+	// MustExist: a local folder that does not exist is an error, not created.
+	MustExist bool
 }
 
 // Target is an open export location: a bucket and a prefix within it.
@@ -94,7 +96,7 @@ func Open(ctx context.Context, raw string, opts Options) (*Target, error) {
 	}
 	// Temporary files beside their destination (NoTempDir), so that Close's rename never
 	// crosses file systems; no .attrs sidecar files beside the Parquet.
-	if t.bucket, err = fileblob.OpenBucket(dir, &fileblob.Options{CreateDir: true, NoTempDir: true, Metadata: fileblob.MetadataDontWrite}); err != nil {
+	if t.bucket, err = fileblob.OpenBucket(dir, &fileblob.Options{CreateDir: !opts.MustExist, NoTempDir: true, Metadata: fileblob.MetadataDontWrite}); err != nil {
 		return nil, fmt.Errorf("export %s: %w", t.name, err)
 	}
 	return t, nil

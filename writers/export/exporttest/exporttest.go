@@ -30,6 +30,12 @@ type File struct {
 // Read reads the Parquet file rel under the export location url.
 func Read(t testing.TB, url, rel string) File {
 	t.Helper()
+	return decode(t, rel, ReadBytes(t, url, rel))
+}
+
+// ReadBytes reads the object rel under the export location url.
+func ReadBytes(t testing.TB, url, rel string) []byte {
+	t.Helper()
 	ctx := context.Background()
 	tg, err := export.Open(ctx, url, export.Options{})
 	if err != nil {
@@ -40,7 +46,7 @@ func Read(t testing.TB, url, rel string) File {
 	if err != nil {
 		t.Fatalf("read export %s: %v", rel, err)
 	}
-	return decode(t, rel, data)
+	return data
 }
 
 // List lists the keys under the version's folder, relative to the location.
