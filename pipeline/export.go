@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/staticref/staticref/readers/objstore"
 	"github.com/staticref/staticref/writers"
 	"github.com/staticref/staticref/writers/export"
 )
@@ -106,7 +107,9 @@ func (r *run) openExport(ctx context.Context, all []task) (*exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok, err := t.Bucket().IsAccessible(ctx)
+	cctx, cancel := context.WithTimeout(ctx, objstore.CallTimeout)
+	ok, err := t.Bucket().IsAccessible(cctx)
+	cancel()
 	if err == nil && !ok {
 		err = fmt.Errorf("the bucket does not exist")
 	}

@@ -5,14 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"math"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/staticref/staticref/pipeline"
+	"github.com/staticref/staticref/readers/objstore"
 	"github.com/staticref/staticref/readers/objtest"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
@@ -319,6 +328,85 @@ func TestAnExportOnlyStoreGetsTheFilesAndAManifestButNoLiveVersion(t *testing.T)
 			ms, err := s.Manifests(ctx, "scores")
 			if err != nil || len(ms) != 2 {
 				t.Fatalf("catalog: got %d manifests (%v), want 2", len(ms), err)
+			}
+		})
+	}
+}
+
+// dyingProxy forwards HTTP requests to target (host:port) until it has forwarded n, then
+// stops as a crashed server does: the request in hand is cut off and new connections are
+// refused. It returns its own host:port.
+func dyingProxy(t *testing.T, target string, n int64) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(&neturl.URL{Scheme: "http", Host: target})
+	proxy.ErrorLog = log.New(io.Discard, "", 0)
+	var count atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if count.Add(1) > n {
+			ln.Close()
+			panic(http.ErrAbortHandler) // drops the connection mid-request
+		}
+		proxy.ServeHTTP(w, r)
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+func TestAStoreThatDiesMidExportFailsTheVersionNamingTheObject(t *testing.T) {
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 8000, Shards: 2, RowGroupRows: 1000, Seed: 23})
+	saved := objstore.CallTimeout
+	objstore.CallTimeout = 2 * time.Second // the watchdog's limit for a store that stops answering
+	t.Cleanup(func() { objstore.CallTimeout = saved })
+	for _, tt := range []struct {
+		name     string
+		bucket   func(testing.TB) string
+		hostKey  string // the query parameter naming the server
+		requests int64  // the requests the server answers before it dies
+	}{
+		// S3: the bucket check, then one PutObject a part: the third part meets a dead server.
+		{"S3 (versitygw)", objtest.S3, "endpoint", 3},
+		// Azure: the container check, then a block and a commit a part.
+		{"Azure Blob (Azurite)", objtest.Azure, "domain", 5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			bucket := tt.bucket(t)
+			s, url := openStore(t)
+			good, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url), Store: s, Log: quiet, Version: "v1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := neturl.Parse(bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := u.Query()
+			server := strings.TrimPrefix(q.Get(tt.hostKey), "http://")
+			dead := strings.Replace(bucket, server, dyingProxy(t, server, tt.requests), 1)
+			start := time.Now()
+			_, err = pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "model.workers=1", "sink.export="+inBucket(dead, "exports")),
+				Store: s, Log: quiet, Version: "v2", Readers: 1})
+			t.Logf("%s: %v", time.Since(start).Round(time.Millisecond), err)
+			if err == nil {
+				t.Fatal("an export to a dead server succeeded")
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the run hung until the test's deadline")
+			}
+			if !strings.Contains(err.Error(), "/exports/scores/v2/part-0000") {
+				t.Errorf("error does not name the part file: %v", err)
+			}
+			if live, _ := s.Live(ctx, "scores"); live != good.Manifest.Version {
+				t.Errorf("live: got %q, want %q untouched", live, good.Manifest.Version)
+			}
+			if m, err := s.Manifest(ctx, "scores", "v2"); err != nil || m.State != writers.StateFailed {
+				t.Errorf("v2: got %+v (%v), want failed", m, err)
 			}
 		})
 	}

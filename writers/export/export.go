@@ -23,6 +23,8 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/parquet-go/parquet-go"
 	"gocloud.dev/blob"
@@ -160,6 +162,8 @@ type File struct {
 	row     parquet.Row
 	rows    int64
 	done    bool
+	stall   *time.Timer
+	stalled atomic.Bool
 }
 
 // Create starts part n of version ns/version (an existing object of that name is replaced
@@ -184,7 +188,11 @@ func (t *Target) Create(ctx context.Context, ns, version string, n int, outputs 
 		cancel()
 		return nil, fmt.Errorf("export %s: %w", f.name, err)
 	}
-	f.cancel, f.bw, f.counter = cancel, bw, &countingWriter{w: bw}
+	// The watchdog: a store that stops answering mid-file (the GCS client retries a
+	// refused connection forever) must fail the file, not hang the run. Every write that
+	// returns, and the start of Close, gives the upload another CallTimeout.
+	f.stall = time.AfterFunc(objstore.CallTimeout, func() { f.stalled.Store(true); cancel() })
+	f.cancel, f.bw, f.counter = cancel, bw, &countingWriter{w: bw, progress: func() { f.stall.Reset(objstore.CallTimeout) }}
 	f.pw = parquet.NewWriter(f.counter, schema, parquet.Compression(&parquet.Zstd),
 		parquet.CreatedBy("staticref", "export", ""))
 	return f, nil
@@ -217,12 +225,12 @@ func (f *File) Add(key []byte, outs [][]float32, row int) error {
 	}
 	f.row = r
 	if _, err := f.pw.WriteRows([]parquet.Row{r}); err != nil {
-		return fmt.Errorf("export %s: %w", f.name, err)
+		return f.fail(err)
 	}
 	f.rows++
 	if f.pw.Size()-f.flushed >= f.target {
 		if err := f.pw.Flush(); err != nil {
-			return fmt.Errorf("export %s: %w", f.name, err)
+			return f.fail(err)
 		}
 		f.flushed = f.pw.Size()
 	}
@@ -237,15 +245,25 @@ func (f *File) Close() (writers.ExportFile, error) {
 	}
 	f.done = true
 	defer f.cancel()
+	defer f.stall.Stop()
 	if err := f.pw.Close(); err != nil {
 		f.cancel()
 		f.bw.Close()
-		return writers.ExportFile{}, fmt.Errorf("export %s: %w", f.name, err)
+		return writers.ExportFile{}, f.fail(err)
 	}
+	f.stall.Reset(objstore.CallTimeout)
 	if err := f.bw.Close(); err != nil {
-		return writers.ExportFile{}, fmt.Errorf("export %s: %w", f.name, err)
+		return writers.ExportFile{}, f.fail(err)
 	}
 	return writers.ExportFile{Path: f.path, Rows: f.rows, Bytes: f.counter.n}, nil
+}
+
+// fail names the file in err, and says so when the watchdog cut it off.
+func (f *File) fail(err error) error {
+	if f.stalled.Load() {
+		return fmt.Errorf("export %s: the store made no progress for %s: %w", f.name, objstore.CallTimeout, err)
+	}
+	return fmt.Errorf("export %s: %w", f.name, err)
 }
 
 // Abort abandons the file: no object is written. It does nothing after Close.
@@ -254,17 +272,23 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
+	f.stall.Stop()
 	f.cancel() // a cancelled context makes Close abort the upload
 	f.bw.Close()
 }
 
+// countingWriter counts the bytes its writer took and reports each write that returned.
 type countingWriter struct {
-	w io.Writer
-	n int64
+	w        io.Writer
+	n        int64
+	progress func()
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
+	if err == nil {
+		c.progress()
+	}
 	return n, err
 }
