@@ -194,7 +194,7 @@ func (t *Target) Create(ctx context.Context, ns, version string, n int, outputs 
 	f.stall = time.AfterFunc(objstore.CallTimeout, func() { f.stalled.Store(true); cancel() })
 	f.cancel, f.bw, f.counter = cancel, bw, &countingWriter{w: bw, progress: func() { f.stall.Reset(objstore.CallTimeout) }}
 	f.pw = parquet.NewWriter(f.counter, schema, parquet.Compression(&parquet.Zstd),
-		parquet.CreatedBy("staticref", "export", ""))
+		parquet.CreatedBy("staticref export", "1", ""))
 	return f, nil
 }
 
