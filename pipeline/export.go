@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/staticref/staticref/readers/objstore"
@@ -176,6 +177,32 @@ func (e *exporter) close() {
 		f.Abort()
 	}
 	e.target.Close()
+}
+
+// publishExport writes the complete manifest beside the export's files (an export-only
+// store does so itself), before the store's manifest says complete: a failure fails the
+// version, which is never flipped.
+func (r *run) publishExport(ctx context.Context) error {
+	if r.m.Export == nil || r.exportOnly() {
+		return nil
+	}
+	err := func() error {
+		data, err := json.Marshal(r.m)
+		if err != nil {
+			return err
+		}
+		t, err := export.Open(ctx, r.exportURL(), export.Options{})
+		if err != nil {
+			return err
+		}
+		defer t.Close()
+		return t.Publish(ctx, r.ns, r.m.Version, data)
+	}()
+	if err != nil {
+		err = fmt.Errorf("publish the export's manifest: %w", err)
+		r.fail(err)
+	}
+	return err
 }
 
 // exportFiles lists the version's files from its commits, in part order, for the

@@ -33,7 +33,7 @@ import (
 // with parquet-go, and checks that it holds every input row exactly once, with the
 // values of the model's float64 reference, and that the version's folder holds nothing
 // else (no stray, partial or duplicate part). It returns the files read.
-func checkExport(t *testing.T, url string, d *dataset, m *writers.Manifest, model string, features func(shardgen.Row) []float64, extra ...string) []exporttest.File {
+func checkExport(t *testing.T, url string, d *dataset, m *writers.Manifest, model string, features func(shardgen.Row) []float64) []exporttest.File {
 	t.Helper()
 	if m.Export == nil {
 		t.Fatal("the manifest lists no export")
@@ -94,8 +94,17 @@ func checkExport(t *testing.T, url string, d *dataset, m *writers.Manifest, mode
 			}
 		}
 	}
+	// The manifest, published beside the files once the version is complete.
+	pub := m.Namespace + "/" + m.Version + "/manifest.json"
+	var published writers.Manifest
+	if err := json.Unmarshal(exporttest.ReadBytes(t, url, pub), &published); err != nil {
+		t.Fatal(err)
+	}
+	if published.State != writers.StateComplete || published.Export == nil || !slices.Equal(published.Export.Files, m.Export.Files) {
+		t.Errorf("%s: state %s, export %+v; want complete, listing the manifest's files", pub, published.State, published.Export)
+	}
 	listed := exporttest.List(t, url, m.Namespace, m.Version)
-	want := append(slices.Clone(names), extra...)
+	want := append(slices.Clone(names), pub)
 	slices.Sort(listed)
 	slices.Sort(want)
 	if !slices.Equal(listed, want) {
@@ -190,7 +199,8 @@ func TestAFailedExportFailsTheVersionAndLeavesTheLiveOneAlone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "sink.export="+tt.export(t)), Store: s, Log: quiet, Version: "v2"})
+			exportURL := tt.export(t)
+			_, err = pipeline.Run(ctx, pipeline.Config{Job: newJob(t, d, url, "sink.export="+exportURL), Store: s, Log: quiet, Version: "v2"})
 			if err == nil {
 				t.Fatal("a failing export ran without error")
 			}
@@ -208,6 +218,9 @@ func TestAFailedExportFailsTheVersionAndLeavesTheLiveOneAlone(t *testing.T) {
 			}
 			if m, err := s.Manifest(ctx, "scores", "v2"); err != nil || m.State != writers.StateFailed {
 				t.Errorf("v2: got %+v (%v), want failed", m, err)
+			}
+			if !strings.Contains(exportURL, "://") && slices.Contains(exporttest.List(t, exportURL, "scores", "v2"), "scores/v2/manifest.json") {
+				t.Error("a failed version's export has a manifest.json")
 			}
 		})
 	}
@@ -230,6 +243,9 @@ func TestAResumedRunExportsEveryRowExactlyOnce(t *testing.T) {
 		t.Fatalf("committed after the failure: got %d, want some of 12", len(committed))
 	}
 	before := exporttest.List(t, exportURL, "scores", "v1")
+	if slices.Contains(before, "scores/v1/manifest.json") {
+		t.Error("the failed run published a manifest.json")
+	}
 	for _, c := range committed {
 		if c.Export == nil || !slices.Contains(before, c.Export.Path) {
 			t.Errorf("commit %s: export %+v, want its file among the objects %v", c.ID, c.Export, before)
@@ -298,14 +314,7 @@ func TestAnExportOnlyStoreGetsTheFilesAndAManifestButNoLiveVersion(t *testing.T)
 			if m.State != writers.StateComplete || m.RowsWritten != int64(d.spec.Rows) {
 				t.Fatalf("manifest: state %s, %d rows written; want complete with %d", m.State, m.RowsWritten, d.spec.Rows)
 			}
-			checkExport(t, exportURL, d, m, "logistic", scalarFeatures, "scores/v1/manifest.json")
-			var published writers.Manifest
-			if err := json.Unmarshal(exporttest.ReadBytes(t, exportURL, "scores/v1/manifest.json"), &published); err != nil {
-				t.Fatal(err)
-			}
-			if published.State != writers.StateComplete || len(published.Export.Files) != 4 {
-				t.Errorf("published manifest: state %s, %d files; want complete with 4", published.State, len(published.Export.Files))
-			}
+			checkExport(t, exportURL, d, m, "logistic", scalarFeatures)
 			if live, err := s.Live(ctx, "scores"); live != "" || err != nil {
 				t.Errorf("live: got %q (%v), want none", live, err)
 			}
@@ -324,7 +333,7 @@ func TestAnExportOnlyStoreGetsTheFilesAndAManifestButNoLiveVersion(t *testing.T)
 			if !strings.Contains(detail, "newest complete export v1") {
 				t.Errorf("min_rows_ratio: %q, want it compared with export v1", detail)
 			}
-			checkExport(t, exportURL, d, second.Manifest, "logistic", scalarFeatures, "scores/v2/manifest.json")
+			checkExport(t, exportURL, d, second.Manifest, "logistic", scalarFeatures)
 			ms, err := s.Manifests(ctx, "scores")
 			if err != nil || len(ms) != 2 {
 				t.Fatalf("catalog: got %d manifests (%v), want 2", len(ms), err)
@@ -410,4 +419,27 @@ func TestAStoreThatDiesMidExportFailsTheVersionNamingTheObject(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestShardsOfOneVersionExportEveryRowOnceAndTheLastListsAll(t *testing.T) {
+	ctx := context.Background()
+	d := generate(t, t.TempDir(), shardgen.Spec{Rows: 6000, Shards: 3, RowGroupRows: 1000, Seed: 29})
+	s, url := openStore(t)
+	dir := filepath.Join(t.TempDir(), "exports")
+	j := newJob(t, d, url, "sink.export="+dir)
+	var last *pipeline.Result
+	for i := range 2 {
+		res, err := pipeline.Run(ctx, pipeline.Config{Job: j, Store: s, Log: quiet, Version: "v-sharded", ShardIndex: i, ShardCount: 2})
+		if err != nil {
+			t.Fatalf("shard %d: %v", i, err)
+		}
+		if i == 0 && slices.Contains(exporttest.List(t, dir, "scores", "v-sharded"), "scores/v-sharded/manifest.json") {
+			t.Error("the first shard published the manifest before the version was complete")
+		}
+		last = res
+	}
+	if !last.Flipped || len(last.Manifest.Export.Files) != 6 {
+		t.Fatalf("the last shard: flipped %v, %d files; want it flipped, listing 6", last.Flipped, len(last.Manifest.Export.Files))
+	}
+	checkExport(t, dir, d, last.Manifest, "logistic", scalarFeatures)
 }

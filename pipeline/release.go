@@ -37,6 +37,9 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	}
 	r.m.State = writers.StateComplete
 	r.m.CompletedAt = r.now().UTC()
+	if err := r.publishExport(ctx); err != nil {
+		return res, err
+	}
 	// On Pebble this compacts the version's rows: seconds per ten million rows.
 	r.log.Info("completing version", "namespace", r.ns, "version", r.m.Version, "rows_written", r.m.RowsWritten)
 	if err := r.store.PutManifest(ctx, r.m); err != nil {

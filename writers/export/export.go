@@ -124,6 +124,21 @@ func PartName(ns, version string, n int) string {
 	return fmt.Sprintf("%s/part-%05d.parquet", VersionDir(ns, version), n)
 }
 
+// ManifestName is the path, relative to the location, of a complete version's manifest.
+func ManifestName(ns, version string) string { return VersionDir(ns, version) + "/manifest.json" }
+
+// Publish writes a complete version's manifest (JSON) beside its files, as the sign to
+// consumers that the folder is whole.
+func (t *Target) Publish(ctx context.Context, ns, version string, manifest []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, objstore.CallTimeout)
+	defer cancel()
+	rel := ManifestName(ns, version)
+	if err := t.bucket.WriteAll(ctx, t.prefix+rel, manifest, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
+		return fmt.Errorf("export %s/%s: %w", t.name, rel, err)
+	}
+	return nil
+}
+
 // Schema is the Parquet schema of an export of outputs; an output named like the key
 // column is refused.
 func Schema(outputs []writers.Output) (*parquet.Schema, error) {

@@ -182,7 +182,7 @@ func (d *driver) PutManifest(ctx context.Context, m *writers.Manifest, data []by
 		return err
 	}
 	// The consumers' manifest: published once the version is complete, after its files.
-	pub := d.key(export.VersionDir(m.Namespace, m.Version), "manifest.json")
+	pub := d.t.Prefix() + export.ManifestName(m.Namespace, m.Version)
 	if m.State == writers.StateComplete {
 		return d.write(ctx, pub, data, nil)
 	}
