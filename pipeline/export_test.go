@@ -166,6 +166,7 @@ func TestALocalExportOfAWideOutputHasListColumnsAndRowGroupsCutByBytes(t *testin
 		}
 		// 6000 rows of a key (~10 bytes) and two floats: ~130 KiB a file, so a 16 KiB target
 		// cuts several row groups.
+		t.Logf("%s: %d rows in %d row groups", f.Key, f.Rows, f.RowGroups)
 		if f.RowGroups < 4 {
 			t.Errorf("%s: %d row groups, want several for a 16 KiB target", f.Key, f.RowGroups)
 		}
