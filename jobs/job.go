@@ -73,7 +73,18 @@ type Sink struct {
 	Encoding  string `yaml:"encoding"` // json | binary
 	// MaxInFlight is how many batches are written to the store at once.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// Export is where every row of the version is also written as Parquet (a local
+	// folder, or an object-store prefix: s3://, gs://, azblob://, file://), as
+	// EXPORT/NAMESPACE/VERSION/part-NNNNN.parquet; "" for none. An export-only parquet:
+	// store exports to itself.
+	Export string `yaml:"export"`
+	// ExportRowGroupBytes is the export's row group target: a row group is cut when its
+	// buffered, uncompressed rows reach it (default DefaultExportRowGroupBytes).
+	ExportRowGroupBytes int `yaml:"export_row_group_bytes"`
 }
+
+// DefaultExportRowGroupBytes is sink.export_row_group_bytes when left out: 64 MiB.
+const DefaultExportRowGroupBytes = 64 << 20
 
 // Defaults are the cold-start answers computed by the run.
 type Defaults struct {
@@ -296,6 +307,7 @@ func Parse(data []byte, path string, sets []string) (*Job, error) {
 		{"model.workers", j.Model.Workers, "use 1 to 256, or leave it out for one a CPU"},
 		{"model.intra_op_threads", j.Model.IntraOpThreads, "use 1 to 256, or leave it out for 1"},
 		{"sink.max_in_flight", j.Sink.MaxInFlight, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxInFlight)},
+		{"sink.export_row_group_bytes", j.Sink.ExportRowGroupBytes, "use 1024 to 1073741824, or leave it out for 64 MiB"},
 	} {
 		if f.v == 0 && res.Given(f.path) {
 			e.Problems = append(e.Problems, atLine(yamldecode.Problem{Line: res.Line(f.path), Path: f.path, Msg: "0: " + f.use}))
@@ -341,6 +353,9 @@ func (j *Job) setDefaults() {
 	if j.Sink.MaxInFlight == 0 {
 		j.Sink.MaxInFlight = DefaultMaxInFlight
 	}
+	if j.Sink.ExportRowGroupBytes == 0 {
+		j.Sink.ExportRowGroupBytes = DefaultExportRowGroupBytes
+	}
 	if j.Defaults.Global == "" {
 		j.Defaults.Global = "mean"
 	}
@@ -361,6 +376,7 @@ func (j *Job) resolvePaths(dir string, fromSet map[string]bool) {
 	}
 	j.Source.URI = abs("source.uri", j.Source.URI)
 	j.Model.Path = abs("model.path", j.Model.Path)
+	j.Sink.Export = abs("sink.export", j.Sink.Export)
 	if !fromSet["sink.store"] {
 		j.Sink.Store = writers.ResolveURL(j.Sink.Store, dir)
 	}
@@ -445,6 +461,25 @@ func (j *Job) Validate() error {
 	}
 	if n := j.Sink.MaxInFlight; n < 1 || n > 64 {
 		add("sink.max_in_flight: %d: use 1 to 64", n)
+	}
+	if u, err := writers.ParseURL(j.Sink.Store); err == nil && u.ExportOnly() {
+		// An export-only store has no live version and no rows to look up.
+		if f := j.Release.Flip; f == "canary" || f == "shadow" {
+			add("release.flip: %s needs a lookup store; the store %s is export-only (use auto)", f, u.Redacted())
+		}
+		if j.Release.Gates.SamplesKeys() {
+			add("release.gates: min_key_overlap and max_mean_abs_diff look keys up, which the export-only store %s cannot; use max_psi", u.Redacted())
+		}
+	}
+	if j.Sink.Export != "" {
+		if err := writers.CheckExportURL(j.Sink.Export); err != nil {
+			add("sink.export: %s", yamldecode.QuoteIn(err.Error(), writers.ExportName(j.Sink.Export)))
+		} else if u, err := writers.ParseURL(j.Sink.Store); err == nil && u.ExportOnly() {
+			add("sink.export: the store %s is export-only and exports to itself: leave sink.export out", u.Redacted())
+		}
+	}
+	if n := j.Sink.ExportRowGroupBytes; n < 1024 || n > 1<<30 {
+		add("sink.export_row_group_bytes: %d: use 1024 to 1073741824", n)
 	}
 	switch j.Sink.Encoding {
 	case "json", "binary":

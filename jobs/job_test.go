@@ -29,6 +29,8 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"sink.store", j.Sink.Store, "pebble:" + filepath.Join(dir, "store")},
 			{"sink.namespace", j.Sink.Namespace, "churn-scores"},
 			{"sink.encoding", j.Sink.Encoding, "binary"},
+			{"sink.export", j.Sink.Export, filepath.Join(dir, "exports")},
+			{"sink.export_row_group_bytes", j.Sink.ExportRowGroupBytes, 1 << 20},
 			{"model.batch_size", j.Model.BatchSize, 4096},
 			{"model.device", j.Model.Device, "cpu"},
 			{"defaults.global", j.Defaults.Global, "median"},
@@ -66,6 +68,8 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"sink.store", j.Sink.Store, "pebble:" + filepath.Join(dir, ".staticref/store")},
 			{"sink.namespace defaults to name", j.Sink.Namespace, "churn"},
 			{"sink.encoding", j.Sink.Encoding, "json"},
+			{"sink.export is off", j.Sink.Export, ""},
+			{"sink.export_row_group_bytes", j.Sink.ExportRowGroupBytes, DefaultExportRowGroupBytes},
 			{"defaults.global", j.Defaults.Global, "mean"},
 			{"release.flip", j.Release.Flip, "auto"},
 			{"release.keep", j.Release.KeepVersions(), DefaultKeep},
@@ -332,4 +336,38 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error does not wrap ErrInvalid: %v", err)
 		}
 	})
+}
+
+func TestSinkExportIsValidatedLikeEveryField(t *testing.T) {
+	full := filepath.Join("testdata", "full.good.yaml")
+	for _, tt := range []struct {
+		name string
+		sets []string
+		want string // "" for no error
+	}{
+		{"an s3 prefix with options is good", []string{"sink.export=s3://exports/churn?endpoint=http://127.0.0.1:9000&use_path_style=true&region=us-east-1"}, ""},
+		{"a gs prefix is good", []string{"sink.export=gs://exports/churn"}, ""},
+		{"an azblob prefix is good", []string{"sink.export=azblob://exports"}, ""},
+		{"a relative folder from --set stays relative", []string{"sink.export=out/exports"}, ""},
+		{"an unknown scheme names the field", []string{"sink.export=ftp://host/x"}, `sink.export: scheme "ftp"`},
+		{"an s3 URL without bucket names the field", []string{"sink.export=s3:///x"}, "sink.export: s3:///x: no bucket"},
+		{"credentials in the URL are refused without echoing them", []string{"sink.export=s3://AKIA:hunter22@bucket/x"}, "credentials do not go in the URL"},
+		{"an export-only store needs no sink.export", []string{"sink.store=parquet:out", "sink.export=elsewhere"}, "sink.export: the store parquet:out is export-only"},
+		{"a tiny row group target names the field", []string{"sink.export_row_group_bytes=10"}, "sink.export_row_group_bytes: 10: use 1024"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := Load(full, tt.sets)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("got %v, want no error", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			case err != nil && strings.Contains(err.Error(), "hunter22"):
+				t.Fatalf("the error shows the secret: %v", err)
+			}
+			if tt.name == "a relative folder from --set stays relative" && j.Sink.Export != "out/exports" {
+				t.Errorf("sink.export: got %q, want out/exports", j.Sink.Export)
+			}
+		})
+	}
 }

@@ -62,6 +62,7 @@ type accountant struct {
 	all      bool                     // this run writes every row group of the version
 	skipped  int64
 	queues   func() map[string]int // stage queue depths, for progress
+	export   *exporter             // nil: no export
 }
 
 func newAccountant(r *run, todo []task) *accountant {
@@ -134,6 +135,9 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 			}
 		}
 	}
+	if err := a.export.add(ctx, r, c); err != nil {
+		return err
+	}
 	a.rows += int64(c.rows.Len())
 	for _, k := range c.rows.Keys {
 		if err := a.keys.Add(k); err != nil {
@@ -149,6 +153,9 @@ func (a *accountant) account(ctx context.Context, c *chunk) error {
 	case commit.Rows > want:
 		return fmt.Errorf("shard %s row group %d: read %d rows, its footer says %d", c.file, c.rowGroup, commit.Rows, want)
 	case commit.Rows == want:
+		if err := a.export.done(t, commit); err != nil {
+			return err
+		}
 		commit.CommittedAt = r.now().UTC()
 		stashSketches(commit, r.model.Outputs, a.sketches[t])
 		if err := send(ctx, a.commits, *commit); err != nil {
@@ -255,6 +262,9 @@ func (a *accountant) finish(ctx context.Context, all []task) (waiting int, err e
 		mergeSums(total, commit.Sums)
 		commit.Sums = nil // the manifest keeps the counts, not every row group's sums
 		m.Commits = append(m.Commits, commit)
+	}
+	if err := exportFiles(m, m.Commits); err != nil {
+		return 0, err
 	}
 	if m.Defaults, err = a.defaults.result(total); err != nil {
 		return 0, err

@@ -26,11 +26,20 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 			return res, fmt.Errorf("read live manifest %s: %w", live, err)
 		}
 	}
+	if r.exportOnly() {
+		// No live version: the gates compare with the newest complete export.
+		if live, lm, err = r.newestExport(ctx); err != nil {
+			return res, err
+		}
+	}
 	if r.m.Gates, err = r.gates(ctx, live, lm); err != nil {
 		return res, err
 	}
 	r.m.State = writers.StateComplete
 	r.m.CompletedAt = r.now().UTC()
+	if err := r.publishExport(ctx); err != nil {
+		return res, err
+	}
 	// On Pebble this compacts the version's rows: seconds per ten million rows.
 	r.log.Info("completing version", "namespace", r.ns, "version", r.m.Version, "rows_written", r.m.RowsWritten)
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
@@ -46,6 +55,11 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	}
 	if len(failed) > 0 {
 		return res, fmt.Errorf("%w: version %s is complete but not live: %s", ErrGateFailed, r.m.Version, strings.Join(failed, "; "))
+	}
+	if r.exportOnly() {
+		r.log.Info("export complete: the version's manifest.json is published beside its files (an export-only store has no live version)",
+			"version", r.m.Version, "export", r.m.Export.URL)
+		return res, nil
 	}
 	if r.cfg.NoFlip || r.job.Release.Flip == "manual" {
 		r.log.Info("version left for a manual flip", "version", r.m.Version)
@@ -95,6 +109,8 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		return res, fmt.Errorf("read live pointer: %w", err)
 	}
 	switch {
+	case r.exportOnly():
+		return res, nil // nothing to flip
 	case live == r.m.Version || !r.m.LiveAt.IsZero():
 		r.log.Info("version already complete and released", "version", r.m.Version)
 		return res, nil
@@ -156,8 +172,12 @@ func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]w
 	if liveRows > 0 {
 		minRows.Value = float64(r.m.RowsWritten) / float64(liveRows)
 		minRows.Passed = minRows.Value >= minRows.Limit
-		minRows.Detail = fmt.Sprintf("%d rows written, live version %s has %d (ratio %.4f, at least %.4f)",
-			r.m.RowsWritten, live, liveRows, minRows.Value, minRows.Limit)
+		what := "live version"
+		if r.exportOnly() {
+			what = "newest complete export"
+		}
+		minRows.Detail = fmt.Sprintf("%d rows written, %s %s has %d (ratio %.4f, at least %.4f)",
+			r.m.RowsWritten, what, live, liveRows, minRows.Value, minRows.Limit)
 	} else {
 		minRows.Detail = "no live version to compare with"
 	}

@@ -59,6 +59,10 @@ func (r *run) execute(ctx context.Context) (waiting int, err error) {
 	r.cfg.Progress.Start(rows)
 	a := newAccountant(r, tasks)
 	defer a.keys.Close()
+	if a.export, err = r.openExport(ctx, all); err != nil {
+		return 0, err
+	}
+	defer a.export.close()
 	a.all = len(tasks) == len(all)
 	if err := r.stages(ctx, tasks, a); err != nil {
 		return 0, err

@@ -42,6 +42,7 @@ func (r *run) createVersion(ctx context.Context) error {
 		Encoding:  r.job.Sink.Encoding,
 		Outputs:   r.model.Outputs,
 		StartedAt: start,
+		Export:    r.exportInfo(),
 	}
 	for _, f := range r.files {
 		r.m.Sources = append(r.m.Sources, writers.Source{Path: f.Path, Bytes: f.Bytes, Rows: f.Rows})
@@ -79,6 +80,7 @@ func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 	if !slices.Equal(old.Outputs, r.model.Outputs) {
 		problems = append(problems, fmt.Sprintf("outputs %v, now %v", old.Outputs, r.model.Outputs))
 	}
+	problems = append(problems, r.exportProblems(old)...)
 	var now []writers.Source
 	for _, f := range r.files {
 		now = append(now, writers.Source{Path: f.Path, Bytes: f.Bytes, Rows: f.Rows})

@@ -144,6 +144,25 @@ type Manifest struct {
 	// (for the drift gates, shadow and canary PSI, and the status page).
 	Distributions []Distribution `json:"distributions,omitempty"`
 	Defaults      *Defaults      `json:"defaults,omitempty"`
+	// Export lists the version's Parquet export (sink.export, or an export-only
+	// parquet: store), nil when it has none.
+	Export *ExportInfo `json:"export,omitempty"`
+}
+
+// ExportInfo is where a version's rows were exported as Parquet, and the files.
+type ExportInfo struct {
+	// URL is the export location as given, without its query or any userinfo.
+	URL string `json:"url"`
+	// Files are the parts, in order, their paths relative to URL
+	// (NAMESPACE/VERSION/part-NNNNN.parquet).
+	Files []ExportFile `json:"files"`
+}
+
+// ExportFile is one Parquet file of an export.
+type ExportFile struct {
+	Path  string `json:"path"`
+	Rows  int64  `json:"rows"`
+	Bytes int64  `json:"bytes"`
 }
 
 // ModelInfo identifies the model a version was computed with.
@@ -189,8 +208,11 @@ type Commit struct {
 	Sums *Sums `json:"sums,omitempty"`
 	// Sketches are the state of each output's distribution sketch over the written rows
 	// (writers/dist.Sketch), by output name, merged into the manifest's Distributions.
-	Sketches    map[string][]float64 `json:"sketches,omitempty"`
-	CommittedAt time.Time            `json:"committed_at"`
+	Sketches map[string][]float64 `json:"sketches,omitempty"`
+	// Export is the Parquet file holding this unit's rows, written before the commit
+	// (nil: the run exports nothing).
+	Export      *ExportFile `json:"export,omitempty"`
+	CommittedAt time.Time   `json:"committed_at"`
 }
 
 // Sums are running sums of output values: over all rows, and per segment value.

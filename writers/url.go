@@ -9,7 +9,7 @@ import (
 )
 
 // schemes are the store URL schemes the design defines, in the order the docs list them.
-var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable"}
+var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable", "parquet"}
 
 // URL is a parsed store URL: the one parse of a --store flag, a job's sink.store or a serve
 // config's store, used by Open, CheckURL, ResolveURL, redaction and the drivers.
@@ -18,8 +18,9 @@ var schemes = []string{"pebble", "redis", "rediss", "redis+cluster", "bigtable"}
 //	redis://[user:pass@]host:port/db, rediss://…  Redis
 //	redis+cluster://host:port[,host:port…]        Redis Cluster
 //	bigtable://PROJECT/INSTANCE/TABLE             Bigtable
-//
-// parquet:DIR, the Parquet export of DESIGN, is not built yet: ParseURL says so.
+//	parquet:DIR, parquet:///abs/dir,              export only: Parquet files per version,
+//	parquet+s3://BUCKET/PREFIX?…, parquet+gs://…,  no lookup store (see ExportOnly)
+//	parquet+azblob://…, parquet+file:///abs/dir
 type URL struct {
 	// Raw is the URL as given. It may hold a password: print Redacted, never Raw.
 	Raw string
@@ -34,7 +35,20 @@ type URL struct {
 	// Path is what follows the authority: the db of a redis URL, INSTANCE/TABLE of a
 	// bigtable URL (query included, as given).
 	Path string
+	// Export is the export location of an export-only parquet store: the folder of
+	// parquet:DIR, or the object URL after "parquet+" (s3://BUCKET/PREFIX?…).
+	Export string
 }
+
+// ExportOnly reports whether the URL names an export-only Parquet store (parquet:DIR,
+// parquet+s3://…): runs write Parquet files and a catalog there, but it holds no rows to
+// look up, and has no live pointer.
+func (u URL) ExportOnly() bool {
+	return u.Scheme == "parquet" || strings.HasPrefix(u.Scheme, "parquet+")
+}
+
+// ErrExportOnly is wrapped by what an export-only store answers to a lookup or a flip.
+var ErrExportOnly = errors.New("writers: export-only store")
 
 // Redacted is the URL with its password, if any, replaced by xxxxx: the form in which a
 // URL may be printed or logged.
@@ -116,10 +130,16 @@ func parseURL(raw string) (URL, error) {
 		if err != nil {
 			return URL{}, err
 		}
-		if u.Scheme == "parquet" {
-			return URL{}, fmt.Errorf("store URL %q: the parquet: export is not available yet: use one of %s", shown, schemeList())
-		}
 		u.Dir = dir
+		if u.Scheme == "parquet" {
+			u.Export = dir
+		}
+	case "parquet+s3", "parquet+gs", "parquet+azblob", "parquet+file":
+		inner := raw[len("parquet+"):]
+		if err := CheckExportURL(inner); err != nil {
+			return URL{}, fmt.Errorf("store URL %q: %w", shown, err)
+		}
+		u.Export = inner
 	case "redis", "rediss", "redis+cluster", "bigtable":
 		if !strings.HasPrefix(rest, "//") {
 			return URL{}, fmt.Errorf("store URL %q: want %s://…", shown, u.Scheme)
@@ -196,14 +216,67 @@ func URLPassword(raw string) (string, bool) {
 	return pw, ok
 }
 
-// ResolveURL makes the directory of a relative pebble:DIR URL relative to baseDir (a job
-// file's directory) and returns every other URL, and absolute ones, unchanged.
+// ResolveURL makes the directory of a relative pebble:DIR or parquet:DIR URL relative to
+// baseDir (a job file's directory) and returns every other URL, and absolute ones,
+// unchanged.
 func ResolveURL(url, baseDir string) string {
 	u, err := ParseURL(url)
-	if err != nil || u.Scheme != "pebble" || baseDir == "" || filepath.IsAbs(u.Dir) {
+	if err != nil || (u.Scheme != "pebble" && u.Scheme != "parquet") || baseDir == "" || filepath.IsAbs(u.Dir) {
 		return url
 	}
-	return url[:len("pebble")] + ":" + filepath.Join(baseDir, u.Dir)
+	return url[:len(u.Scheme)] + ":" + filepath.Join(baseDir, u.Dir)
+}
+
+// exportSchemes are the object URL schemes an export may be written to.
+var exportSchemes = map[string]bool{"s3": true, "gs": true, "azblob": true, "file": true}
+
+// CheckExportURL reports whether raw can name an export location (sink.export, or what
+// follows "parquet+" in a store URL), without opening anything: a local folder, or
+// file://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azblob://CONTAINER/PREFIX with the
+// bucket's options in the query.
+func CheckExportURL(raw string) error {
+	if raw == "" {
+		return errors.New("empty: use a local folder or an object-store prefix (s3://, gs://, azblob://, file://)")
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		if strings.ContainsAny(raw, "?*[") {
+			return fmt.Errorf("folder %q: a folder name must not hold ?, * or [", raw)
+		}
+		return nil // a local folder
+	}
+	if !exportSchemes[scheme] {
+		return fmt.Errorf("scheme %q: use a local folder, or file://, s3://, gs:// or azblob://", scheme)
+	}
+	path, _, _ := strings.Cut(rest, "?")
+	bucket, _, _ := strings.Cut(path, "/")
+	if scheme == "file" {
+		if path == "" || (bucket != "" && bucket != "localhost") {
+			return fmt.Errorf("%s://%s: use file:///abs/dir", scheme, path)
+		}
+		return nil
+	}
+	if bucket == "" {
+		return fmt.Errorf("%s://%s: no bucket: use %s://BUCKET/PREFIX", scheme, path, scheme)
+	}
+	if strings.Contains(bucket, "@") {
+		return fmt.Errorf("%s://…: credentials do not go in the URL: use the cloud's standard credentials (environment, workload identity)", scheme)
+	}
+	return nil
+}
+
+// ExportName is an export location as messages and manifests show it: without its query
+// (endpoints, options) or userinfo, so no secret is ever recorded.
+func ExportName(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	rest, _, _ = strings.Cut(rest, "?")
+	if i := strings.LastIndexByte(rest, '@'); i >= 0 && (strings.IndexByte(rest, '/') < 0 || i < strings.IndexByte(rest, '/')) {
+		rest = rest[i+1:]
+	}
+	return scheme + "://" + strings.TrimSuffix(rest, "/")
 }
 
 // localDir extracts the directory from SCHEME:DIR or SCHEME:///abs/dir.

@@ -23,12 +23,17 @@ func TestCheckURL(t *testing.T) {
 		{"a rediss URL is good", "rediss://cache.internal:6380/1", ""},
 		{"a redis cluster URL with several hosts is good", "redis+cluster://a:7000,b:7001", ""},
 		{"a bigtable URL is good", "bigtable://proj/inst/table", ""},
-		{"a parquet dir is not available yet", "parquet:exports", "not available yet"},
 		{"a redis URL without host is bad", "redis:///0", "missing host"},
 		{"a redis URL with several hosts is bad", "redis://a:1,b:2/0", "use redis+cluster"},
 		{"a redis URL without slashes is bad", "redis:localhost", "want redis://"},
 		{"a bigtable URL without table is bad", "bigtable://proj/inst", "want bigtable://PROJECT/INSTANCE/TABLE"},
 		{"an empty parquet dir is bad", "parquet:", "has no directory"},
+		{"a parquet dir is good", "parquet:exports", ""},
+		{"a parquet+s3 prefix with options is good", "parquet+s3://bucket/exports?endpoint=http://127.0.0.1:9000&use_path_style=true&region=us-east-1", ""},
+		{"a parquet+gs prefix is good", "parquet+gs://bucket/exports", ""},
+		{"a parquet+azblob prefix is good", "parquet+azblob://container/exports", ""},
+		{"a parquet+s3 URL without bucket is bad", "parquet+s3:///exports", "no bucket"},
+		{"a parquet+ftp URL is bad", "parquet+ftp://host/x", `unknown store scheme "parquet+ftp"`},
 		{"an unknown scheme is bad", "s3://bucket", `unknown store scheme "s3"`},
 		{"an empty URL is bad", "", "missing scheme"},
 	}
@@ -57,7 +62,8 @@ func TestResolveURL(t *testing.T) {
 		{"an empty base changes nothing", "pebble:store", "", "pebble:store"},
 		{"a redis URL is unchanged", "redis://localhost:6379/0", "/jobs", "redis://localhost:6379/0"},
 		{"a bigtable URL is unchanged", "bigtable://p/i/t", "/jobs", "bigtable://p/i/t"},
-		{"a parquet URL is unchanged", "parquet:out", "/jobs", "parquet:out"},
+		{"a relative parquet dir is joined to the base", "parquet:out", "/jobs", "parquet:/jobs/out"},
+		{"a parquet+s3 URL is unchanged", "parquet+s3://b/out", "/jobs", "parquet+s3://b/out"},
 		{"a string without scheme is unchanged", "store", "/jobs", "store"},
 	}
 	for _, tc := range tests {

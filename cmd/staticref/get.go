@@ -29,6 +29,9 @@ shape of the lookup API's answer. A key the live version lacks prints an object 
 			if err := writers.ValidateNamespace(ns); err != nil {
 				return usageError{err}
 			}
+			if err := refuseExportOnly("--store", store); err != nil {
+				return err
+			}
 			s, err := openStore(c, store)
 			if err != nil {
 				return err

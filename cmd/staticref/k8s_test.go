@@ -222,6 +222,14 @@ func TestK8sRenderWarnsOfWhatThePodsDoNotHave(t *testing.T) {
 			},
 		},
 		{
+			name: "a local export", source: "s3://b/features/*.parquet", model: "s3://b/m.onnx", sink: "redis://redis:6379/0\", export: \"exports",
+			want: []string{"sink.export exports is relative to the job file"},
+		},
+		{
+			name: "a local parquet store", source: "s3://b/features/*.parquet", model: "s3://b/m.onnx", sink: "parquet:out",
+			want: []string{"sink.store parquet:/"},
+		},
+		{
 			name: "a pebble sink replaced by --store redis", source: "gs://bucket/features/*.parquet", model: "/models/churn.onnx", sink: "pebble:store",
 			flags: []string{"--store", "redis://redis:6379/0"},
 			want:  []string{"model.path /models/churn.onnx is a local path"},

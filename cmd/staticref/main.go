@@ -157,6 +157,17 @@ func requireFlags(c *cobra.Command, names ...string) error {
 // versions): a URL that cannot be right is bad usage (exit 2); a store that is missing,
 // cannot be reached or is locked is a failure (exit 1). It never creates a store (run
 // opens its job's, which job validation has checked, with writers.Open).
+// refuseExportOnly refuses an export-only parquet store where lookups are needed.
+func refuseExportOnly(what, url string) error {
+	u, err := writers.ParseURL(url)
+	if err != nil || !u.ExportOnly() {
+		return nil
+	}
+	return usagef("%s: %s is an export-only store (Parquet files under %s/NAMESPACE/VERSION/), with nothing to look up: "+
+		"read its files, use versions list/show on it, or look keys up in a lookup store (pebble:, redis://, bigtable://) that the job also exports from with sink.export",
+		what, u.Redacted(), writers.ExportName(u.Export))
+}
+
 func openStore(c *cobra.Command, url string) (*writers.Store, error) {
 	if err := writers.CheckURL(url); err != nil {
 		return nil, usageError{fmt.Errorf("store: %w", err)}

@@ -39,6 +39,11 @@ time (a lease in the store); a second fails at once, or waits with --wait. Progr
 committed per row group: re-running with --version ID of a failed or killed run skips
 what it committed and completes the version with exactly one copy of every row.
 
+With sink.export (a folder, or s3://, gs://, azblob://, file:// prefix) every row is
+also written as Parquet to EXPORT/NAMESPACE/VERSION/part-NNNNN.parquet, listed in the
+manifest; a failed export fails the version. A parquet:DIR or parquet+s3://… store
+writes only that export (no lookup store, no live pointer), for warehouse consumers.
+
 Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage, a missing or
 invalid job file, or a job that does not fit its data or model (found before anything
 is written).`,
@@ -49,7 +54,11 @@ is written).`,
   # the same job into Redis (needs a server on localhost:6379)
   staticref run --job jobs/churn.yaml --store redis://localhost:6379/0
   # resume a failed run: committed row groups are skipped
-  staticref run --job jobs/churn.yaml --version 20261127T020000Z`,
+  staticref run --job jobs/churn.yaml --version 20261127T020000Z
+  # also export every row as Parquet into a bucket
+  staticref run --job jobs/churn.yaml --set 'sink.export=s3://warehouse/predictions?region=eu-west-1'
+  # export only: Parquet files and a manifest.json, no lookup store
+  staticref run --job jobs/churn.yaml --store parquet+gs://warehouse/predictions`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "job"); err != nil {

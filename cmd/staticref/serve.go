@@ -33,6 +33,11 @@ Exit status: 2 on a bad config or flag, 1 when serving fails.`,
 			if err != nil {
 				return usageError{err}
 			}
+			for name, n := range cfg.Namespaces {
+				if err := refuseExportOnly("namespaces."+name+".store", n.Store); err != nil {
+					return err
+				}
+			}
 			if addr != "" {
 				cfg.Addr = addr
 			}

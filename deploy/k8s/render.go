@@ -296,12 +296,16 @@ func (o *Options) Warnings() []string {
 		Model struct {
 			Path string `json:"path"`
 		} `json:"model"`
+		Sink struct {
+			Export string `json:"export"`
+		} `json:"sink"`
 	}
 	_ = yaml.Unmarshal(o.JobYAML, &written) // jobs.Load has read it already
 	var w []string
 	for _, f := range []struct{ field, path string }{
 		{"source.uri", written.Source.URI},
 		{"model.path", written.Model.Path},
+		{"sink.export", written.Sink.Export},
 	} {
 		switch {
 		case f.path == "" || strings.Contains(f.path, "://"):
@@ -316,8 +320,12 @@ func (o *Options) Warnings() []string {
 	if store == "" {
 		store, field = o.Job.Sink.Store, "sink.store"
 	}
-	if s, _, _ := strings.Cut(store, ":"); strings.EqualFold(s, "pebble") {
+	switch s, _, _ := strings.Cut(store, ":"); {
+	case strings.EqualFold(s, "pebble"):
 		w = append(w, fmt.Sprintf("%s %s is an embedded store on local disk: each pod would write and serve its own, lost with the pod; pass --store redis://… or bigtable://…",
+			field, store))
+	case strings.EqualFold(s, "parquet"):
+		w = append(w, fmt.Sprintf("%s %s is an export on local disk: each pod would write its own, lost with the pod; pass --store parquet+s3://…, parquet+gs://… or parquet+azblob://…",
 			field, store))
 	}
 	return w

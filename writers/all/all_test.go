@@ -2,6 +2,8 @@ package all_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"strings"
 	"testing"
 
@@ -29,8 +31,7 @@ func TestOpenURL(t *testing.T) {
 		{name: "a redis URL with nothing listening names the address", url: "redis://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a rediss URL with nothing listening names the address", url: "rediss://127.0.0.1:1/0", wantErr: "cannot reach redis at 127.0.0.1:1"},
 		{name: "a redis cluster URL with nothing listening names the addresses", url: "redis+cluster://127.0.0.1:1,127.0.0.1:2", wantErr: "cannot reach redis at 127.0.0.1:1,127.0.0.1:2"},
-		{name: "a parquet URL is not available yet", url: "parquet:out", wantErr: "parquet: export is not available yet"},
-		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:"},
+		{name: "an unknown scheme lists the supported ones", url: "mysql://x", wantErr: "use one of pebble:, redis:, rediss:, redis+cluster:, bigtable:, parquet:"},
 		{name: "a bare path is refused", url: "store", wantErr: "missing scheme"},
 	}
 	for _, tc := range tests {
@@ -66,8 +67,31 @@ func TestOpenURL(t *testing.T) {
 
 // TestRegistered: writers/all links a driver for every scheme that ParseURL accepts.
 func TestRegistered(t *testing.T) {
-	want := []string{"bigtable", "pebble", "redis", "redis+cluster", "rediss"}
+	want := []string{"bigtable", "parquet", "parquet+azblob", "parquet+file", "parquet+gs", "parquet+s3", "pebble", "redis", "redis+cluster", "rediss"}
 	if got := writers.Registered(); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("Registered() = %v, want %v", got, want)
+	}
+}
+
+// TestAParquetStoreOpensAndIsExportOnly: parquet:DIR opens the export-only store, which
+// refuses lookups and flips with writers.ErrExportOnly.
+func TestAParquetStoreOpensAndIsExportOnly(t *testing.T) {
+	ctx := context.Background()
+	s, err := writers.Open(ctx, "parquet:"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.URL().ExportOnly() {
+		t.Error("a parquet: URL is not ExportOnly")
+	}
+	if _, err := s.Get(ctx, "ns", "v1", []byte("k")); !errors.Is(err, writers.ErrExportOnly) {
+		t.Errorf("Get: got %v, want ErrExportOnly", err)
+	}
+	if live, err := s.Live(ctx, "ns"); live != "" || err != nil {
+		t.Errorf("Live: got %q, %v; want none", live, err)
+	}
+	if _, err := writers.OpenExisting(ctx, "parquet:"+t.TempDir()); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("OpenExisting of an empty folder: got %v, want fs.ErrNotExist", err)
 	}
 }
