@@ -842,3 +842,57 @@ func testReleaseKeys(t *testing.T, s *writers.Store) {
 		t.Errorf("the corrupt record became %q, want it untouched", v)
 	}
 }
+
+// testGetChainOneRoundTrip: GetChain down a chain of three versions sends one pipeline
+// (standalone) and no single command, and answers each key from the newest level.
+func testGetChainOneRoundTrip(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "gc3", "v1", 300, writers.StateComplete)
+	for i, v := range []string{"v2", "v3"} {
+		m := &writers.Manifest{Namespace: "gc3", Version: v, State: writers.StateWriting, Mode: writers.VersionIncremental,
+			Base: []string{"v1", "v2"}[i], Depth: i + 2}
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		rows := writers.Rows{Keys: [][]byte{fmt.Appendf(nil, "key-%d", i)}, Values: [][]byte{[]byte(v)}}
+		if err := s.WriteRows(ctx, "gc3", v, rows); err != nil {
+			t.Fatal(err)
+		}
+		m.State = writers.StateComplete
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trips := new(roundTrips)
+	driver(s).Client().(*goredis.Client).AddHook(trips)
+	// Warm the connection first: a new one sends its own set-up pipeline.
+	if _, _, err := s.GetChain(ctx, "gc3", []string{"v3", "v2", "v1"}, askKeys(3)); err != nil {
+		t.Fatal(err)
+	}
+	trips.pipelines.Store(0)
+	trips.singles.Store(0)
+	vals, from, err := s.GetChain(ctx, "gc3", []string{"v3", "v2", "v1"}, askKeys(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, n := trips.pipelines.Load(), trips.singles.Load(); p != 1 || n != 0 {
+		t.Errorf("GetChain of 3 levels sent %d pipelines and %d single commands, want 1 and 0", p, n)
+	}
+	if string(vals[0]) != "v2" || from[0] != 1 || string(vals[1]) != "" || from[1] != -1 || from[2] != 2 {
+		t.Errorf("GetChain = %q from %v, want key-0 from v2 (level 1), nokey-1 none, key-2 from v1", vals[:3], from[:3])
+	}
+	vals[0] = nil // v2's key-0 differs from makeRows'
+	for i := range vals {
+		if i%3 != 1 && i != 0 {
+			if want := fmt.Sprintf(`{"score":0.%034d}`, i); string(vals[i]) != want {
+				t.Errorf("GetChain[%d] = %q, want %q", i, vals[i], want)
+			}
+		}
+	}
+}
+
+func TestRedisGetChainIsOneRoundTrip(t *testing.T) {
+	url := redistest.Standalone(t)
+	testGetChainOneRoundTrip(t, openRedis(t, url))
+}
