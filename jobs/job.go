@@ -73,7 +73,15 @@ type Sink struct {
 	Encoding  string `yaml:"encoding"` // json | binary
 	// MaxInFlight is how many batches are written to the store at once.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// Mode is full (the version holds every key) or incremental (it holds only this run's
+	// rows on top of the live version: an hourly top-up, an ad-hoc backfill).
+	Mode string `yaml:"mode"`
+	// MaxChain is the deepest chain of incremental versions a run may make (default 8).
+	MaxChain int `yaml:"max_chain"`
 }
+
+// Incremental reports whether the job writes incremental versions.
+func (s Sink) Incremental() bool { return s.Mode == "incremental" }
 
 // Defaults are the cold-start answers computed by the run.
 type Defaults struct {
@@ -185,6 +193,7 @@ func (g Gates) SamplesKeys() bool { return g.MaxMeanAbsDiff != nil || g.MinKeyOv
 const (
 	DefaultBatchSize       = 8192
 	DefaultMaxInFlight     = 4
+	DefaultMaxChain        = writers.DefaultMaxChain
 	DefaultStore           = "pebble:.staticref/store"
 	DefaultKeep            = 2
 	DefaultMinRowsRatio    = 0.9
@@ -296,6 +305,7 @@ func Parse(data []byte, path string, sets []string) (*Job, error) {
 		{"model.workers", j.Model.Workers, "use 1 to 256, or leave it out for one a CPU"},
 		{"model.intra_op_threads", j.Model.IntraOpThreads, "use 1 to 256, or leave it out for 1"},
 		{"sink.max_in_flight", j.Sink.MaxInFlight, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxInFlight)},
+		{"sink.max_chain", j.Sink.MaxChain, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxChain)},
 	} {
 		if f.v == 0 && res.Given(f.path) {
 			e.Problems = append(e.Problems, atLine(yamldecode.Problem{Line: res.Line(f.path), Path: f.path, Msg: "0: " + f.use}))
@@ -340,6 +350,12 @@ func (j *Job) setDefaults() {
 	}
 	if j.Sink.MaxInFlight == 0 {
 		j.Sink.MaxInFlight = DefaultMaxInFlight
+	}
+	if j.Sink.Mode == "" {
+		j.Sink.Mode = "full"
+	}
+	if j.Sink.MaxChain == 0 {
+		j.Sink.MaxChain = DefaultMaxChain
 	}
 	if j.Defaults.Global == "" {
 		j.Defaults.Global = "mean"
@@ -450,6 +466,14 @@ func (j *Job) Validate() error {
 	case "json", "binary":
 	default:
 		add("sink.encoding: %s: use json or binary", q(j.Sink.Encoding))
+	}
+	switch j.Sink.Mode {
+	case "full", "incremental":
+	default:
+		add("sink.mode: %s: use full or incremental", q(j.Sink.Mode))
+	}
+	if n := j.Sink.MaxChain; n < 1 || n > 64 {
+		add("sink.max_chain: %d: use 1 to 64", n)
 	}
 	switch j.Defaults.Global {
 	case "mean", "median", "none":

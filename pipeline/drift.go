@@ -42,6 +42,19 @@ const sampleBatch = 1000
 func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
 	var out []writers.GateResult
+	// The live side of every comparison is live's chain; an increment's is its base's
+	// (it is compared with what it builds on, whatever is live now).
+	liveChain := []string{live}
+	if r.m.Incremental() && len(r.baseChain) > 0 {
+		lm, live = r.baseChain[0], r.baseChain[0].Version
+		liveChain = writers.ChainVersions(r.baseChain)
+	} else if lm != nil && lm.Incremental() {
+		c, err := writers.ResolveChain(ctx, r.store, r.ns, lm)
+		if err != nil {
+			return nil, fmt.Errorf("drift gates: live version: %w", err)
+		}
+		liveChain = writers.ChainVersions(c)
+	}
 	none := func(name string, limit float64) writers.GateResult {
 		return writers.GateResult{Name: name, Passed: true, Limit: limit, Detail: "no live version to compare with"}
 	}
@@ -64,7 +77,7 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 		}
 		return out, nil
 	}
-	cmp, err := r.compareSample(ctx, lm)
+	cmp, err := r.compareSample(ctx, lm, liveChain)
 	if err != nil {
 		return nil, fmt.Errorf("drift gates: %w", err)
 	}
@@ -124,6 +137,7 @@ func psiGate(m, lm *writers.Manifest, limit float64) writers.GateResult {
 type sampleComparison struct {
 	sampled, inLive int
 	fromLive        bool     // the sample is the live version's; else this run's
+	incremental     bool     // this version is an increment, compared with its base
 	outputs         []string // compared: in both versions with one width
 	sum             []float64
 	n               []int64
@@ -131,10 +145,10 @@ type sampleComparison struct {
 }
 
 // compareSample reads the sampled keys from this version and the live one.
-func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleComparison, error) {
+func (r *run) compareSample(ctx context.Context, lm *writers.Manifest, liveChain []string) (*sampleComparison, error) {
 	keys := r.sample.keys()
-	cmp := &sampleComparison{}
-	if len(lm.SampleKeys) > 0 {
+	cmp := &sampleComparison{incremental: r.m.Incremental()}
+	if len(lm.SampleKeys) > 0 && !r.m.Incremental() {
 		keys = keys[:0:0]
 		for _, k := range lm.SampleKeys {
 			keys = append(keys, []byte(k))
@@ -171,7 +185,7 @@ func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleC
 		if err != nil {
 			return nil, fmt.Errorf("read sampled keys of version %s: %w", r.m.Version, err)
 		}
-		lv, err := r.store.GetMany(ctx, r.ns, lm.Version, batch)
+		lv, _, err := r.store.GetChain(ctx, r.ns, liveChain, batch)
 		if err != nil {
 			return nil, fmt.Errorf("read sampled keys of live version %s: %w", lm.Version, err)
 		}
@@ -240,6 +254,10 @@ func (c *sampleComparison) diffGate(live string, limit float64) writers.GateResu
 	switch {
 	case c.sampled == 0:
 		res.Passed, res.Detail = true, "no key was sampled: the version has no rows"
+		return res
+	case c.inLive == 0 && c.incremental:
+		res.Passed = true
+		res.Detail = fmt.Sprintf("nothing to compare: none of the increment's %d sampled keys is in base %s (they are all new keys)", c.sampled, live)
 		return res
 	case c.inLive == 0:
 		res.Detail = fmt.Sprintf("nothing to compare: none of the %d sampled keys is in live version %s", c.sampled, live)

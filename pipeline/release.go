@@ -26,6 +26,18 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 			return res, fmt.Errorf("read live manifest %s: %w", live, err)
 		}
 	}
+	if r.m.Incremental() {
+		bm, err := r.store.Manifest(ctx, r.ns, r.m.Base)
+		if err != nil {
+			return res, fmt.Errorf("read base manifest %s: %w", r.m.Base, err)
+		}
+		if r.baseChain, err = writers.ResolveChain(ctx, r.store, r.ns, bm); err != nil {
+			return res, fmt.Errorf("incremental version %s: %w", r.m.Version, err)
+		}
+		if bm.Defaults != nil {
+			r.m.Defaults = bm.Defaults // the population's cold-start answers, not the increment's
+		}
+	}
 	if r.m.Gates, err = r.gates(ctx, live, lm); err != nil {
 		return res, err
 	}
@@ -116,6 +128,9 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		}
 		res.Release, err = r.startRelease(ctx)
 		return res, err
+	case r.m.Incremental() && live != r.m.Base:
+		r.log.Info("the increment's base is no longer live; not flipping", "version", r.m.Version, "base", r.m.Base, "live", live)
+		return res, nil
 	case live != "":
 		// A version flipped live after this one completed is newer, whatever the ids say:
 		// flipping this one would be a rollback.
@@ -183,7 +198,11 @@ func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]w
 	if err != nil {
 		return nil, err
 	}
-	return append(results, drift...), nil
+	results = append(results, drift...)
+	if r.m.Incremental() {
+		results = incrementalGates(results, r.m.Base, live)
+	}
+	return results, nil
 }
 
 // releases reports whether release.flip asks for a release instead of a flip.

@@ -181,7 +181,10 @@ func (s *Store) GetChain(ctx context.Context, ns string, chain []string, keys []
 var ErrNoScan = errors.New("writers: the store cannot scan a version's rows")
 
 // ScanRows passes every row of version of ns to fn, in batches (see Scanner): a key may
-// come twice, with the same value; tombstones come as they are stored.
+// come twice, with the same value; tombstones come as they are stored. fn may call the
+// store's other methods (compaction writes each batch into a new version), but Close must
+// not be called until ScanRows returns: the call in flight and fn's would wait for each
+// other.
 func (s *Store) ScanRows(ctx context.Context, ns, version string, fn func(rows Rows) error) error {
 	if err := validateNV(ns, version); err != nil {
 		return fmt.Errorf("scan rows: %w", err)
