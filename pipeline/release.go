@@ -164,15 +164,26 @@ func latestFlip(m *writers.Manifest) time.Time {
 func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
 	var liveRows int64 = -1
+	liveName := live
 	if lm != nil {
 		liveRows = lm.RowsWritten
+		if lm.Incremental() && !r.m.Incremental() {
+			// A full run replaces the live chain: compare with the full version at its
+			// bottom, which holds nearly every key (an increment holds a few).
+			chain, err := writers.ResolveChain(ctx, r.store, r.ns, lm)
+			if err != nil {
+				return nil, fmt.Errorf("min_rows_ratio: live version: %w", err)
+			}
+			bottom := chain[len(chain)-1]
+			liveRows, liveName = bottom.RowsWritten, fmt.Sprintf("%s (the full version under the live chain headed by %s)", bottom.Version, live)
+		}
 	}
 	minRows := writers.GateResult{Name: "min_rows_ratio", Limit: g.MinRows(), Passed: true, Value: 1}
 	if liveRows > 0 {
 		minRows.Value = float64(r.m.RowsWritten) / float64(liveRows)
 		minRows.Passed = minRows.Value >= minRows.Limit
 		minRows.Detail = fmt.Sprintf("%d rows written, live version %s has %d (ratio %.4f, at least %.4f)",
-			r.m.RowsWritten, live, liveRows, minRows.Value, minRows.Limit)
+			r.m.RowsWritten, liveName, liveRows, minRows.Value, minRows.Limit)
 	} else {
 		minRows.Detail = "no live version to compare with"
 	}
