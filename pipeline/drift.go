@@ -44,16 +44,18 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 	var out []writers.GateResult
 	// The live side of every comparison is live's chain; an increment's is its base's
 	// (it is compared with what it builds on, whatever is live now).
-	liveChain := []string{live}
+	// The distribution and key sample of a chain's population are those of the full
+	// version at its bottom (an increment's describe its own few rows).
+	liveChain, ref := []string{live}, lm
 	if r.m.Incremental() && len(r.baseChain) > 0 {
 		lm, live = r.baseChain[0], r.baseChain[0].Version
-		liveChain = writers.ChainVersions(r.baseChain)
+		liveChain, ref = writers.ChainVersions(r.baseChain), r.baseChain[len(r.baseChain)-1]
 	} else if lm != nil && lm.Incremental() {
 		c, err := writers.ResolveChain(ctx, r.store, r.ns, lm)
 		if err != nil {
 			return nil, fmt.Errorf("drift gates: live version: %w", err)
 		}
-		liveChain = writers.ChainVersions(c)
+		liveChain, ref = writers.ChainVersions(c), c[len(c)-1]
 	}
 	none := func(name string, limit float64) writers.GateResult {
 		return writers.GateResult{Name: name, Passed: true, Limit: limit, Detail: "no live version to compare with"}
@@ -62,7 +64,7 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 		if lm == nil {
 			out = append(out, none("max_psi", *g.MaxPSI))
 		} else {
-			out = append(out, psiGate(r.m, lm, *g.MaxPSI))
+			out = append(out, psiGate(r.m, ref, *g.MaxPSI))
 		}
 	}
 	if !g.SamplesKeys() {
@@ -77,7 +79,7 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 		}
 		return out, nil
 	}
-	cmp, err := r.compareSample(ctx, lm, liveChain)
+	cmp, err := r.compareSample(ctx, lm, liveChain, ref.SampleKeys)
 	if err != nil {
 		return nil, fmt.Errorf("drift gates: %w", err)
 	}
@@ -145,12 +147,12 @@ type sampleComparison struct {
 }
 
 // compareSample reads the sampled keys from this version and the live one.
-func (r *run) compareSample(ctx context.Context, lm *writers.Manifest, liveChain []string) (*sampleComparison, error) {
+func (r *run) compareSample(ctx context.Context, lm *writers.Manifest, liveChain []string, liveSample []string) (*sampleComparison, error) {
 	keys := r.sample.keys()
 	cmp := &sampleComparison{incremental: r.m.Incremental()}
-	if len(lm.SampleKeys) > 0 && !r.m.Incremental() {
+	if len(liveSample) > 0 && !r.m.Incremental() {
 		keys = keys[:0:0]
-		for _, k := range lm.SampleKeys {
+		for _, k := range liveSample {
 			keys = append(keys, []byte(k))
 		}
 		cmp.fromLive = true
@@ -191,6 +193,9 @@ func (r *run) compareSample(ctx context.Context, lm *writers.Manifest, liveChain
 		}
 		for i, key := range batch {
 			switch {
+			case cmp.fromLive && lv[i] == nil && len(liveChain) > 1:
+				cmp.sampled-- // deleted since it was sampled: not a key live answers
+				continue
 			case cmp.fromLive && lv[i] == nil:
 				return nil, fmt.Errorf("sampled key %q of live version %s is not in the store", key, lm.Version)
 			case !cmp.fromLive && mv[i] == nil:

@@ -129,9 +129,17 @@ func TestIncrementalRuns(t *testing.T) {
 		wantChainValues(t, s, full, incr)
 
 		// A full run on top of the chain compares its rows with the chain's full version.
-		again, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, full, url, "release.gates.min_rows_ratio=0.99"), Store: s, Log: quiet})
+		again, err := pipeline.Run(ctx, pipeline.Config{Job: newJob(t, full, url, append(gates, "release.gates.min_rows_ratio=0.99")...), Store: s, Log: quiet})
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Its drift gates compare with the chain's population: the full version's sample
+		// of keys, read down the chain, and its distribution.
+		if g := gate(again.Manifest, "min_key_overlap"); g == nil || !g.Passed || g.Value != 1 || !strings.Contains(g.Detail, "keys sampled from live version") {
+			t.Errorf("full run over a chain: min_key_overlap %+v, want 1 over the base's sample", g)
+		}
+		if g := gate(again.Manifest, "max_psi"); g == nil || !g.Passed || !strings.Contains(g.Detail, "against live version "+base.Manifest.Version) {
+			t.Errorf("full run over a chain: max_psi %+v, want it against the chain's full version", g)
 		}
 		if g := gate(again.Manifest, "min_rows_ratio"); g == nil || !g.Passed || g.Value != 1 || !strings.Contains(g.Detail, "full version under the live chain") {
 			t.Errorf("full run over a chain: min_rows_ratio %+v, want 1 against the chain's full version", g)
