@@ -475,3 +475,38 @@ func httpPost(t *testing.T, url string, body []byte) []byte {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestDeleteAndCompactUsage(t *testing.T) {
+	_, job, store := workspace(t, 1000, "")
+	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.txt")
+	os.WriteFile(bad, []byte("u000000001\n\n"+strings.Repeat("x", writers.MaxKeyLen+1)+"\n"), 0o644)
+	good := filepath.Join(dir, "good.txt")
+	os.WriteFile(good, []byte("u000000001\r\n\nu000000002\n"), 0o644)
+	ns := []string{"--store", store, "--namespace", "churn"}
+	for _, tt := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no keys is bad usage", append([]string{"delete"}, ns...), 2, "no keys to delete"},
+		{"a keys file that does not exist is bad usage", append([]string{"delete", "--keys-file", filepath.Join(dir, "nope")}, ns...), 2, "--keys-file"},
+		{"a bad key in the keys file names its line", append([]string{"delete", "--keys-file", bad}, ns...), 2, "line 3"},
+		{"a missing namespace flag is bad usage", []string{"delete", "--store", store, "k"}, 2, "namespace"},
+		{"compacting a full version does nothing and says so", append([]string{"versions", "compact"}, ns...), 0, "nothing to compact"},
+		{"keys from a file and the command line are deleted", append([]string{"delete", "--keys-file", good, "u000000003"}, ns...), 0, "rows read 3, written 3"},
+		{"a deleted key is not found", append([]string{"get"}, append(ns, "u000000002")...), 1, "not_found"},
+		{"compacting the chain flips a full version", append([]string{"versions", "compact"}, ns...), 0, "rows read 997, written 997"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, stderr := staticref(t, tt.args...)
+			if code != tt.code || !strings.Contains(out+stderr, tt.want) {
+				t.Errorf("got exit %d\n%s%s\nwant exit %d saying %q", code, out, stderr, tt.code, tt.want)
+			}
+		})
+	}
+}

@@ -103,6 +103,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("a release swap is announced on the flip channel", func(t *testing.T) { testReleaseAnnounced(t, url) })
 	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
 	t.Run("get many of 100 keys costs one round trip per master", func(t *testing.T) { testClusterGetMany(t, openRedis(t, url)) })
+	t.Run("get chain of 3 levels costs one round trip per master", func(t *testing.T) { testClusterGetChain(t, openRedis(t, url)) })
 	t.Run("the rows of a version spread over every master", func(t *testing.T) {
 		ctx := context.Background()
 		s := openRedis(t, url)
@@ -895,4 +896,52 @@ func testGetChainOneRoundTrip(t *testing.T, s *writers.Store) {
 func TestRedisGetChainIsOneRoundTrip(t *testing.T) {
 	url := redistest.Standalone(t)
 	testGetChainOneRoundTrip(t, openRedis(t, url))
+}
+
+// testClusterGetChain: a GetChain of 100 keys down 3 versions sends each master at most
+// one pipeline and no single command.
+func testClusterGetChain(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "gcc", "v1", 300, writers.StateComplete)
+	for i, v := range []string{"v2", "v3"} {
+		m := &writers.Manifest{Namespace: "gcc", Version: v, State: writers.StateWriting, Mode: writers.VersionIncremental,
+			Base: []string{"v1", "v2"}[i], Depth: i + 2}
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteRows(ctx, "gcc", v, makeRows(i*10, i*10+10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu    sync.Mutex
+		trips []*roundTrips
+	)
+	err := driver(s).Client().(*goredis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+		r := new(roundTrips)
+		c.AddHook(r)
+		mu.Lock()
+		defer mu.Unlock()
+		trips = append(trips, r)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, _, err := s.GetChain(ctx, "gcc", []string{"v3", "v2", "v1"}, askKeys(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAsked(t, vals)
+	var pipelines int64
+	for _, r := range trips {
+		if p, n := r.pipelines.Load(), r.singles.Load(); p > 1 || n > 0 {
+			t.Errorf("a master got %d pipelines and %d single commands, want at most one pipeline and none", p, n)
+		}
+		pipelines += r.pipelines.Load()
+	}
+	if pipelines != 3 {
+		t.Errorf("GetChain sent %d pipelines, want 3: one to each master", pipelines)
+	}
 }
