@@ -273,7 +273,7 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 		for i, k := range keys {
 			if v, f, ok := s.cache.Get(cacheKey(n.name, sn.Manifest.Version, k)); ok {
 				s.met.hit()
-				vals[i], found[i] = v, f
+				found[i] = f
 				vals[i], levels[i] = sn.unpack(v, f)
 				continue
 			}
