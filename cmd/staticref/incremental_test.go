@@ -1,9 +1,9 @@
 package main
 
-// Incremental versions end to end, through the real binary, on every store: a full
-// version of 50,000 keys, an incremental run of 5,000 rows (3,000 existing keys with new
-// values, 2,000 new keys), rollback and flip back, gc, deletions, max_chain and
-// compaction. Every expectation is computed independently: shardgen.RowAt gives each
+// Incremental versions end to end, through the real binary, on every store (Pebble,
+// Redis, Redis Cluster, the Bigtable emulator): a full version of 50,000 keys, an
+// incremental run of 5,000 rows (3,000 existing keys with new values, 2,000 new keys),
+// rollback and flip back, gc, deletions, max_chain and compaction. Every expectation is computed independently: shardgen.RowAt gives each
 // row's features, onnxgen's float64 reference the model's answer.
 
 import (
@@ -192,6 +192,7 @@ func TestIncrementalVersionsOnEveryStore(t *testing.T) {
 	}{
 		{"pebble", func(t *testing.T) (string, []string) { return "pebble:" + filepath.Join(t.TempDir(), "store"), nil }},
 		{"redis", func(t *testing.T) (string, []string) { return redistest.Standalone(t), nil }},
+		{"redis cluster", func(t *testing.T) (string, []string) { return redistest.Cluster(t), nil }},
 		{"bigtable emulator", func(t *testing.T) (string, []string) {
 			srv, err := bttest.NewServer("127.0.0.1:0")
 			if err != nil {
