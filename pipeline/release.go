@@ -112,6 +112,9 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		return res, nil
 	case r.cfg.NoFlip || r.job.Release.Flip == "manual":
 		return res, nil
+	case r.m.Incremental() && live != r.m.Base:
+		r.log.Info("the increment's base is no longer live; not flipping", "version", r.m.Version, "base", r.m.Base, "live", live)
+		return res, nil
 	case r.releases() && live != "":
 		// The shard that completed the version may have died before starting its release.
 		cur, err := r.store.Release(ctx, r.ns)
@@ -128,9 +131,6 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		}
 		res.Release, err = r.startRelease(ctx)
 		return res, err
-	case r.m.Incremental() && live != r.m.Base:
-		r.log.Info("the increment's base is no longer live; not flipping", "version", r.m.Version, "base", r.m.Base, "live", live)
-		return res, nil
 	case live != "":
 		// A version flipped live after this one completed is newer, whatever the ids say:
 		// flipping this one would be a rollback.
