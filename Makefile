@@ -5,7 +5,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet fuzz demo testdata clean loadtest bench
+.PHONY: all build ort test vet fuzz demo testdata clean loadtest loadtest-chain bench
 
 all: build
 
@@ -45,6 +45,9 @@ testdata: build ## regenerate the small fixed copies under testdata/
 
 loadtest: ort ## lookup service under load with flips, next to redis-benchmark GET (needs redis-server)
 	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30
+
+loadtest-chain: ort ## lookup p99 over a chain of incremental versions (depth 3) against a full version (needs redis-server)
+	$(GO) run ./cmd/loadtest -chain -duration 10s -clients 16
 
 clean:
 	rm -rf bin .staticref

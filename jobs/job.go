@@ -81,10 +81,18 @@ type Sink struct {
 	// ExportRowGroupBytes is the export's row group target: a row group is cut when its
 	// buffered, uncompressed rows reach it (default DefaultExportRowGroupBytes).
 	ExportRowGroupBytes int `yaml:"export_row_group_bytes"`
+	// Mode is full (the version holds every key) or incremental (it holds only this run's
+	// rows on top of the live version: an hourly top-up, an ad-hoc backfill).
+	Mode string `yaml:"mode"`
+	// MaxChain is the deepest chain of incremental versions a run may make (default 8).
+	MaxChain int `yaml:"max_chain"`
 }
 
 // DefaultExportRowGroupBytes is sink.export_row_group_bytes when left out: 64 MiB.
 const DefaultExportRowGroupBytes = 64 << 20
+
+// Incremental reports whether the job writes incremental versions.
+func (s Sink) Incremental() bool { return s.Mode == "incremental" }
 
 // Defaults are the cold-start answers computed by the run.
 type Defaults struct {
@@ -196,6 +204,7 @@ func (g Gates) SamplesKeys() bool { return g.MaxMeanAbsDiff != nil || g.MinKeyOv
 const (
 	DefaultBatchSize       = 8192
 	DefaultMaxInFlight     = 4
+	DefaultMaxChain        = writers.DefaultMaxChain
 	DefaultStore           = "pebble:.staticref/store"
 	DefaultKeep            = 2
 	DefaultMinRowsRatio    = 0.9
@@ -308,6 +317,7 @@ func Parse(data []byte, path string, sets []string) (*Job, error) {
 		{"model.intra_op_threads", j.Model.IntraOpThreads, "use 1 to 256, or leave it out for 1"},
 		{"sink.max_in_flight", j.Sink.MaxInFlight, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxInFlight)},
 		{"sink.export_row_group_bytes", j.Sink.ExportRowGroupBytes, "use 1024 to 1073741824, or leave it out for 64 MiB"},
+		{"sink.max_chain", j.Sink.MaxChain, fmt.Sprintf("use 1 to 64, or leave it out for %d", DefaultMaxChain)},
 	} {
 		if f.v == 0 && res.Given(f.path) {
 			e.Problems = append(e.Problems, atLine(yamldecode.Problem{Line: res.Line(f.path), Path: f.path, Msg: "0: " + f.use}))
@@ -355,6 +365,12 @@ func (j *Job) setDefaults() {
 	}
 	if j.Sink.ExportRowGroupBytes == 0 {
 		j.Sink.ExportRowGroupBytes = DefaultExportRowGroupBytes
+	}
+	if j.Sink.Mode == "" {
+		j.Sink.Mode = "full"
+	}
+	if j.Sink.MaxChain == 0 {
+		j.Sink.MaxChain = DefaultMaxChain
 	}
 	if j.Defaults.Global == "" {
 		j.Defaults.Global = "mean"
@@ -470,6 +486,9 @@ func (j *Job) Validate() error {
 		if j.Release.Gates.SamplesKeys() {
 			add("release.gates: min_key_overlap and max_mean_abs_diff look keys up, which the export-only store %s cannot; use max_psi", u.Redacted())
 		}
+		if j.Sink.Incremental() {
+			add("sink.mode: incremental builds on a live version, which the export-only store %s has not: use full (an export holds every row it is given)", u.Redacted())
+		}
 	}
 	if j.Sink.Export != "" {
 		if err := writers.CheckExportURL(j.Sink.Export); err != nil {
@@ -485,6 +504,14 @@ func (j *Job) Validate() error {
 	case "json", "binary":
 	default:
 		add("sink.encoding: %s: use json or binary", q(j.Sink.Encoding))
+	}
+	switch j.Sink.Mode {
+	case "full", "incremental":
+	default:
+		add("sink.mode: %s: use full or incremental", q(j.Sink.Mode))
+	}
+	if n := j.Sink.MaxChain; n < 1 || n > 64 {
+		add("sink.max_chain: %d: use 1 to 64", n)
 	}
 	switch j.Defaults.Global {
 	case "mean", "median", "none":

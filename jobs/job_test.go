@@ -31,6 +31,8 @@ func TestGoodFilesLoadWithDefaultsAndResolvedPaths(t *testing.T) {
 			{"sink.encoding", j.Sink.Encoding, "binary"},
 			{"sink.export", j.Sink.Export, filepath.Join(dir, "exports")},
 			{"sink.export_row_group_bytes", j.Sink.ExportRowGroupBytes, 1 << 20},
+			{"sink.mode", j.Sink.Mode, "incremental"},
+			{"sink.max_chain", j.Sink.MaxChain, 4},
 			{"model.batch_size", j.Model.BatchSize, 4096},
 			{"model.device", j.Model.Device, "cpu"},
 			{"defaults.global", j.Defaults.Global, "median"},
@@ -108,6 +110,8 @@ func TestBadFilesReportEveryProblemWithItsPath(t *testing.T) {
 			`model.device: "tpu"`,
 			`sink.store: `,
 			`sink.encoding: "xml"`,
+			`sink.mode: "partial": use full or incremental`,
+			"sink.max_chain: 65: use 1 to 64",
 			`defaults.global: "mode"`,
 			`release.flip: "sometimes"`,
 			"release.keep: -1",
@@ -353,6 +357,7 @@ func TestSinkExportIsValidatedLikeEveryField(t *testing.T) {
 		{"an s3 URL without bucket names the field", []string{"sink.export=s3:///x"}, "sink.export: s3:///x: no bucket"},
 		{"credentials in the URL are refused without echoing them", []string{"sink.export=s3://AKIA:hunter22@bucket/x"}, "credentials do not go in the URL"},
 		{"an export-only store needs no sink.export", []string{"sink.store=parquet:out", "sink.export=elsewhere"}, "sink.export: the store parquet:out is export-only"},
+		{"an export-only store takes no increments", []string{"sink.store=parquet:out", "sink.mode=incremental"}, "sink.mode: incremental builds on a live version, which the export-only store parquet:out has not"},
 		{"a tiny row group target names the field", []string{"sink.export_row_group_bytes=10"}, "sink.export_row_group_bytes: 10: use 1024"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

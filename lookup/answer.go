@@ -36,7 +36,11 @@ type Answer struct {
 	Value     json.RawMessage `json:"value,omitempty"`
 	Version   string          `json:"version,omitempty"`
 	// Arm is the release arm that answered, live or candidate, while a release routes.
-	Arm        string     `json:"arm,omitempty"`
+	Arm string `json:"arm,omitempty"`
+	// RowVersion is the version that held the key: the version itself, or for an
+	// incremental version the base down its chain that answered (precomputed answers).
+	// ComputedAt is that version's.
+	RowVersion string     `json:"row_version,omitempty"`
 	ComputedAt *time.Time `json:"computed_at,omitempty"`
 	AgeSeconds *float64   `json:"age_seconds,omitempty"`
 	Stale      *bool      `json:"stale,omitempty"`
@@ -72,19 +76,19 @@ func (sn *Snapshot) Get(ctx context.Context, s *writers.Store, key string, now t
 		a.Error = &Error{Code: CodeInvalid, Message: err.Error()}
 		return a, nil
 	}
-	raw, err := s.Get(ctx, sn.Namespace, sn.Manifest.Version, []byte(key))
-	if errors.Is(err, writers.ErrNotFound) {
-		a.Error = &Error{Code: CodeNotFound, Message: fmt.Sprintf("key %q is not in version %s of %s", key, sn.Manifest.Version, sn.Namespace)}
-		return a, nil
-	}
+	vals, from, err := sn.read(ctx, s, [][]byte{[]byte(key)})
 	if err != nil {
 		return a, fmt.Errorf("get %q from %s/%s: %w", key, sn.Namespace, sn.Manifest.Version, err)
 	}
-	v, err := writers.ValueJSON(sn.Manifest, raw)
+	if vals[0] == nil {
+		a.Error = &Error{Code: CodeNotFound, Message: fmt.Sprintf("key %q is not in version %s of %s", key, sn.Manifest.Version, sn.Namespace)}
+		return a, nil
+	}
+	v, err := sn.decode(vals[0], from[0])
 	if err != nil {
 		return a, err
 	}
-	sn.fill(&a, v, SourcePrecomputed, now, false)
+	sn.fillRow(&a, v, from[0], now, false)
 	return a, nil
 }
 
@@ -98,6 +102,18 @@ func (sn *Snapshot) fill(a *Answer, v json.RawMessage, source string, now time.T
 	age := roundSeconds(now.Sub(at))
 	a.Value, a.Version, a.Source = v, sn.Manifest.Version, source
 	a.ComputedAt, a.AgeSeconds, a.Stale = &at, &age, &stale
+}
+
+// fillRow completes a precomputed answer that level i of sn's chain held: its
+// row_version, and that version's computed_at and age.
+func (sn *Snapshot) fillRow(a *Answer, v json.RawMessage, i int, now time.Time, stale bool) {
+	sn.fill(a, v, SourcePrecomputed, now, stale)
+	m := sn.level(i)
+	a.RowVersion = m.Version
+	if i > 0 {
+		at, age := m.CompletedAt, roundSeconds(now.Sub(m.CompletedAt))
+		a.ComputedAt, a.AgeSeconds = &at, &age
+	}
 }
 
 // roundSeconds is d in seconds, to the millisecond: 1.259, not 1.2590231570000001.
@@ -126,12 +142,12 @@ func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key st
 	}
 	a = Answer{Namespace: n.name, Key: key}
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		v, found, err := s.precomputed(ctx, n, sn, key)
+		v, level, found, err := s.precomputedAt(ctx, n, sn, key)
 		if err != nil {
 			return a, false, err
 		}
 		if found {
-			sn.fill(&a, v, SourcePrecomputed, now, stale)
+			sn.fillRow(&a, v, level, now, stale)
 			return a, false, nil
 		}
 		missing = true
@@ -142,29 +158,63 @@ func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key st
 
 // precomputed reads key from the snapshot's version, through the cache.
 func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, key string) (json.RawMessage, bool, *apiError) {
+	v, _, found, err := s.precomputedAt(ctx, n, sn, key)
+	return v, found, err
+}
+
+// precomputedAt is precomputed that also says which level of the snapshot's chain held
+// the key (0: the version itself).
+func (s *Service) precomputedAt(ctx context.Context, n *namespace, sn *Snapshot, key string) (json.RawMessage, int, bool, *apiError) {
 	ck := cacheKey(n.name, sn.Manifest.Version, key)
 	if v, found, ok := s.cache.Get(ck); ok {
 		s.met.hit()
-		return v, found, nil
+		v, level := sn.unpack(v, found)
+		return v, level, found, nil
 	}
 	s.met.miss()
 	sctx, cancel := s.storeCtx(ctx)
-	raw, err := sn.Store.Get(sctx, n.name, sn.Manifest.Version, []byte(key))
+	vals, from, err := sn.read(sctx, sn.Store, [][]byte{[]byte(key)})
 	cancel()
-	if errors.Is(err, writers.ErrNotFound) {
+	if err != nil {
+		return nil, 0, false, s.apiErrorOf(n.name, err)
+	}
+	v, found, aerr := s.decodeRow(n, sn, ck, vals[0], from[0])
+	return v, from[0], found, aerr
+}
+
+// decodeRow decodes and caches what level i of sn's chain answered for a key (raw nil:
+// nothing, or deleted).
+func (s *Service) decodeRow(n *namespace, sn *Snapshot, ck string, raw []byte, i int) (json.RawMessage, bool, *apiError) {
+	if raw == nil {
 		s.cache.Put(ck, nil, false)
 		return nil, false, nil
 	}
+	v, err := sn.decode(raw, i)
 	if err != nil {
-		return nil, false, s.apiErrorOf(n.name, err)
-	}
-	v, err := writers.ValueJSON(sn.Manifest, raw)
-	if err != nil {
-		s.log.Error("undecodable stored value", "namespace", n.name, "version", sn.Manifest.Version, "err", err)
+		s.log.Error("undecodable stored value", "namespace", n.name, "version", sn.level(i).Version, "err", err)
 		return nil, false, errorf(CodeInternal, "the stored value of this key cannot be decoded")
 	}
-	s.cache.Put(ck, v, true)
+	s.cache.Put(ck, sn.pack(v, i), true)
 	return v, true, nil
+}
+
+// The cache stays keyed by the head version (what a chain answers for a key is as
+// immutable as a version's own row). For a snapshot read down a chain, an entry's value
+// carries the level that held the key as one leading byte (a chain is at most 64 deep),
+// so a hit answers with the right row_version; a full version's entries are the bare
+// value.
+func (sn *Snapshot) pack(v json.RawMessage, level int) json.RawMessage {
+	if !sn.deep() {
+		return v
+	}
+	return append(json.RawMessage{byte(level)}, v...)
+}
+
+func (sn *Snapshot) unpack(v json.RawMessage, found bool) (json.RawMessage, int) {
+	if !sn.deep() || !found || len(v) == 0 {
+		return v, 0
+	}
+	return v[1:], int(v[0])
 }
 
 // coldStart answers a key the version lacks: segment default, online prediction,
@@ -215,26 +265,35 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 	out := make([]Answer, len(keys))
 	found := make([]bool, len(keys))
 	vals := make([]json.RawMessage, len(keys))
+	levels := make([]int, len(keys))
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(batchParallelism)
+		// The keys the cache lacks are read in one store call, down the whole chain.
+		var ask [][]byte
+		var askAt []int
 		for i, k := range keys {
 			if v, f, ok := s.cache.Get(cacheKey(n.name, sn.Manifest.Version, k)); ok {
 				s.met.hit()
-				vals[i], found[i] = v, f
+				found[i] = f
+				vals[i], levels[i] = sn.unpack(v, f)
 				continue
 			}
-			g.Go(func() error {
-				v, f, err := s.precomputed(gctx, n, sn, k)
-				if err != nil {
-					return err
-				}
-				vals[i], found[i] = v, f
-				return nil
-			})
+			s.met.miss()
+			ask, askAt = append(ask, []byte(k)), append(askAt, i)
 		}
-		if err := g.Wait(); err != nil {
-			return nil, nil, err.(*apiError)
+		if len(ask) > 0 {
+			sctx, cancel := s.storeCtx(ctx)
+			raw, from, err := sn.read(sctx, sn.Store, ask)
+			cancel()
+			if err != nil {
+				return nil, nil, s.apiErrorOf(n.name, err)
+			}
+			for j, i := range askAt {
+				v, f, aerr := s.decodeRow(n, sn, cacheKey(n.name, sn.Manifest.Version, keys[i]), raw[j], from[j])
+				if aerr != nil {
+					return nil, nil, aerr
+				}
+				vals[i], found[i], levels[i] = v, f, from[j]
+			}
 		}
 		missing = make([]bool, len(keys))
 		for i := range keys {
@@ -251,7 +310,7 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 	for i, k := range keys {
 		a := Answer{Namespace: n.name, Key: k}
 		if found[i] {
-			sn.fill(&a, vals[i], SourcePrecomputed, now, stale)
+			sn.fillRow(&a, vals[i], levels[i], now, stale)
 			s.met.answers.WithLabelValues(n.name, SourcePrecomputed).Inc()
 			out[i] = a
 			continue

@@ -385,6 +385,10 @@ func (s *Service) releaseView(ctx context.Context, n *namespace, live, cur *Snap
 		default:
 			cctx, cancel := s.storeCtx(ctx)
 			m, err := live.Store.Manifest(cctx, n.name, rec.Candidate)
+			var c *Snapshot
+			if err == nil {
+				c, err = newSnapshot(cctx, live.Store, n.name, m) // a candidate increment reads its chain
+			}
 			cancel()
 			if err != nil {
 				s.log.Warn("read the release candidate's manifest: answering from live until it can be read",
@@ -392,7 +396,6 @@ func (s *Service) releaseView(ctx context.Context, n *namespace, live, cur *Snap
 				v.routing, v.ab, v.shadow, v.broken = false, false, false, true
 				break
 			}
-			c := &Snapshot{Namespace: n.name, Manifest: m, Store: live.Store}
 			c.prepare(n.cfg, s.log)
 			v.cand = c
 		}

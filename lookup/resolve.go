@@ -21,6 +21,12 @@ type Snapshot struct {
 	// Store is where the version's rows are read from (nil: the caller passes one to Get).
 	Store *writers.Store
 
+	// chain is the version's chain, head first (ResolveChain): the versions a key is read
+	// from, newest first; nil for a snapshot built without one (tests), which reads
+	// Manifest alone. Resolved once per flip, with the snapshot, never per request.
+	chain    []*writers.Manifest
+	chainIDs []string
+
 	fb *fallbacks // cold-start answers, rendered by prepare (service only)
 	// rel is the namespace's release as this snapshot serves it (service only; nil: none).
 	rel *releaseView
@@ -52,7 +58,46 @@ func Resolve(ctx context.Context, s *writers.Store, ns string) (*Snapshot, error
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s/%s: %w", ns, live, err)
 	}
-	return &Snapshot{Namespace: ns, Manifest: m, Store: s}, nil
+	return newSnapshot(ctx, s, ns, m)
+}
+
+// newSnapshot is the snapshot of version m of ns, with its chain resolved.
+func newSnapshot(ctx context.Context, s *writers.Store, ns string, m *writers.Manifest) (*Snapshot, error) {
+	sn := &Snapshot{Namespace: ns, Manifest: m, Store: s}
+	if m.Incremental() {
+		chain, err := writers.ResolveChain(ctx, s, ns, m)
+		if err != nil {
+			return nil, err
+		}
+		sn.chain, sn.chainIDs = chain, writers.ChainVersions(chain)
+	}
+	return sn, nil
+}
+
+// deep reports whether sn's version is an increment, read down a chain of versions.
+func (sn *Snapshot) deep() bool { return len(sn.chainIDs) > 1 }
+
+// level is the manifest of the version at index i of sn's chain.
+func (sn *Snapshot) level(i int) *writers.Manifest {
+	if i > 0 && i < len(sn.chain) {
+		return sn.chain[i]
+	}
+	return sn.Manifest
+}
+
+// read reads keys from sn's version, down its chain: the raw values (nil: not found, or
+// deleted) and the chain index of the version that answered each.
+func (sn *Snapshot) read(ctx context.Context, s *writers.Store, keys [][]byte) ([][]byte, []int, error) {
+	chain := sn.chainIDs
+	if len(chain) == 0 {
+		chain = []string{sn.Manifest.Version}
+	}
+	return s.GetChain(ctx, sn.Namespace, chain, keys)
+}
+
+// decode turns a raw value that level i of the chain answered into the answer's value.
+func (sn *Snapshot) decode(raw []byte, i int) (json.RawMessage, error) {
+	return writers.ValueJSON(sn.level(i), raw)
 }
 
 // fallbacks are a snapshot's cold-start answers, rendered once when the snapshot is

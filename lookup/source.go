@@ -104,7 +104,11 @@ func (s *storeSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*S
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s/%s: %w", ns, live, err)
 	}
-	return &Snapshot{Namespace: ns, Manifest: m, Store: s.store}, nil
+	sn, err := newSnapshot(cctx, s.store, ns, m)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s/%s: %w", ns, live, err)
+	}
+	return sn, nil
 }
 
 func (s *storeSource) catalog(context.Context) (*writers.Store, func(), error) {

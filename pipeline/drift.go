@@ -42,6 +42,21 @@ const sampleBatch = 1000
 func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
 	var out []writers.GateResult
+	// The live side of every comparison is live's chain; an increment's is its base's
+	// (it is compared with what it builds on, whatever is live now).
+	// The distribution and key sample of a chain's population are those of the full
+	// version at its bottom (an increment's describe its own few rows).
+	liveChain, ref := []string{live}, lm
+	if r.m.Incremental() && len(r.baseChain) > 0 {
+		lm, live = r.baseChain[0], r.baseChain[0].Version
+		liveChain, ref = writers.ChainVersions(r.baseChain), r.baseChain[len(r.baseChain)-1]
+	} else if lm != nil && lm.Incremental() {
+		c, err := writers.ResolveChain(ctx, r.store, r.ns, lm)
+		if err != nil {
+			return nil, fmt.Errorf("drift gates: live version: %w", err)
+		}
+		liveChain, ref = writers.ChainVersions(c), c[len(c)-1]
+	}
 	none := func(name string, limit float64) writers.GateResult {
 		return writers.GateResult{Name: name, Passed: true, Limit: limit, Detail: "no live version to compare with"}
 	}
@@ -49,7 +64,7 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 		if lm == nil {
 			out = append(out, none("max_psi", *g.MaxPSI))
 		} else {
-			out = append(out, psiGate(r.m, lm, *g.MaxPSI))
+			out = append(out, psiGate(r.m, ref, *g.MaxPSI))
 		}
 	}
 	if !g.SamplesKeys() {
@@ -64,7 +79,7 @@ func (r *run) driftGates(ctx context.Context, live string, lm *writers.Manifest)
 		}
 		return out, nil
 	}
-	cmp, err := r.compareSample(ctx, lm)
+	cmp, err := r.compareSample(ctx, lm, liveChain, ref.SampleKeys)
 	if err != nil {
 		return nil, fmt.Errorf("drift gates: %w", err)
 	}
@@ -124,6 +139,7 @@ func psiGate(m, lm *writers.Manifest, limit float64) writers.GateResult {
 type sampleComparison struct {
 	sampled, inLive int
 	fromLive        bool     // the sample is the live version's; else this run's
+	incremental     bool     // this version is an increment, compared with its base
 	outputs         []string // compared: in both versions with one width
 	sum             []float64
 	n               []int64
@@ -131,12 +147,12 @@ type sampleComparison struct {
 }
 
 // compareSample reads the sampled keys from this version and the live one.
-func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleComparison, error) {
+func (r *run) compareSample(ctx context.Context, lm *writers.Manifest, liveChain []string, liveSample []string) (*sampleComparison, error) {
 	keys := r.sample.keys()
-	cmp := &sampleComparison{}
-	if len(lm.SampleKeys) > 0 {
+	cmp := &sampleComparison{incremental: r.m.Incremental()}
+	if len(liveSample) > 0 && !r.m.Incremental() {
 		keys = keys[:0:0]
-		for _, k := range lm.SampleKeys {
+		for _, k := range liveSample {
 			keys = append(keys, []byte(k))
 		}
 		cmp.fromLive = true
@@ -171,12 +187,15 @@ func (r *run) compareSample(ctx context.Context, lm *writers.Manifest) (*sampleC
 		if err != nil {
 			return nil, fmt.Errorf("read sampled keys of version %s: %w", r.m.Version, err)
 		}
-		lv, err := r.store.GetMany(ctx, r.ns, lm.Version, batch)
+		lv, _, err := r.store.GetChain(ctx, r.ns, liveChain, batch)
 		if err != nil {
 			return nil, fmt.Errorf("read sampled keys of live version %s: %w", lm.Version, err)
 		}
 		for i, key := range batch {
 			switch {
+			case cmp.fromLive && lv[i] == nil && len(liveChain) > 1:
+				cmp.sampled-- // deleted since it was sampled: not a key live answers
+				continue
 			case cmp.fromLive && lv[i] == nil:
 				return nil, fmt.Errorf("sampled key %q of live version %s is not in the store", key, lm.Version)
 			case !cmp.fromLive && mv[i] == nil:
@@ -240,6 +259,10 @@ func (c *sampleComparison) diffGate(live string, limit float64) writers.GateResu
 	switch {
 	case c.sampled == 0:
 		res.Passed, res.Detail = true, "no key was sampled: the version has no rows"
+		return res
+	case c.inLive == 0 && c.incremental:
+		res.Passed = true
+		res.Detail = fmt.Sprintf("nothing to compare: none of the increment's %d sampled keys is in base %s (they are all new keys)", c.sampled, live)
 		return res
 	case c.inLive == 0:
 		res.Detail = fmt.Sprintf("nothing to compare: none of the %d sampled keys is in live version %s", c.sampled, live)

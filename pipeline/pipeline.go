@@ -153,6 +153,8 @@ type run struct {
 	rowsRead  atomic.Int64
 	committed committedRows // of this run's row groups, committed by it or before it
 	sample    *keySample    // keys of the version for the drift gates (nil: none is set)
+	// baseChain is an incremental version's base chain, base first (release resolves it).
+	baseChain []*writers.Manifest
 	// fence is when the writer lease was last known to hold (a time.Time; see lease).
 	fence atomic.Value
 }

@@ -32,6 +32,18 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 			return res, err
 		}
 	}
+	if r.m.Incremental() {
+		bm, err := r.store.Manifest(ctx, r.ns, r.m.Base)
+		if err != nil {
+			return res, fmt.Errorf("read base manifest %s: %w", r.m.Base, err)
+		}
+		if r.baseChain, err = writers.ResolveChain(ctx, r.store, r.ns, bm); err != nil {
+			return res, fmt.Errorf("incremental version %s: %w", r.m.Version, err)
+		}
+		if bm.Defaults != nil {
+			r.m.Defaults = bm.Defaults // the population's cold-start answers, not the increment's
+		}
+	}
 	if r.m.Gates, err = r.gates(ctx, live, lm); err != nil {
 		return res, err
 	}
@@ -116,6 +128,9 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 		return res, nil
 	case r.cfg.NoFlip || r.job.Release.Flip == "manual":
 		return res, nil
+	case r.m.Incremental() && live != r.m.Base:
+		r.log.Info("the increment's base is no longer live; not flipping", "version", r.m.Version, "base", r.m.Base, "live", live)
+		return res, nil
 	case r.releases() && live != "":
 		// The shard that completed the version may have died before starting its release.
 		cur, err := r.store.Release(ctx, r.ns)
@@ -165,8 +180,19 @@ func latestFlip(m *writers.Manifest) time.Time {
 func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]writers.GateResult, error) {
 	g := r.job.Release.Gates
 	var liveRows int64 = -1
+	liveName := live
 	if lm != nil {
 		liveRows = lm.RowsWritten
+		if lm.Incremental() && !r.m.Incremental() {
+			// A full run replaces the live chain: compare with the full version at its
+			// bottom, which holds nearly every key (an increment holds a few).
+			chain, err := writers.ResolveChain(ctx, r.store, r.ns, lm)
+			if err != nil {
+				return nil, fmt.Errorf("min_rows_ratio: live version: %w", err)
+			}
+			bottom := chain[len(chain)-1]
+			liveRows, liveName = bottom.RowsWritten, fmt.Sprintf("%s (the full version under the live chain headed by %s)", bottom.Version, live)
+		}
 	}
 	minRows := writers.GateResult{Name: "min_rows_ratio", Limit: g.MinRows(), Passed: true, Value: 1}
 	if liveRows > 0 {
@@ -177,7 +203,7 @@ func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]w
 			what = "newest complete export"
 		}
 		minRows.Detail = fmt.Sprintf("%d rows written, %s %s has %d (ratio %.4f, at least %.4f)",
-			r.m.RowsWritten, what, live, liveRows, minRows.Value, minRows.Limit)
+			r.m.RowsWritten, what, liveName, liveRows, minRows.Value, minRows.Limit)
 	} else {
 		minRows.Detail = "no live version to compare with"
 	}
@@ -203,7 +229,11 @@ func (r *run) gates(ctx context.Context, live string, lm *writers.Manifest) ([]w
 	if err != nil {
 		return nil, err
 	}
-	return append(results, drift...), nil
+	results = append(results, drift...)
+	if r.m.Incremental() {
+		results = incrementalGates(results, r.m.Base, live)
+	}
+	return results, nil
 }
 
 // releases reports whether release.flip asks for a release instead of a flip.

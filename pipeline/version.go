@@ -31,11 +31,18 @@ func (r *run) createVersion(ctx context.Context) error {
 			return fmt.Errorf("read manifest %s: %w", id, err)
 		}
 	}
+	mode, base, depth, err := r.chainOnto(ctx)
+	if err != nil {
+		return err
+	}
 	r.m = &writers.Manifest{
 		Namespace: r.ns,
 		Version:   id,
 		Job:       r.job.Name,
 		State:     writers.StateWriting,
+		Mode:      mode,
+		Base:      base,
+		Depth:     depth,
 		Model:     r.model.Info,
 		Key:       r.job.Source.Key,
 		Features:  r.job.Source.Features,
@@ -70,6 +77,9 @@ func (r *run) resume(ctx context.Context, old *writers.Manifest) error {
 	var problems []string
 	if old.Model.SHA256 != r.model.Info.SHA256 {
 		problems = append(problems, fmt.Sprintf("model sha256 %s, now %s", old.Model.SHA256, r.model.Info.SHA256))
+	}
+	if oldMode, mode := modeOf(old), r.job.Sink.Mode; oldMode != mode {
+		problems = append(problems, fmt.Sprintf("sink.mode %s, now %s", oldMode, mode))
 	}
 	if old.Encoding != r.job.Sink.Encoding {
 		problems = append(problems, fmt.Sprintf("encoding %s, now %s", old.Encoding, r.job.Sink.Encoding))

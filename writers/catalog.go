@@ -313,6 +313,12 @@ func flipFrom(ctx context.Context, s *Store, ns, expected, version string, now t
 	if m.State != StateComplete {
 		return &NotCompleteError{Namespace: ns, Version: version, State: m.State}
 	}
+	if m.Incremental() {
+		// Every level of its chain must still be there to answer.
+		if _, err := ResolveChain(ctx, s, ns, m); err != nil {
+			return fmt.Errorf("flip %s to %s: %w", ns, version, err)
+		}
+	}
 	if expected == version {
 		// Already live (if the pointer agrees): no swap, and no history but a missing
 		// LiveAt. SwapLive still checks that the pointer is what the caller expects.
@@ -477,7 +483,9 @@ func (e *NoRollbackError) Unwrap() error { return ErrNotFound }
 //   - complete versions that were never live and were completed (or started) after the
 //     live version was flipped live: they may still be flipped by hand;
 //   - writing versions whose StartedAt is not before now-grace;
-//   - with nothing live, every complete and previous version.
+//   - with nothing live, every complete and previous version;
+//   - every version that one kept builds on, down its chain (see ResolveChain), so a kept
+//     incremental version never loses its base; an abandoned chain goes whole.
 //
 // It removes every other version that is not retired, whatever its id: failed versions,
 // abandoned runs (writing, started before now-grace), previous versions beyond keep or
@@ -498,23 +506,47 @@ func GC(ctx context.Context, s *Store, ns string, keep int, grace time.Duration,
 	for r, i := range h.candidates {
 		rank[i] = r
 	}
+	doomed := make([]bool, len(h.versions))
 	for i, v := range h.versions {
-		var doomed bool
+		var d bool
 		switch v.Effective {
 		case StateFailed:
-			doomed = true
+			d = true
 		case StateWriting:
-			doomed = v.StartedAt.Before(cutoff)
+			d = v.StartedAt.Before(cutoff)
 		case StatePrevious:
 			if r, ok := rank[i]; ok {
-				doomed = r >= keep
+				d = r >= keep
 				break
 			}
 			fallthrough
 		case StateComplete:
-			doomed = h.beforeLive(v.Manifest)
+			d = h.beforeLive(v.Manifest)
 		}
-		if !doomed {
+		doomed[i] = d
+	}
+	// A version that a kept one builds on (its base, the base's base, ...) is kept too, so
+	// no kept version's chain loses a level: the live increment's, a rollback target's, a
+	// run's still writing. A chain nothing kept builds on goes whole.
+	byID := make(map[string]int, len(h.versions))
+	for i, v := range h.versions {
+		byID[v.Version] = i
+	}
+	for i, v := range h.versions {
+		if doomed[i] || v.Effective == StateRetired {
+			continue
+		}
+		for m, n := v.Manifest, 0; m.Incremental() && n < maxChainWalk; n++ {
+			j, ok := byID[m.Base]
+			if !ok {
+				break
+			}
+			doomed[j] = false
+			m = h.versions[j].Manifest
+		}
+	}
+	for i, v := range h.versions {
+		if !doomed[i] || v.Effective == StateRetired {
 			continue
 		}
 		if err := s.DeleteVersion(ctx, ns, v.Version); err != nil {

@@ -85,6 +85,27 @@ type ManyGetter interface {
 	GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error)
 }
 
+// ChainGetter is a driver that reads many keys down a chain of versions (an incremental
+// version and its bases, head first) in one round trip: every level's reads in one Redis
+// pipeline, one Bigtable ReadRows of every level's row keys. Keys are valid. values[i] is
+// the value of keys[i] in the first version of chain that holds it, tombstones included
+// (the wrapper turns them into "deleted"), and from[i] that version's index in chain; nil
+// and -1 when no version holds it. Store.GetChain falls back to one GetMany per level,
+// for the keys still unanswered, without it.
+type ChainGetter interface {
+	GetChain(ctx context.Context, ns string, chain []string, keys [][]byte) (values [][]byte, from []int, err error)
+}
+
+// Scanner is a driver that can pass every row of a version to a function, in batches (a
+// Pebble iterator, Redis SCAN pages read with MGET, a Bigtable prefix ReadRows). fn may
+// keep neither the slices nor the bytes they hold beyond its call. A key may come twice
+// (a Redis SCAN during a resize, a Pebble version resumed into two parts), always with
+// the same value. An error from fn stops the scan and is returned. Store.ScanRows needs
+// it: compaction (versions compact) reads whole versions through it.
+type Scanner interface {
+	ScanRows(ctx context.Context, ns, version string, fn func(rows Rows) error) error
+}
+
 // Sweeper is a driver that may leave the rows of a retired version behind for a while (a
 // reader still held them when it was retired). Sweep removes those of ns that nobody
 // holds any longer; GC calls it every time, so that a gc run frees what earlier ones

@@ -112,6 +112,16 @@ type Manifest struct {
 	// event (no flip has made it live since), Rollback never returns to it.
 	RolledBackAt time.Time `json:"rolled_back_at,omitzero"`
 
+	// Mode is VersionFull (every key; "" in manifests written before increments) or
+	// VersionIncremental: the version holds only its own rows (new values, new keys,
+	// tombstones) and Base names the version its reads continue in when it lacks a key,
+	// the version that was live when its run started. Depth is the length of its chain,
+	// itself and its bases down to a full version: 1 for a full version (0 in manifests
+	// written before increments), its base's plus one for an increment. See chain.go.
+	Mode  string `json:"mode,omitempty"`
+	Base  string `json:"base,omitempty"`
+	Depth int    `json:"depth,omitempty"`
+
 	Model    ModelInfo `json:"model"`
 	Key      string    `json:"key"`      // source key column
 	Features []string  `json:"features"` // source feature columns, in model-input order

@@ -47,7 +47,15 @@ func main() {
 	batch := flag.Int("batch", 20, "keys per batchGet")
 	batchEvery := flag.Int("batch-every", 4, "every Nth request is a batchGet (0: none)")
 	canary := flag.Float64("canary", 10, "canary weight (percent) of the comparison run (0: skip it)")
+	chain := flag.Bool("chain", false, "compare lookup p99 over a chain of incremental versions (depth 3) with a full version instead (chain.go)")
 	flag.Parse()
+	if *chain {
+		if err := runChain(*rows, *clients, *dur, *maxReq, *batch, *batchEvery); err != nil {
+			fmt.Fprintln(os.Stderr, "loadtest:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*rows, *clients, *dur, *maxReq, *flips, *batch, *batchEvery, *canary); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)

@@ -215,6 +215,25 @@ func TestShippedJobAndLookupConfigFilesAreValid(t *testing.T) {
 			t.Fatalf("run: exit %d\n%s%s", code, out, stderr)
 		}
 	})
+	t.Run("jobs/churn-hourly.yaml is an hourly increment of namespace churn on top of the nightly run", func(t *testing.T) {
+		job, err := jobs.Load(filepath.Join(repoRoot, "jobs", "churn-hourly.yaml"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.Sink.Namespace != "churn" || !job.Sink.Incremental() || job.Schedule == "" {
+			t.Errorf("got namespace %q mode %q schedule %q, want an incremental scheduled job of churn", job.Sink.Namespace, job.Sink.Mode, job.Schedule)
+		}
+		store := "pebble:" + filepath.Join(t.TempDir(), "store")
+		for _, f := range []string{"churn.yaml", "churn-hourly.yaml"} {
+			code, out, stderr := staticref(t, "run", "--job", filepath.Join(repoRoot, "jobs", f), "--store", store, "--set", "model.device=cpu")
+			if code != 0 {
+				t.Fatalf("run %s: exit %d\n%s%s", f, code, out, stderr)
+			}
+			if f == "churn-hourly.yaml" && (!strings.Contains(out, "rows read 1000, written 1000") || !strings.Contains(out, "(chain depth 2)")) {
+				t.Errorf("run %s: want an increment of the 1000 rows of its shard:\n%s", f, out)
+			}
+		}
+	})
 	t.Run("deploy/lookup.yaml serves namespace churn from the repository's store", func(t *testing.T) {
 		cfg, err := lookup.LoadConfig(filepath.Join(repoRoot, "deploy", "lookup.yaml"))
 		if err != nil {

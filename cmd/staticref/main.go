@@ -103,7 +103,7 @@ versions stay for instant rollback.`,
 		return nil
 	}
 	group(root)
-	root.AddCommand(newRunCmd(), newGetCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd(), newScheduleCmd(), newK8sCmd(), newServeCmd(), newReleaseCmd())
+	root.AddCommand(newRunCmd(), newGetCmd(), newDeleteCmd(), newVersionsCmd(), newInspectCmd(), newTestdataCmd(), newScheduleCmd(), newK8sCmd(), newServeCmd(), newReleaseCmd())
 	return root
 }
 

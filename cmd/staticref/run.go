@@ -48,9 +48,9 @@ Exit status: 0 on success, 1 on a failed run or gate, 2 on bad usage, a missing 
 invalid job file, or a job that does not fit its data or model (found before anything
 is written).`,
 		Example: `  staticref run --job jobs/churn.yaml
-  # an ad-hoc backfill from other shards (here those of make demo) into a new version,
-  # flipped by hand later with versions flip
-  staticref run --job jobs/churn.yaml --set 'source.uri=.staticref/demo/features/*.parquet' --no-flip
+  # an ad-hoc backfill of some keys (here the shards of make demo): an incremental version
+  # of just those rows on top of the live one
+  staticref run --job jobs/churn.yaml --set 'source.uri=.staticref/demo/features/*.parquet' --set sink.mode=incremental
   # the same job into Redis (needs a server on localhost:6379)
   staticref run --job jobs/churn.yaml --store redis://localhost:6379/0
   # resume a failed run: committed row groups are skipped
@@ -172,6 +172,9 @@ func printSummary(c *cobra.Command, res *pipeline.Result, output, store string) 
 	w := c.OutOrStdout()
 	fmt.Fprintf(w, "namespace %s version %s: %s\n", m.Namespace, m.Version, m.State)
 	fmt.Fprintf(w, "  rows read %d, written %d, skipped %d\n", m.RowsRead, m.RowsWritten, m.RowsSkipped)
+	if m.Incremental() {
+		fmt.Fprintf(w, "  incremental on base %s (chain depth %d)\n", m.Base, m.ChainDepth())
+	}
 	for reason, n := range m.SkipReasons {
 		fmt.Fprintf(w, "    skipped %d: %s\n", n, reason)
 	}

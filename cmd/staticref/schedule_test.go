@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -38,6 +39,12 @@ func (s *syncBuffer) String() string {
 // that it exits 0. It returns the log.
 func scheduleUntil(t *testing.T, dir, want string) string {
 	t.Helper()
+	return scheduleUntilLog(t, dir, want, func(log string) bool { return strings.Contains(log, want) })
+}
+
+// scheduleUntilLog is scheduleUntil until done(log) holds (want describes it).
+func scheduleUntilLog(t *testing.T, dir, want string, done func(log string) bool) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errOut syncBuffer
@@ -46,7 +53,7 @@ func scheduleUntil(t *testing.T, dir, want string) string {
 		exit <- Main(ctx, []string{"schedule", "--jobs", dir, "--addr", "127.0.0.1:0", "--state", t.TempDir()}, &out, &errOut)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(errOut.String(), want) {
+	for !done(errOut.String()) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q in 30s:\n%s", want, errOut.String())
 		}
@@ -166,5 +173,42 @@ func TestRunPushesItsMetricsToAPushgateway(t *testing.T) {
 		if !strings.Contains(p, name) {
 			t.Errorf("push lacks %s", name)
 		}
+	}
+}
+
+// TestScheduleRunsANightlyFullJobAndAnHourlyIncrementOfOneNamespace: both jobs of the
+// namespace run from one directory; the increment builds on what the full job published.
+func TestScheduleRunsANightlyFullJobAndAnHourlyIncrementOfOneNamespace(t *testing.T) {
+	dir, job, store := workspace(t, 2000, "schedule: \"* * * * * *\"\n")
+	full, err := os.ReadFile(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hourly := strings.Replace(string(full), "name: churn\n", "name: churn-hourly\n", 1)
+	hourly = strings.Replace(hourly, "uri: features/*.parquet", "uri: features/part-00000.parquet", 1)
+	hourly = strings.Replace(hourly, "  store: pebble:store\n", "  store: pebble:store\n  namespace: churn\n  mode: incremental\n", 1)
+	if err := os.WriteFile(filepath.Join(dir, "hourly.yaml"), []byte(hourly), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	succeeded := regexp.MustCompile(`msg="run finished".*job=churn-hourly.*outcome=success`)
+	scheduleUntilLog(t, dir, "a successful run of churn-hourly", succeeded.MatchString)
+
+	code, listing, stderr := staticref(t, "versions", "list", "--store", store, "--namespace", "churn", "-o", "json")
+	if code != 0 {
+		t.Fatalf("versions list: exit %d: %s", code, stderr)
+	}
+	var vs []versionRow
+	json.Unmarshal([]byte(listing), &vs)
+	var fulls, incrs int
+	for _, v := range vs {
+		switch {
+		case v.Mode == "full" && v.Job == "churn" && v.RowsWritten == 2000:
+			fulls++
+		case v.Mode == "incremental" && v.Job == "churn-hourly" && v.RowsWritten == 1000 && v.Base != "":
+			incrs++
+		}
+	}
+	if fulls == 0 || incrs == 0 {
+		t.Errorf("got %d full versions of churn and %d increments of churn-hourly, want some of each: %s", fulls, incrs, listing)
 	}
 }

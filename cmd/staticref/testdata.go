@@ -38,7 +38,9 @@ ONNX models built with known weights: logistic.onnx (score, logit), mlp.onnx (sc
 embedding.onnx (reads the embedding column) and zipmap.onnx (an sklearn-style
 classifier with a non-tensor output).`,
 		Example: `  staticref testdata generate --out demo --rows 200000 --shards 4
-  staticref testdata generate --out big --rows 2000000 --shards 8 --codec snappy`,
+  staticref testdata generate --out big --rows 2000000 --shards 8 --codec snappy
+  # a backfill: keys u000047000.. with new values, 3000 of them overlapping the first set
+  staticref testdata generate --out backfill --rows 5000 --shards 1 --first-row 47000 --seed 2`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "out"); err != nil {
@@ -77,6 +79,8 @@ classifier with a non-tensor output).`,
 	f.IntVar(&spec.Shards, "shards", 4, "number of Parquet files")
 	f.IntVar(&spec.RowGroupRows, "row-group-rows", 10000, "rows per row group")
 	f.StringVar(&codec, "codec", "zstd", "compression: zstd or snappy")
+	f.Int64Var(&spec.FirstRow, "first-row", 0, "number of the first row: keys from u<first-row> on (a backfill's overlapping keys)")
+	f.Uint64Var(&spec.Seed, "seed", dataSeed, "selects the feature values: another seed gives the same keys new values")
 	c.AddCommand(gen)
 	return c
 }

@@ -20,7 +20,9 @@ func newVersionsCmd() *cobra.Command {
   staticref versions rollback --store pebble:.staticref/store --namespace demo
   # make a complete version live: an id from versions list
   staticref versions flip --store pebble:.staticref/store --namespace demo 20261127T020000Z
-  staticref versions gc --store pebble:.staticref/store --namespace demo --keep 2`,
+  staticref versions gc --store pebble:.staticref/store --namespace demo --keep 2
+  # fold a chain of incremental versions into one full version
+  staticref versions compact --store pebble:.staticref/store --namespace demo`,
 	}
 	group(c)
 	var store, ns string
@@ -82,10 +84,10 @@ back, is marked "left by rollback" ("left_by_rollback": true).`,
 				return writeJSON(c, rows)
 			}
 			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VERSION\tSTATE\tROWS\tSKIPPED\tCOMPLETED\tFLIPPED\tNOTE")
+			fmt.Fprintln(tw, "VERSION\tSTATE\tROWS\tSKIPPED\tCOMPLETED\tFLIPPED\tBASE\tDEPTH\tNOTE")
 			for _, v := range vs {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", v.Version, v.Effective, v.RowsWritten, v.RowsSkipped,
-					timeOrDash(v.CompletedAt), timeOrDash(flippedAt(v)), versionNote(v))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", v.Version, v.Effective, v.RowsWritten, v.RowsSkipped,
+					timeOrDash(v.CompletedAt), timeOrDash(flippedAt(v)), orDash(v.Base), v.ChainDepth(), versionNote(v))
 			}
 			return tw.Flush()
 		},
@@ -120,7 +122,9 @@ back, is marked "left by rollback" ("left_by_rollback": true).`,
 			return writeJSON(c, struct {
 				*writers.Manifest
 				State writers.State `json:"state"`
-			}{m, writers.EffectiveState(m, live)})
+				Mode  string        `json:"mode"`
+				Depth int           `json:"depth"`
+			}{m, writers.EffectiveState(m, live), modeName(m), m.ChainDepth()})
 		},
 	}
 
@@ -206,7 +210,7 @@ A removed version's rows are deleted; its manifest stays, as retired.`,
 	gc.Flags().IntVar(&keep, "keep", 2, "previous versions to keep besides the live one")
 	gc.Flags().DurationVar(&grace, "grace", 24*time.Hour, "age after which a version still writing counts as abandoned")
 
-	c.AddCommand(list, show, flip, rollback, gc)
+	c.AddCommand(list, show, flip, rollback, gc, newCompactCmd(&store, &ns))
 	return c
 }
 
@@ -227,6 +231,11 @@ type versionRow struct {
 	RollbackTarget bool          `json:"rollback_target"`
 	LeftByRollback bool          `json:"left_by_rollback"`
 	ModelSHA256    string        `json:"model_sha256"`
+	// Mode is full or incremental; Base the version an incremental one builds on; Depth
+	// the length of its chain (1 for a full version).
+	Mode  string `json:"mode"`
+	Base  string `json:"base,omitempty"`
+	Depth int    `json:"depth"`
 }
 
 func newVersionRow(v writers.Version) versionRow {
@@ -237,6 +246,7 @@ func newVersionRow(v writers.Version) versionRow {
 		LiveAt: v.LiveAt, FlippedAt: v.FlippedAt, LeftLiveAt: v.LeftLiveAt, RolledBackAt: v.RolledBackAt,
 		RollbackTarget: v.RollbackTarget, LeftByRollback: v.LeftByRollback,
 		ModelSHA256: v.Model.SHA256,
+		Mode:        modeName(v.Manifest), Base: v.Base, Depth: v.ChainDepth(),
 	}
 }
 
@@ -287,4 +297,12 @@ func noVersion(err error, ns, version string) error {
 		return fmt.Errorf("version %s of %s does not exist (see versions list)", version, ns)
 	}
 	return err
+}
+
+// modeName is a manifest's mode, full for one written before modes existed.
+func modeName(m *writers.Manifest) string {
+	if m.Incremental() {
+		return writers.VersionIncremental
+	}
+	return writers.VersionFull
 }

@@ -93,13 +93,13 @@ func TestVersionsListOrdersByFlipHistoryAndMarksTheRollbackTarget(t *testing.T) 
 			t.Fatalf("versions list: exit %d: %s", code, stderr)
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) != 5 || !regexp.MustCompile(`^VERSION\s+STATE\s+ROWS\s+SKIPPED\s+COMPLETED\s+FLIPPED\s+NOTE$`).MatchString(lines[0]) {
-			t.Fatalf("got\n%s\nwant a header with FLIPPED and NOTE, and 4 versions", out)
+		if len(lines) != 5 || !regexp.MustCompile(`^VERSION\s+STATE\s+ROWS\s+SKIPPED\s+COMPLETED\s+FLIPPED\s+BASE\s+DEPTH\s+NOTE$`).MatchString(lines[0]) {
+			t.Fatalf("got\n%s\nwant a header with FLIPPED, BASE, DEPTH and NOTE, and 4 versions", out)
 		}
-		if !regexp.MustCompile(`^20261201T101500Z\s+previous\s.*\s2026-12-01T03:00:00Z\s+rollback target$`).MatchString(lines[2]) {
+		if !regexp.MustCompile(`^20261201T101500Z\s+previous\s.*\s2026-12-01T03:00:00Z\s+-\s+1\s+rollback target$`).MatchString(lines[2]) {
 			t.Errorf("the hotfix's line: got %q, want it flipped at 03:00 and marked rollback target", lines[2])
 		}
-		if !regexp.MustCompile(`^churn-manual-fix\s+complete\s.*\s-\s+-$`).MatchString(lines[3]) {
+		if !regexp.MustCompile(`^churn-manual-fix\s+complete\s.*Z\s+-\s+-\s+1\s+-$`).MatchString(lines[3]) {
 			t.Errorf("the version never live: got %q, want no flip time and no note", lines[3])
 		}
 	})

@@ -43,6 +43,10 @@ type Spec struct {
 	// PageBytes is the writer's page buffer size (parquet-go's 256 KiB when 0): larger
 	// pages, fewer of them, for the same rows.
 	PageBytes int
+	// FirstRow is the number of the first row (0 when 0): the files hold rows FirstRow to
+	// FirstRow+Rows-1, keys and values as RowAt gives them. A second data set with
+	// another Seed over overlapping rows has the same keys with new values (a backfill).
+	FirstRow int64
 }
 
 // Row is one row exactly as written.
@@ -116,6 +120,8 @@ func Generate(dir string, spec Spec) ([]string, error) {
 		return nil, fmt.Errorf("%w: row group rows %d, want >= 1", ErrSpec, spec.RowGroupRows)
 	case spec.NullEvery < 0:
 		return nil, fmt.Errorf("%w: null every %d, want >= 0", ErrSpec, spec.NullEvery)
+	case spec.FirstRow < 0:
+		return nil, fmt.Errorf("%w: first row %d, want >= 0", ErrSpec, spec.FirstRow)
 	case spec.PageBytes < 0:
 		return nil, fmt.Errorf("%w: page bytes %d, want >= 0", ErrSpec, spec.PageBytes)
 	}
@@ -130,7 +136,7 @@ func Generate(dir string, spec Spec) ([]string, error) {
 	for i := range paths {
 		paths[i] = ShardPath(dir, i)
 		lo, hi := ShardRows(spec, i)
-		if err := writeShard(paths[i], spec, codec, lo, hi); err != nil {
+		if err := writeShard(paths[i], spec, codec, spec.FirstRow+lo, spec.FirstRow+hi); err != nil {
 			return nil, fmt.Errorf("generate %s: %w", paths[i], err)
 		}
 	}
@@ -218,8 +224,8 @@ func writeShard(path string, spec Spec, codec compress.Codec, lo, hi int64) (err
 	return os.Rename(tmp, path)
 }
 
-// RowAt returns row r (0-based over the whole data set) exactly as Generate
-// writes it.
+// RowAt returns row r (0-based over the whole data set, FirstRow included: a spec with
+// FirstRow 100 holds rows 100 on) exactly as Generate writes it.
 func RowAt(spec Spec, r int64) Row {
 	spec = spec.withDefaults()
 	h := hasher{state: mix(spec.Seed ^ mix(uint64(r)+0x632be59bd9b4e019))}

@@ -453,6 +453,72 @@ func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte)
 	return out, nil
 }
 
+// GetChain implements writers.ChainGetter with one ReadRows of every level's row keys:
+// a chain costs one round trip like a single version. The first level that holds a key
+// answers it.
+func (d *Driver) GetChain(ctx context.Context, ns string, chain []string, keys [][]byte) ([][]byte, []int, error) {
+	found := make(map[string][]byte, len(keys)*len(chain))
+	rows := make(bt.RowList, 0, len(keys)*len(chain))
+	for _, v := range chain {
+		prefix := btDataPrefix(ns, v)
+		for _, k := range keys {
+			row := prefix + string(k)
+			if _, dup := found[row]; !dup {
+				found[row] = nil
+				rows = append(rows, row)
+			}
+		}
+	}
+	err := d.tbl.ReadRows(ctx, rows, func(r bt.Row) bool {
+		found[r.Key()] = btValue(r)
+		return true
+	}, btValueFilter())
+	if err != nil {
+		return nil, nil, err
+	}
+	values, from := make([][]byte, len(keys)), make([]int, len(keys))
+	for i, k := range keys {
+		from[i] = -1
+		for level, v := range chain {
+			if val := found[btDataPrefix(ns, v)+string(k)]; val != nil {
+				values[i], from[i] = bytes.Clone(val), level
+				break
+			}
+		}
+	}
+	return values, from, nil
+}
+
+// ScanRows implements writers.Scanner with a prefix ReadRows of the version's rows, in
+// batches of scanBatch.
+func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(writers.Rows) error) error {
+	prefix := btDataPrefix(ns, version)
+	var rows writers.Rows
+	var ferr error
+	err := d.tbl.ReadRows(ctx, bt.PrefixRange(prefix), func(r bt.Row) bool {
+		rows.Keys = append(rows.Keys, []byte(strings.TrimPrefix(r.Key(), prefix)))
+		rows.Values = append(rows.Values, btValue(r))
+		if rows.Len() >= scanBatch {
+			ferr = fn(rows)
+			rows = writers.Rows{}
+		}
+		return ferr == nil
+	}, btValueFilter())
+	if ferr != nil {
+		return ferr
+	}
+	if err != nil {
+		return err
+	}
+	if rows.Len() > 0 {
+		return fn(rows)
+	}
+	return nil
+}
+
+// scanBatch is how many rows ScanRows passes at once.
+const scanBatch = 4096
+
 // CountKeys implements writers.Driver with a prefix scan that returns row keys only.
 func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
 	var n int64

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -782,5 +783,46 @@ func TestBigtableReleaseSwapsFromTwoProcessesHaveOneWinner(t *testing.T) {
 	}
 	if cur, err := stores[0].Release(ctx, "ns"); err != nil || cur.Revision != 6 {
 		t.Errorf("after five rounds: %+v, %v; want revision 6", cur, err)
+	}
+}
+
+func TestBigtableGetChainIsOneReadRows(t *testing.T) {
+	var reads atomic.Int64
+	startEmulator(t, grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if strings.HasSuffix(info.FullMethod, "/ReadRows") {
+			reads.Add(1)
+		}
+		return h(srv, ss)
+	}))
+	ctx := context.Background()
+	s := openBigtable(t)
+	defer s.Close()
+	for i, v := range []string{"v1", "v2", "v3"} {
+		m := &writers.Manifest{Namespace: "ns", Version: v, State: writers.StateWriting}
+		if i > 0 {
+			m.Mode, m.Base, m.Depth = writers.VersionIncremental, []string{"v1", "v2"}[i-1], i+1
+		}
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		rows := rowsOf(60, "k")
+		if i > 0 {
+			rows = writers.Rows{Keys: [][]byte{fmt.Appendf(nil, "k%06d", i)}, Values: [][]byte{[]byte(v)}}
+		}
+		if err := s.WriteRows(ctx, "ns", v, rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := [][]byte{[]byte("k000000"), []byte("k000001"), []byte("k000002"), []byte("k000099")}
+	reads.Store(0)
+	vals, from, err := s.GetChain(ctx, "ns", []string{"v3", "v2", "v1"}, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("GetChain of 3 levels sent %d ReadRows requests, want 1", n)
+	}
+	if want := []int{2, 1, 0, -1}; !reflect.DeepEqual(from, want) || string(vals[1]) != "v2" || string(vals[2]) != "v3" || vals[3] != nil {
+		t.Errorf("GetChain = %q from %v, want levels %v", vals, from, want)
 	}
 }

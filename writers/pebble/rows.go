@@ -336,6 +336,68 @@ func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, erro
 	return countDistinct(ctx, r.parts)
 }
 
+// ScanRows implements writers.Scanner: one iterator pass over each part (a key that two
+// parts hold, after a resume, comes twice with the same value), scanBatch rows at a time.
+func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(writers.Rows) error) error {
+	var dbs []*pdb.DB
+	if w := d.lockOwnWriter(ns, version); w != nil {
+		defer d.rows.RUnlock()
+		dbs = []*pdb.DB{w.db}
+	} else {
+		r, err := d.readerFor(ns, version)
+		if errors.Is(err, writers.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer r.mu.RUnlock()
+		dbs = r.parts
+	}
+	for _, db := range dbs {
+		if err := scanPart(ctx, db, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scanBatch is how many rows ScanRows passes at once.
+const scanBatch = 4096
+
+func scanPart(ctx context.Context, db *pdb.DB, fn func(writers.Rows) error) (err error) {
+	it, err := db.NewIterWithContext(ctx, &pdb.IterOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, it.Close()) }()
+	var rows writers.Rows
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		rows.Keys = append(rows.Keys, bytes.Clone(it.Key()))
+		rows.Values = append(rows.Values, bytes.Clone(v))
+		if rows.Len() == scanBatch {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(rows); err != nil {
+				return err
+			}
+			rows = writers.Rows{}
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if rows.Len() > 0 {
+		return fn(rows)
+	}
+	return nil
+}
+
 // lockOwnWriter returns this process's part of a version with d.rows held shared, so that
 // sealing or retirement cannot close it before the caller's d.rows.RUnlock; nil, holding
 // nothing, when this process writes no part of it (reads of complete versions, the lookup

@@ -475,9 +475,50 @@ const getManyChunk = 1000
 // GetMany implements writers.ManyGetter: MGETs on a standalone server, a pipeline of GETs
 // on a cluster (see Driver).
 func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	pipe := d.client.Pipeline()
+	read := d.queueGets(ctx, pipe, ns, version, keys)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, d.fail(err)
+	}
+	return read()
+}
+
+// GetChain implements writers.ChainGetter: every level's reads (queueGets) in one
+// pipeline, so a chain costs one round trip like a single version, then the first level
+// that holds each key answers it.
+func (d *Driver) GetChain(ctx context.Context, ns string, chain []string, keys [][]byte) ([][]byte, []int, error) {
+	pipe := d.client.Pipeline()
+	reads := make([]func() ([][]byte, error), len(chain))
+	for i, v := range chain {
+		reads[i] = d.queueGets(ctx, pipe, ns, v, keys)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, nil, d.fail(err)
+	}
+	values, from := make([][]byte, len(keys)), make([]int, len(keys))
+	for i := range from {
+		from[i] = -1
+	}
+	for level, read := range reads {
+		got, err := read()
+		if err != nil {
+			return nil, nil, err
+		}
+		for i, v := range got {
+			if from[i] < 0 && v != nil {
+				values[i], from[i] = v, level
+			}
+		}
+	}
+	return values, from, nil
+}
+
+// queueGets queues on pipe the reads of keys in one version (the one place that knows
+// how a version's rows are laid out for reading) and returns the function that, once
+// pipe has been executed, gives their values, nil for a missing key.
+func (d *Driver) queueGets(ctx context.Context, pipe goredis.Pipeliner, ns, version string, keys [][]byte) func() ([][]byte, error) {
 	prefix := dataPrefix(ns, version)
 	out := make([][]byte, len(keys))
-	pipe := d.client.Pipeline()
 	if d.cluster == nil {
 		var cmds []*goredis.SliceCmd
 		for lo := 0; lo < len(keys); lo += getManyChunk {
@@ -488,43 +529,83 @@ func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte)
 			}
 			cmds = append(cmds, pipe.MGet(ctx, names...))
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, d.fail(err)
-		}
-		for c, cmd := range cmds {
-			for i, v := range cmd.Val() {
-				switch v := v.(type) {
-				case nil:
-				case string:
-					out[c*getManyChunk+i] = append(make([]byte, 0, len(v)), v...)
-				default:
-					return nil, d.fail(fmt.Errorf("MGET answered a %T", v))
+		return func() ([][]byte, error) {
+			for c, cmd := range cmds {
+				vals, err := cmd.Result()
+				if err != nil {
+					return nil, d.fail(err)
+				}
+				for i, v := range vals {
+					switch v := v.(type) {
+					case nil:
+					case string:
+						out[c*getManyChunk+i] = append(make([]byte, 0, len(v)), v...)
+					default:
+						return nil, d.fail(fmt.Errorf("MGET answered a %T", v))
+					}
 				}
 			}
+			return out, nil
 		}
-		return out, nil
 	}
 	cmds := make([]*goredis.StringCmd, len(keys))
 	for i, k := range keys {
 		cmds[i] = pipe.Get(ctx, prefix+string(k))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return nil, d.fail(err)
-	}
-	for i, cmd := range cmds {
-		v, err := cmd.Bytes()
-		switch {
-		case errors.Is(err, goredis.Nil):
-		case err != nil:
-			return nil, d.fail(err)
-		default:
-			if v == nil {
-				v = []byte{}
+	return func() ([][]byte, error) {
+		for i, cmd := range cmds {
+			v, err := cmd.Bytes()
+			switch {
+			case errors.Is(err, goredis.Nil):
+			case err != nil:
+				return nil, d.fail(err)
+			default:
+				if v == nil {
+					v = []byte{}
+				}
+				out[i] = v
 			}
-			out[i] = v
 		}
+		return out, nil
 	}
-	return out, nil
+}
+
+// ScanRows implements writers.Scanner: SCAN pages of the version's pattern on every
+// master (scanVersion), each read with one pipeline of GETs on the master that holds it.
+// A key that vanished between its SCAN and its GET (only a version being deleted loses
+// keys) is left out.
+func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(writers.Rows) error) error {
+	prefix := dataPrefix(ns, version)
+	var mu sync.Mutex // a cluster's masters are scanned concurrently; fn is called by one at a time
+	err := d.scanVersion(ctx, ns, version, func(ctx context.Context, c *goredis.Client, names []string) error {
+		pipe := c.Pipeline()
+		cmds := make([]*goredis.StringCmd, len(names))
+		for i, n := range names {
+			cmds[i] = pipe.Get(ctx, n)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+		var rows writers.Rows
+		for i, cmd := range cmds {
+			v, err := cmd.Bytes()
+			switch {
+			case errors.Is(err, goredis.Nil):
+				continue
+			case err != nil:
+				return err
+			}
+			rows.Keys = append(rows.Keys, []byte(strings.TrimPrefix(names[i], prefix)))
+			rows.Values = append(rows.Values, v)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return fn(rows)
+	})
+	if err != nil {
+		return d.fail(err)
+	}
+	return nil
 }
 
 // CountKeys implements writers.Driver: SCANs of the version's pattern on every master.

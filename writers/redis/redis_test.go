@@ -103,6 +103,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("a release swap is announced on the flip channel", func(t *testing.T) { testReleaseAnnounced(t, url) })
 	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
 	t.Run("get many of 100 keys costs one round trip per master", func(t *testing.T) { testClusterGetMany(t, openRedis(t, url)) })
+	t.Run("get chain of 3 levels costs one round trip per master", func(t *testing.T) { testClusterGetChain(t, openRedis(t, url)) })
 	t.Run("the rows of a version spread over every master", func(t *testing.T) {
 		ctx := context.Background()
 		s := openRedis(t, url)
@@ -840,5 +841,107 @@ func testReleaseKeys(t *testing.T, s *writers.Store) {
 	}
 	if v, _ := c.Get(ctx, "{sr:bad}:release").Result(); v != "not a record" {
 		t.Errorf("the corrupt record became %q, want it untouched", v)
+	}
+}
+
+// testGetChainOneRoundTrip: GetChain down a chain of three versions sends one pipeline
+// (standalone) and no single command, and answers each key from the newest level.
+func testGetChainOneRoundTrip(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "gc3", "v1", 300, writers.StateComplete)
+	for i, v := range []string{"v2", "v3"} {
+		m := &writers.Manifest{Namespace: "gc3", Version: v, State: writers.StateWriting, Mode: writers.VersionIncremental,
+			Base: []string{"v1", "v2"}[i], Depth: i + 2}
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		rows := writers.Rows{Keys: [][]byte{fmt.Appendf(nil, "key-%d", i)}, Values: [][]byte{[]byte(v)}}
+		if err := s.WriteRows(ctx, "gc3", v, rows); err != nil {
+			t.Fatal(err)
+		}
+		m.State = writers.StateComplete
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trips := new(roundTrips)
+	driver(s).Client().(*goredis.Client).AddHook(trips)
+	// Warm the connection first: a new one sends its own set-up pipeline.
+	if _, _, err := s.GetChain(ctx, "gc3", []string{"v3", "v2", "v1"}, askKeys(3)); err != nil {
+		t.Fatal(err)
+	}
+	trips.pipelines.Store(0)
+	trips.singles.Store(0)
+	vals, from, err := s.GetChain(ctx, "gc3", []string{"v3", "v2", "v1"}, askKeys(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, n := trips.pipelines.Load(), trips.singles.Load(); p != 1 || n != 0 {
+		t.Errorf("GetChain of 3 levels sent %d pipelines and %d single commands, want 1 and 0", p, n)
+	}
+	if string(vals[0]) != "v2" || from[0] != 1 || string(vals[1]) != "" || from[1] != -1 || from[2] != 2 {
+		t.Errorf("GetChain = %q from %v, want key-0 from v2 (level 1), nokey-1 none, key-2 from v1", vals[:3], from[:3])
+	}
+	vals[0] = nil // v2's key-0 differs from makeRows'
+	for i := range vals {
+		if i%3 != 1 && i != 0 {
+			if want := fmt.Sprintf(`{"score":0.%034d}`, i); string(vals[i]) != want {
+				t.Errorf("GetChain[%d] = %q, want %q", i, vals[i], want)
+			}
+		}
+	}
+}
+
+func TestRedisGetChainIsOneRoundTrip(t *testing.T) {
+	url := redistest.Standalone(t)
+	testGetChainOneRoundTrip(t, openRedis(t, url))
+}
+
+// testClusterGetChain: a GetChain of 100 keys down 3 versions sends each master at most
+// one pipeline and no single command.
+func testClusterGetChain(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "gcc", "v1", 300, writers.StateComplete)
+	for i, v := range []string{"v2", "v3"} {
+		m := &writers.Manifest{Namespace: "gcc", Version: v, State: writers.StateWriting, Mode: writers.VersionIncremental,
+			Base: []string{"v1", "v2"}[i], Depth: i + 2}
+		if err := s.PutManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteRows(ctx, "gcc", v, makeRows(i*10, i*10+10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu    sync.Mutex
+		trips []*roundTrips
+	)
+	err := driver(s).Client().(*goredis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+		r := new(roundTrips)
+		c.AddHook(r)
+		mu.Lock()
+		defer mu.Unlock()
+		trips = append(trips, r)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, _, err := s.GetChain(ctx, "gcc", []string{"v3", "v2", "v1"}, askKeys(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAsked(t, vals)
+	var pipelines int64
+	for _, r := range trips {
+		if p, n := r.pipelines.Load(), r.singles.Load(); p > 1 || n > 0 {
+			t.Errorf("a master got %d pipelines and %d single commands, want at most one pipeline and none", p, n)
+		}
+		pipelines += r.pipelines.Load()
+	}
+	if pipelines != 3 {
+		t.Errorf("GetChain sent %d pipelines, want 3: one to each master", pipelines)
 	}
 }

@@ -61,6 +61,11 @@ func Run(t *testing.T, open func(t *testing.T) *writers.Store) {
 		{"release counters add up across writers, per interval", testReleaseCounts},
 		{"release sketches are kept per replica", testReleaseSketches},
 		{"release records of neighbouring namespaces are apart", testReleaseNeighbours},
+		{"chain reads answer each key from the newest version that holds it", testChainReads},
+		{"a tombstone answers deleted, whatever older versions hold", testChainTombstones},
+		{"a scan passes every row of a version once or more, and nothing else", testScanRows},
+		{"gc keeps every version a kept version builds on and removes abandoned chains", testGCChains},
+		{"flip refuses an increment whose base is gone", testFlipBrokenChain},
 		{"nothing done to a namespace touches one whose name extends it", testNeighbours},
 		{"close waits for the calls in flight and refuses later ones", testCloseInFlight},
 	}
