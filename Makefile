@@ -5,7 +5,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet fuzz demo testdata clean loadtest loadtest-chain bench
+.PHONY: all build ort test vet fuzz demo testdata clean loadtest loadtest-chain bench redismem
 
 all: build
 
@@ -56,3 +56,7 @@ BENCH_FLAGS ?= --repeat 3
 bench: ort ## batch throughput: scan, inference, store writes and the whole pipeline (docs/performance.md)
 	@mkdir -p docs/bench
 	$(GO) run ./cmd/bench --out docs/bench/bench.txt $(BENCH_FLAGS)
+
+redismem: ort ## Redis memory per row and write speed by layout, json and binary, vs redis-benchmark HSET (needs redis-server)
+	@mkdir -p docs/bench
+	$(GO) run ./cmd/bench --redismem --rows 1000000 --repeat 3 --out docs/bench/redismem.txt

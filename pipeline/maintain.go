@@ -160,6 +160,7 @@ func Delete(ctx context.Context, c MaintainConfig, keys [][]byte) (res *Result, 
 	}
 	r.m.Mode, r.m.Base, r.m.Depth = writers.VersionIncremental, head.Version, head.ChainDepth()+1
 	r.m.Distributions = head.Distributions
+	r.m.ExpectedRows = int64(len(keys)) // sizes the store's layout (Redis buckets)
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
 		return nil, fmt.Errorf("create version %s: %w", r.m.Version, err)
 	}
@@ -241,6 +242,11 @@ func Compact(ctx context.Context, c MaintainConfig) (res *Result, err error) {
 		return nil, err
 	}
 	r.m.Mode, r.m.Depth = writers.VersionFull, 1
+	// The store sizes the version's layout by it (Redis buckets): the chain holds at most
+	// the sum of its levels' rows.
+	for _, lm := range chain {
+		r.m.ExpectedRows += lm.RowsWritten
+	}
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
 		return nil, fmt.Errorf("create version %s: %w", r.m.Version, err)
 	}

@@ -159,6 +159,15 @@ func checkEveryKey(t *testing.T, s *writers.Store, d *dataset, m *writers.Manife
 	if n != m.RowsRead {
 		t.Fatalf("keys stored: got %d, want %d (rows read)", n, m.RowsRead)
 	}
+	// What the footers told the store before any row was read: every row, and a prefix
+	// every key has ("u000" for 120,000 rows u000000000..u000119999).
+	if m.ExpectedRows != int64(d.spec.Rows) {
+		t.Errorf("expected_rows %d, want %d", m.ExpectedRows, d.spec.Rows)
+	}
+	first, last := shardgen.RowAt(d.spec, 0).Key, shardgen.RowAt(d.spec, int64(d.spec.Rows)-1).Key
+	if m.KeyPrefix == "" || !strings.HasPrefix(first, m.KeyPrefix) || !strings.HasPrefix(last, m.KeyPrefix) {
+		t.Errorf("key_prefix %q, want a non-empty prefix of %s and %s", m.KeyPrefix, first, last)
+	}
 	worst := 0.0
 	for r := range int64(d.spec.Rows) {
 		row := shardgen.RowAt(d.spec, r)

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/staticref/staticref/readers"
 	"github.com/staticref/staticref/writers"
 )
 
@@ -53,7 +55,11 @@ func (r *run) createVersion(ctx context.Context) error {
 	}
 	for _, f := range r.files {
 		r.m.Sources = append(r.m.Sources, writers.Source{Path: f.Path, Bytes: f.Bytes, Rows: f.Rows})
+		// Every file's footer row count, in a sharded run too (all shards create the
+		// same manifest): the store sizes the version's layout by it (Redis' buckets).
+		r.m.ExpectedRows += f.Rows
 	}
+	r.m.KeyPrefix = keyPrefix(r.files)
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
 		return fmt.Errorf("create version %s: %w", id, err)
 	}
@@ -130,4 +136,29 @@ func (r *run) fail(cause error) {
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
 		r.log.Error("could not mark version failed", "version", r.m.Version, "err", err)
 	}
+}
+
+// keyPrefix is the prefix every key of the files has by their footers (see
+// readers.FileInfo.KeyPrefix), for the store's layout: the common prefix of the files'
+// own, of whole characters. Files without rows say nothing.
+func keyPrefix(files []readers.FileInfo) string {
+	prefix, seen := "", false
+	for _, f := range files {
+		if f.Rows == 0 {
+			continue
+		}
+		if !seen {
+			prefix, seen = f.KeyPrefix, true
+			continue
+		}
+		n := 0
+		for n < len(prefix) && n < len(f.KeyPrefix) && prefix[n] == f.KeyPrefix[n] {
+			n++
+		}
+		prefix = prefix[:n]
+	}
+	for prefix != "" && !utf8.ValidString(prefix) {
+		prefix = prefix[:len(prefix)-1]
+	}
+	return prefix
 }

@@ -25,11 +25,13 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/metadata"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 
 	"github.com/staticref/staticref/readers/objstore"
@@ -116,6 +118,12 @@ type FileInfo struct {
 	Bytes     int64
 	Rows      int64
 	RowGroups []RowGroup
+	// KeyPrefix is the longest prefix, of whole characters, that every key of the file
+	// has by the key column's statistics in the footer ("" when they say none: an integer
+	// key, no usable statistics, no common prefix). A hint for stores that can store
+	// keys shorter (Redis' hash buckets), never a promise: a writer's statistics can be
+	// wrong, so a store must cope with a key without it.
+	KeyPrefix string
 }
 
 // SchemaError reports a column that a job names and a shard cannot provide.
@@ -168,12 +176,14 @@ type File struct {
 	// leaves are the Parquet leaf column indices to decode; the record
 	// reader returns one column per distinct top-level field, in the order
 	// of first appearance in key, features, extra.
-	leaves  []int
-	keyCol  int   // record column of the key
-	featCol []int // record column of each feature
-	extCol  []int // record column of each extra
-	listDim int   // for a list feature: fixed size, or 0 when variable
-	isList  bool  // features is one list column
+	leaves    []int
+	keyCol    int // record column of the key
+	keyField  int // top-level field of the key
+	keyPrefix string
+	featCol   []int // record column of each feature
+	extCol    []int // record column of each extra
+	listDim   int   // for a list feature: fixed size, or 0 when variable
+	isList    bool  // features is one list column
 }
 
 // Open opens one shard and checks its schema against opts before reading any
@@ -310,7 +320,68 @@ func (f *File) open(footerStart int64) (err error) {
 	if err := f.resolve(); err != nil {
 		return err
 	}
-	return f.checkChunks(footerStart)
+	if err := f.checkChunks(footerStart); err != nil {
+		return err
+	}
+	f.keyPrefix = f.statsKeyPrefix()
+	return nil
+}
+
+// statsKeyPrefix is FileInfo.KeyPrefix: the common prefix of the smallest and largest
+// key of every row group, by the footer's statistics of a string key column. Every key
+// sorts between its row group's two, so it has their common prefix: at the first byte
+// where a key left the prefix it would sort below the smallest or above the largest.
+// Statistics that the writer's version gets wrong are not used (StatsSet).
+func (f *File) statsKeyPrefix() string {
+	md := f.pr.MetaData()
+	sc := md.Schema
+	leaf := -1
+	for l := 0; l < sc.NumColumns(); l++ {
+		if sc.Root().FieldIndexByField(sc.ColumnRoot(l)) == f.keyField {
+			leaf = l
+			break
+		}
+	}
+	if leaf < 0 || sc.Column(leaf).PhysicalType() != parquet.Types.ByteArray {
+		return ""
+	}
+	var prefix []byte
+	seen := false
+	for i := range f.pr.NumRowGroups() {
+		rg := md.RowGroup(i)
+		if rg.NumRows() == 0 {
+			continue
+		}
+		cc, err := rg.ColumnChunk(leaf)
+		if err != nil {
+			return ""
+		}
+		st, err := cc.Statistics()
+		bs, ok := st.(*metadata.ByteArrayStatistics)
+		if err != nil || !ok || !bs.HasMinMax() {
+			return ""
+		}
+		p := commonPrefix(bs.Min(), bs.Max())
+		if seen {
+			p = commonPrefix(prefix, p)
+		}
+		prefix, seen = p, true
+		if len(prefix) == 0 {
+			return ""
+		}
+	}
+	for len(prefix) > 0 && !utf8.Valid(prefix) {
+		prefix = prefix[:len(prefix)-1] // whole characters only
+	}
+	return string(prefix)
+}
+
+func commonPrefix(a, b []byte) []byte {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return a[:n:n]
 }
 
 // resolve maps the job's column names to top-level fields, checks their
@@ -361,7 +432,7 @@ func (f *File) resolve() error {
 	if dt := fields[fi].Field.Type; !isText(dt) {
 		return schemaErr(f.opts.Key, fieldKey, "is "+typeName(dt)+", a key must be a string or an integer")
 	}
-	f.keyCol = use(fi)
+	f.keyCol, f.keyField = use(fi), fi
 
 	for _, name := range f.opts.Features {
 		fi := find(name)
@@ -422,6 +493,7 @@ func (f *File) Info() FileInfo {
 		Bytes:     f.bytes,
 		Rows:      f.rows,
 		RowGroups: append([]RowGroup(nil), f.rowGroups...),
+		KeyPrefix: f.keyPrefix,
 	}
 }
 

@@ -703,3 +703,28 @@ func fuzzRead(t *testing.T, path string, opts Options) {
 		}
 	}
 }
+
+// TestKeyPrefixFromTheFooter: a string key's common prefix comes from every row group's
+// statistics (250 keys u000000000..u000000249 in row groups of 100: "u000000"); an
+// integer key column (f3 here) has none.
+func TestKeyPrefixFromTheFooter(t *testing.T) {
+	paths, err := shardgen.Generate(t.TempDir(), shardgen.Spec{Rows: 250, Shards: 1, RowGroupRows: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ key, want string }{{"user_id", "u000000"}, {"f3", ""}, {"country", ""}} {
+		t.Run(tc.key, func(t *testing.T) {
+			f, err := Open(paths[0], Options{Key: tc.key, Features: scalarFeatures})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if got := f.Info().KeyPrefix; got != tc.want {
+				t.Errorf("KeyPrefix = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if got := string(commonPrefix([]byte("héllo"), []byte("hé!"))); got != "hé" {
+		t.Errorf("commonPrefix = %q, want %q", got, "hé")
+	}
+}

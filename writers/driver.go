@@ -106,6 +106,17 @@ type Scanner interface {
 	ScanRows(ctx context.Context, ns, version string, fn func(rows Rows) error) error
 }
 
+// LayoutChooser is a driver that lays out versions in more than one way (Redis: one key
+// per row, or rows in hash buckets). Store.PutManifest calls ChooseLayout when it stores
+// the first manifest of a version whose Layout is nil, and records the answer in it; a
+// later manifest of the same version without a Layout gets the stored one, so a layout
+// never changes once chosen. ChooseLayout must decide from m alone (its ExpectedRows,
+// Encoding, Outputs, Sources) and the server's settings, never at random: the shards of a
+// sharded run may create the same version at once, and must all choose the same.
+type LayoutChooser interface {
+	ChooseLayout(ctx context.Context, m *Manifest) (*Layout, error)
+}
+
 // Sweeper is a driver that may leave the rows of a retired version behind for a while (a
 // reader still held them when it was retired). Sweep removes those of ns that nobody
 // holds any longer; GC calls it every time, so that a gc run frees what earlier ones

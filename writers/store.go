@@ -144,6 +144,22 @@ type Manifest struct {
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 	Error       string    `json:"error,omitempty"` // why a failed version failed
 
+	// ExpectedRows is how many rows the run that created the version expected to write:
+	// the input's row count, which the Parquet footers give before any row is read (0:
+	// unknown). A store that sizes its layout by it (LayoutChooser) reads it when the
+	// version's first manifest is stored.
+	ExpectedRows int64 `json:"expected_rows,omitempty"`
+	// KeyPrefix is a prefix that, by the input's Parquet footers, every key of the
+	// version has ("" for none). A hint a store may use to store keys shorter (Redis'
+	// hash buckets drop it from their fields); never a promise: a key without it must
+	// still be stored and read exactly.
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Layout is how the store lays out the version's rows, chosen by the store when the
+	// version's first manifest was stored and never changed after (see LayoutChooser).
+	// Nil is the store's original layout: every manifest written before layouts existed,
+	// and every version of a store that offers no choice.
+	Layout *Layout `json:"layout,omitempty"`
+
 	Commits []Commit     `json:"shards,omitempty"`
 	Gates   []GateResult `json:"gates,omitempty"`
 	// SampleKeys is the run's sample of the version's keys for the drift gates of the next
@@ -173,6 +189,34 @@ type ExportFile struct {
 	Path  string `json:"path"`
 	Rows  int64  `json:"rows"`
 	Bytes int64  `json:"bytes"`
+}
+
+// Layout kinds and hashes (Layout).
+const (
+	// LayoutPlain is one store key per row (Redis: sr:NS:VERSION:KEY), the original
+	// layout; a nil Layout means the same.
+	LayoutPlain = "plain"
+	// LayoutHashBuckets puts each row into one of Buckets small hashes, chosen by
+	// Hash(key) mod Buckets, under the key itself as the hash field (Redis: HSET).
+	LayoutHashBuckets = "hash-buckets"
+	// HashFNV1a64 is 64-bit FNV-1a over the key's bytes (hash/fnv's New64a).
+	HashFNV1a64 = "fnv1a64"
+)
+
+// Layout is how a store lays out one version's rows. A store records it in the version's
+// manifest when the version is created, so that later code, however its defaults change,
+// reads every version the way it was written.
+type Layout struct {
+	Kind    string `json:"kind"`              // LayoutPlain or LayoutHashBuckets
+	Buckets int64  `json:"buckets,omitempty"` // hash-buckets: how many
+	Hash    string `json:"hash,omitempty"`    // hash-buckets: HashFNV1a64
+	// Strip (hash-buckets) is the prefix taken off every key that has it to make its
+	// hash field; a key without it is stored as the byte 0xFF and the whole key. No
+	// key begins with 0xFF (keys are UTF-8), and no key less a prefix of whole
+	// characters does either, so two keys never share a field.
+	Strip string `json:"strip,omitempty"`
+	// Note says, for people reading the manifest, why the store chose this layout.
+	Note string `json:"note,omitempty"`
 }
 
 // ModelInfo identifies the model a version was computed with.

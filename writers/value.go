@@ -95,6 +95,30 @@ func appendJSONFloat(dst []byte, v float32, null bool) ([]byte, bool) {
 	return strconv.AppendFloat(dst, float64(v), 'g', -1, 32), null
 }
 
+// MaxValueLen is the longest value the encoding can produce for outputs, in bytes: 4 per
+// float for binary; for json, every float at its longest (a 9-digit mantissa and a
+// two-digit negative exponent, -1.23456789e-38) and the names and punctuation around
+// them. Stores whose layout depends on value sizes (Redis' hash buckets) choose by it.
+func MaxValueLen(encoding string, outputs []Output) int {
+	n := 0
+	if encoding == EncodingBinary {
+		for _, o := range outputs {
+			n += 4 * o.Width
+		}
+		return n
+	}
+	const maxFloat = len("-1.23456789e-38")
+	for _, o := range outputs {
+		name, _ := json.Marshal(o.Name)
+		n += 1 + len(name) + 1 // '{' or ',', the name, ':'
+		n += o.Width*maxFloat + max(o.Width-1, 0)
+		if o.Width != 1 {
+			n += 2 // [ ]
+		}
+	}
+	return max(n+1, 2) // '}' ({} for no outputs)
+}
+
 // ValueJSON turns a stored value into the lookup API's "value" object.
 func ValueJSON(m *Manifest, raw []byte) (json.RawMessage, error) {
 	if m.Encoding != EncodingBinary {

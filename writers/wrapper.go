@@ -181,7 +181,11 @@ func (s *Store) CountKeys(ctx context.Context, ns, version string) (int64, error
 	return n, nil
 }
 
-// PutManifest creates or replaces the manifest of m.Namespace/m.Version.
+// PutManifest creates or replaces the manifest of m.Namespace/m.Version. On a store that
+// chooses layouts (LayoutChooser), a manifest without a Layout gets one, set in m: the
+// stored manifest's when there is one (a layout never changes), else the one the store
+// chooses for a new version. A caller that sets m.Layout itself must have it from the
+// store, or be creating the version (LayoutPlain asks for the original layout).
 func (s *Store) PutManifest(ctx context.Context, m *Manifest) error {
 	if m == nil {
 		return fmt.Errorf("put manifest: %w: nil manifest", ErrInvalid)
@@ -189,17 +193,43 @@ func (s *Store) PutManifest(ctx context.Context, m *Manifest) error {
 	if err := validateNV(m.Namespace, m.Version); err != nil {
 		return fmt.Errorf("put manifest: %w", err)
 	}
-	data, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
-	}
 	if err := s.enter(); err != nil {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
 	}
 	defer s.mu.RUnlock()
+	if err := s.layout(ctx, m); err != nil {
+		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
+	}
 	if err := s.d.PutManifest(ctx, m, data); err != nil {
 		return fmt.Errorf("put manifest %s/%s: %w", m.Namespace, m.Version, err)
 	}
+	return nil
+}
+
+// layout sets m.Layout when it is nil on a driver that chooses layouts (see PutManifest).
+// The caller holds s.mu.
+func (s *Store) layout(ctx context.Context, m *Manifest) error {
+	lc, ok := s.d.(LayoutChooser)
+	if !ok || m.Layout != nil {
+		return nil
+	}
+	cur, err := s.d.Manifest(ctx, m.Namespace, m.Version)
+	switch {
+	case err == nil:
+		m.Layout = cur.Layout // nil for a version written before layouts: it stays so
+		return nil
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
+	l, err := lc.ChooseLayout(ctx, m)
+	if err != nil {
+		return fmt.Errorf("choose layout: %w", err)
+	}
+	m.Layout = l
 	return nil
 }
 

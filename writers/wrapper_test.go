@@ -108,3 +108,73 @@ func TestBadArgumentsNeverReachTheDriver(t *testing.T) {
 		t.Errorf("driver saw %d calls, want 0", n)
 	}
 }
+
+// layoutDriver is a fake driver that chooses layouts and keeps manifests in a map.
+type layoutDriver struct {
+	writers.Driver
+	stored map[string]*writers.Manifest
+	chosen int
+}
+
+func (d *layoutDriver) ChooseLayout(ctx context.Context, m *writers.Manifest) (*writers.Layout, error) {
+	d.chosen++
+	return &writers.Layout{Kind: writers.LayoutHashBuckets, Buckets: m.ExpectedRows/100 + 1, Hash: writers.HashFNV1a64}, nil
+}
+
+func (d *layoutDriver) PutManifest(ctx context.Context, m *writers.Manifest, data []byte) error {
+	c := *m
+	d.stored[m.Version] = &c
+	return nil
+}
+
+func (d *layoutDriver) Manifest(ctx context.Context, ns, version string) (*writers.Manifest, error) {
+	m, ok := d.stored[version]
+	if !ok {
+		return nil, writers.ErrNotFound
+	}
+	c := *m
+	return &c, nil
+}
+
+// TestPutManifestChoosesALayoutOnce: a new version's first manifest gets the layout the
+// driver chooses; a later manifest without one gets the stored one (never a new
+// choice); a version stored without a layout (written before layouts) keeps none; a
+// layout the caller sets is kept.
+func TestPutManifestChoosesALayoutOnce(t *testing.T) {
+	ctx := context.Background()
+	d := &layoutDriver{stored: map[string]*writers.Manifest{}}
+	u, _ := writers.ParseURL("redis://nowhere:1/0")
+	s := writers.NewStore(d, u)
+
+	m := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateWriting, ExpectedRows: 1000}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout == nil || m.Layout.Buckets != 11 || d.stored["v1"].Layout == nil || d.chosen != 1 {
+		t.Fatalf("new version: layout %+v, stored %+v, %d choices; want the driver's, stored, one choice", m.Layout, d.stored["v1"].Layout, d.chosen)
+	}
+	again := &writers.Manifest{Namespace: "ns", Version: "v1", State: writers.StateComplete, ExpectedRows: 5}
+	if err := s.PutManifest(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if again.Layout == nil || again.Layout.Buckets != 11 || d.chosen != 1 {
+		t.Errorf("a second manifest without a layout got %+v after %d choices, want the stored one (11 buckets), no new choice", again.Layout, d.chosen)
+	}
+
+	d.stored["old"] = &writers.Manifest{Namespace: "ns", Version: "old", State: writers.StateComplete}
+	old := &writers.Manifest{Namespace: "ns", Version: "old", State: writers.StateComplete, LiveAt: time.Now()}
+	if err := s.PutManifest(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if old.Layout != nil || d.stored["old"].Layout != nil {
+		t.Errorf("a version written before layouts got layout %+v, want none", old.Layout)
+	}
+
+	plain := &writers.Manifest{Namespace: "ns", Version: "v2", State: writers.StateWriting, Layout: &writers.Layout{Kind: writers.LayoutPlain}}
+	if err := s.PutManifest(ctx, plain); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.stored["v2"].Layout; got == nil || got.Kind != writers.LayoutPlain || d.chosen != 1 {
+		t.Errorf("a layout the caller set: stored %+v, want plain, no choice", got)
+	}
+}

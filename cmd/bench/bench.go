@@ -262,9 +262,12 @@ type caseResult struct {
 	// buffer, as the pipeline's workers do (part of the zero-allocation target).
 	EncodeMallocs uint64
 	ValueBytes    float64 // mean encoded value size
-	// RedisBenchmark is redis-benchmark -P 64 SET's requests/s at ValueBytes (0: not run).
-	RedisBenchmark float64
-	RedisBenchNote string
+	// RedisBenchmark is redis-benchmark -P 64 HSET's requests/s into RedisBuckets
+	// buckets at ValueBytes (0: not run), RedisBenchCommand its command line.
+	RedisBenchmark    float64
+	RedisBuckets      int64
+	RedisBenchCommand string
+	RedisBenchNote    string
 	// Allocs splits the steady-state allocations of reading and packing into per
 	// batch, per page and per row (allocs.go).
 	Allocs allocFit
@@ -415,7 +418,14 @@ func runCase(ctx context.Context, cfg Config, d *dataset, model, store string) (
 		}
 	}
 	if store == "redis" {
-		c.RedisBenchmark, c.RedisBenchNote = redisBenchmark(ctx, cfg.redisURL, int(c.ValueBytes+0.5), cfg.Rows)
+		// The same commands as the write: HSETs into as many buckets as the store gives a
+		// version of these rows (see redismem.go).
+		buckets, err := redisBuckets(ctx, cfg.redisURL, int64(wb.rows), wb.keyPrefix)
+		if err != nil {
+			return nil, err
+		}
+		c.RedisBuckets = buckets
+		c.RedisBenchmark, c.RedisBenchCommand, c.RedisBenchNote = redisBenchmarkHSET(ctx, cfg.redisURL, buckets, int(c.ValueBytes+0.5), cfg.Rows)
 		if err := flushRedis(ctx, cfg.redisURL); err != nil {
 			return nil, err
 		}
@@ -668,6 +678,7 @@ type writeBench struct {
 	valEnd        []int
 	encodeMallocs uint64
 	outputs       []writers.Output
+	keyPrefix     string // the prefix the data set's footers say every key has
 }
 
 // appendKey appends the data set's key of row r ("u" and nine digits, as shardgen writes it).
@@ -689,6 +700,20 @@ func newWriteBench(cfg Config, d *dataset, ib *inferBench) (*writeBench, error) 
 	rows := d.spec.Rows
 	wb := &writeBench{cfg: cfg, rows: rows, outputs: ib.outputs,
 		keys: make([]byte, 0, rows*10), keyEnd: make([]int, 0, rows), valEnd: make([]int, 0, rows)}
+	for i, p := range d.files {
+		f, err := readers.Open(p, d.readerOptions(cfg.BatchSize))
+		if err != nil {
+			return nil, err
+		}
+		kp := f.Info().KeyPrefix
+		f.Close()
+		if i == 0 {
+			wb.keyPrefix = kp
+		}
+		for !strings.HasPrefix(kp, wb.keyPrefix) {
+			wb.keyPrefix = wb.keyPrefix[:len(wb.keyPrefix)-1]
+		}
+	}
 	for r := range rows {
 		wb.keys = appendKey(wb.keys, r)
 		wb.keyEnd = append(wb.keyEnd, len(wb.keys))
@@ -727,14 +752,23 @@ func (wb *writeBench) meanValue() float64 { return float64(len(wb.vals)) / float
 // (Pebble merges the version's rows into the bottom level then), and the pipeline (d)
 // pays for it too.
 func (wb *writeBench) run(ctx context.Context, st *writers.Store, ns string) error {
+	_, err := wb.runLayout(ctx, st, ns, nil, wb.keyPrefix)
+	return err
+}
+
+// runLayout is run with the version's layout asked for (nil: the store's choice, as a
+// pipeline run gets) and the key prefix the manifest says (a pipeline run passes the
+// footers': wb.keyPrefix), and returns the version written.
+func (wb *writeBench) runLayout(ctx context.Context, st *writers.Store, ns string, l *writers.Layout, keyPrefix string) (string, error) {
 	version, err := writers.NewVersionID(ctx, st, ns, time.Now())
 	if err != nil {
-		return err
+		return "", err
 	}
 	m := &writers.Manifest{Namespace: ns, Version: version, Job: "bench", State: writers.StateWriting,
-		Encoding: wb.cfg.Encoding, Outputs: wb.outputs, StartedAt: time.Now().UTC()}
+		Encoding: wb.cfg.Encoding, Outputs: wb.outputs, StartedAt: time.Now().UTC(),
+		ExpectedRows: int64(wb.rows), KeyPrefix: keyPrefix, Layout: l}
 	if err := st.PutManifest(ctx, m); err != nil {
-		return err
+		return "", err
 	}
 	rows := writers.Rows{Keys: make([][]byte, 0, wb.cfg.BatchSize), Values: make([][]byte, 0, wb.cfg.BatchSize)}
 	for lo := 0; lo < wb.rows; lo += wb.cfg.BatchSize {
@@ -749,11 +783,11 @@ func (wb *writeBench) run(ctx context.Context, st *writers.Store, ns string) err
 			rows.Values = append(rows.Values, wb.vals[vs:wb.valEnd[r]])
 		}
 		if err := st.WriteRows(ctx, ns, version, rows); err != nil {
-			return err
+			return "", err
 		}
 	}
 	m.State = writers.StateComplete
-	return st.PutManifest(ctx, m)
+	return version, st.PutManifest(ctx, m)
 }
 
 // openStore opens a fresh store of the given kind: a new Pebble directory, or the
@@ -860,4 +894,22 @@ func runPipeline(ctx context.Context, job *jobs.Job, st *writers.Store, nReaders
 		return fmt.Errorf("pipeline wrote %d of %d rows", got, want)
 	}
 	return nil
+}
+
+// redisBuckets is the bucket count the store chooses for a version of rows rows (a
+// throwaway manifest, removed with the server's other keys by the caller's flush).
+func redisBuckets(ctx context.Context, url string, rows int64, keyPrefix string) (int64, error) {
+	st, err := writers.Open(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	m := &writers.Manifest{Namespace: "benchlayout", Version: "v1", State: writers.StateWriting, ExpectedRows: rows, KeyPrefix: keyPrefix}
+	if err := st.PutManifest(ctx, m); err != nil {
+		return 0, err
+	}
+	if m.Layout == nil || m.Layout.Buckets < 1 {
+		return 0, fmt.Errorf("the store chose layout %+v, want hash buckets", m.Layout)
+	}
+	return m.Layout.Buckets, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -158,6 +159,41 @@ func TestFitAllocsRecoversKnownCoefficients(t *testing.T) {
 			if math.Abs(c.got-c.want) > c.tol {
 				t.Errorf("%s: got %v, want %v (fit %+v)", c.name, c.got, c.want, got)
 			}
+		}
+	}
+}
+
+// TestRedisMemRunsEndToEnd runs --redismem on 20k rows and checks the table and the
+// target lines, not the figures: three layouts per encoding, and a PASS or FAIL line
+// for memory and for write speed of each encoding.
+func TestRedisMemRunsEndToEnd(t *testing.T) {
+	if err := inference.Init(); errors.Is(err, inference.ErrRuntimeMissing) && os.Getenv("CI") == "" {
+		t.Skipf("%v", err)
+	}
+	for _, bin := range []string{"redis-server", "redis-benchmark"} {
+		if _, err := exec.LookPath(bin); err != nil && os.Getenv("CI") == "" {
+			t.Skipf("%s not on PATH", bin)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	code := Main([]string{"--redismem", "--rows", "20000", "--shards", "2", "--repeat", "1", "--cache", t.TempDir()}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("Main exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	report := stdout.String()
+	row := regexp.MustCompile(`(?m)^\| (json|binary) \| (hash-buckets, fields less "[^"]*"|plain \(versions written before\)|hash-buckets, whole keys as fields) \| [^|]+ \| ([^|]+) \| ([^|]+) \|`)
+	rows := row.FindAllStringSubmatch(report, -1)
+	if len(rows) != 6 {
+		t.Fatalf("got %d table rows, want 6 (two encodings x three layouts):\n%s", len(rows), report)
+	}
+	for _, r := range rows {
+		if raw, used := parseRate(r[3]), parseRate(r[4]); !(raw > 0) || !(used > raw) {
+			t.Errorf("%s/%s: key+value %s B/row, used_memory %s B/row: want both > 0, used above raw", r[1], r[2], r[3], r[4])
+		}
+	}
+	for _, want := range []string{"redis/json: ", "redis/binary: "} {
+		if n := strings.Count(report, "PASS "+want) + strings.Count(report, "FAIL "+want); n != 2 {
+			t.Errorf("got %d PASS/FAIL lines for %q, want 2 (memory and write speed):\n%s", n, want, report)
 		}
 	}
 }

@@ -8,7 +8,9 @@
 //
 // Modes: the default table; --sweep (pipeline rows/s against batch size and workers,
 // written to docs/bench/sweep.csv and plotted to docs/bench/sweep.png); --memcheck
-// (peak RSS of the pipeline at 1M and 4M rows, each in a child process of this binary).
+// (peak RSS of the pipeline at 1M and 4M rows, each in a child process of this binary);
+// --redismem (Redis memory per row and write speed by layout and encoding, against
+// redis-benchmark HSET: redismem.go).
 //
 // The targets are reported, never enforced by tests: a noisy shared machine must not
 // fail a build. --strict makes a FAIL the exit status, for a quiet dedicated runner.
@@ -55,6 +57,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.SweepCSV, "sweep-csv", cfg.SweepCSV, "where --sweep writes its CSV")
 	fs.StringVar(&cfg.SweepPNG, "sweep-png", cfg.SweepPNG, "where --sweep writes its plot")
 	memcheck := fs.Bool("memcheck", false, "compare the pipeline's peak RSS at 1M and 4M rows, each in a child process")
+	redisMem := fs.Bool("redismem", false, "Redis memory per row and write speed of the hash-buckets layout against the plain one and redis-benchmark HSET, for json and binary values (make redismem)")
 	child := fs.Bool("child-pipeline", false, "internal: run the pipeline once and print its result as JSON (used by --memcheck)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: bench [flags]\n\nexample: go run ./cmd/bench --rows 200000 --stores pebble\n\n")
@@ -94,6 +97,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case *sweep:
 		err = runSweep(ctx, cfg, out)
 		ok = true
+	case *redisMem:
+		ok, err = runRedisMem(ctx, cfg, out)
 	case *memcheck:
 		ok, err = runMemcheck(ctx, cfg, out)
 	default:

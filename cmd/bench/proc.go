@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -74,8 +73,8 @@ func (s *redisServer) URL() string  { return "redis://" + s.Addr() + "/0" }
 func (s *redisServer) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 
 // startRedis starts `redis-server --port P --bind 127.0.0.1 --save ” --appendonly no`
-// on a free loopback port and waits for it to answer.
-func startRedis(ctx context.Context) (*redisServer, error) {
+// and the extra arguments on a free loopback port and waits for it to answer.
+func startRedis(ctx context.Context, extra ...string) (*redisServer, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, errors.New(`redis-server not found on PATH: install it (apt-get install redis-server) or run with --stores pebble`)
@@ -91,8 +90,9 @@ func startRedis(ctx context.Context) (*redisServer, error) {
 		return nil, err
 	}
 	s := &redisServer{dir: dir, port: port, done: make(chan struct{})}
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}, extra...)
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start redis-server: %w", err)
@@ -146,40 +146,6 @@ func flushRedis(ctx context.Context, url string) error {
 		return fmt.Errorf("flushall: %w", err)
 	}
 	return nil
-}
-
-var setRate = regexp.MustCompile(`SET: ([0-9.]+) requests per second`)
-
-// redisBenchmark runs `redis-benchmark -P 64 -t set -d SIZE -n N -r N -q` against url
-// and returns its SET requests/s, or 0 and why not. -r N makes it SET N distinct keys, as
-// a version does; without it every SET overwrites one key, which a server does faster
-// than creating keys, and the comparison would flatter Redis.
-func redisBenchmark(ctx context.Context, url string, size, n int) (float64, string) {
-	bin, err := exec.LookPath("redis-benchmark")
-	if err != nil {
-		return 0, "redis-benchmark not on PATH"
-	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	host, port, _ := net.SplitHostPort(opt.Addr)
-	cmd := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-P", "64", "-t", "set",
-		"-d", strconv.Itoa(max(size, 1)), "-n", strconv.Itoa(n), "-r", strconv.Itoa(n), "-q")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return 0, fmt.Sprintf("redis-benchmark: %v: %s", err, bytes.TrimSpace(out))
-	}
-	m := setRate.FindAllSubmatch(out, -1)
-	if len(m) == 0 {
-		return 0, fmt.Sprintf("redis-benchmark: no SET rate in %q", out)
-	}
-	v, err := strconv.ParseFloat(string(m[len(m)-1][1]), 64)
-	if err != nil {
-		return 0, err.Error()
-	}
-	_ = flushRedis(ctx, url)
-	return v, ""
 }
 
 // childResult is what a --child-pipeline process prints.

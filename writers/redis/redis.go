@@ -84,16 +84,20 @@ const scanCount = 1000
 //	{sr:NS}:rc:RELEASE:INTERVAL  hash    counter name -> count (expires, CountsTTL)
 //	{sr:NS}:rs:RELEASE:NAME      hash    replica -> that replica's sketch called NAME
 //
-// Rows are plain strings with no hash tag, so the rows of one version spread over every
-// master of a cluster:
+// Rows carry no hash tag, so the rows of one version spread over every master of a
+// cluster. A version's manifest says how they are laid out (layout.go has the essay):
+// new versions put them into hashes, an HSET field per row; versions written before
+// layouts existed have a string per row:
 //
-//	sr:NS:VERSION:KEY            string  the encoded value
+//	sr:NS:VERSION#N              hash    hash-buckets: FIELD -> value for the keys of bucket N
+//	sr:NS:VERSION:KEY            string  plain: the encoded value
 //
-// Namespaces and version ids cannot contain ':' (ValidateNamespace, ValidateVersion) or
-// any glob character, so "sr:NS:VERSION:" is a prefix of exactly one version's rows and
-// "sr:NS:VERSION:*" is a safe SCAN MATCH pattern; data keys begin with "sr:", never with
-// "{sr:", so no row can be mistaken for a catalog key. A KEY that contains a {…} hash tag
-// of its own just lands in that tag's slot. No command touches keys of two slots.
+// Namespaces and version ids cannot contain ':' or '#' (ValidateNamespace,
+// ValidateVersion) or any glob character, so "sr:NS:VERSION:" is a prefix of exactly one
+// plain version's rows, "sr:NS:VERSION:*" is a safe SCAN MATCH pattern, and no bucket is
+// a plain row; data keys begin with "sr:", never with "{sr:", so no row can be mistaken
+// for a catalog key. A plain KEY that contains a {…} hash tag of its own just lands in
+// that tag's slot. No command touches keys of two slots.
 //
 // The flip. SwapLive is one Lua script over {sr:NS}:live and {sr:NS}:manifests: it
 // compares the pointer with the expected version, checks that the next version's
@@ -101,10 +105,12 @@ const scanCount = 1000
 // without interleaving, so two flips can never both win, and a version can never be made
 // live while DeleteVersion retires it (that is a script on the same keys too).
 //
-// Writes. WriteRows splits a batch into pipelines of PipelineSize SETs, keeps at most
-// MaxInFlight of them in flight, and resends a pipeline that failed with a transient
-// error (a network error, LOADING, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY) with
-// exponential back-off for up to RetryFor; SET is idempotent, so a resend is safe. Rows
+// Writes. WriteRows splits a batch into pipelines of about PipelineSize rows (one HSET
+// per bucket with all of the batch's rows of that bucket; plain: an MSET, or SETs on a
+// cluster), keeps at most MaxInFlight of them in flight, and resends a pipeline that
+// failed with a transient error (a network error, LOADING, TRYAGAIN, CLUSTERDOWN,
+// MASTERDOWN, READONLY) with exponential back-off for up to RetryFor; HSET and SET are
+// idempotent, so a resend is safe, and so is a resumed run that rewrites rows. Rows
 // are not written atomically with the manifest check (in a cluster they cannot be: they
 // live on every master), so WriteRows reads the manifest first and refuses a version not
 // in state writing. It remembers a positive answer for driverkit.WritingTTL (one second)
@@ -114,11 +120,13 @@ const scanCount = 1000
 // written by the one run that holds its namespace's lease, and gc removes a writing
 // version only once it is older than its grace period.
 //
-// Reads of many keys. GetMany asks a standalone server with one MGET (one per
-// getManyChunk keys, all in one pipeline). A cluster cannot MGET keys of two slots, and
-// a batch's keys fall in nearly as many slots as there are keys, so it sends one GET per
-// key in one pipeline, which go-redis splits by master and sends to every master at once:
-// one round trip per master that holds any of the keys, each in parallel.
+// Reads. The driver learns a version's layout from its manifest at the first read and
+// keeps it (layoutOf; a layout never changes). Get is one HGET (plain: GET). GetMany
+// sends what queueReads queues, in one pipeline: one HMGET per bucket any of the keys
+// falls in (plain: one MGET per getManyChunk keys on a standalone server; a GET per key
+// on a cluster, which cannot MGET keys of two slots). go-redis splits a cluster's
+// pipeline by master and sends to every master at once: one round trip per master that
+// holds any of the keys, each in parallel.
 //
 // Releases (writers.Releaser). The record is one JSON string, {sr:NS}:release, and its
 // revision is the record's own "revision" field, so there is nothing to keep in step with
@@ -154,16 +162,18 @@ type Driver struct {
 	addr    string                 // for error messages: host:port[,host:port…]
 
 	writing driverkit.WritingCache
+	layouts layouts // of the versions read or written (layout.go)
 
 	tlsCA string // the URL's tls_ca: a PEM file of CAs a rediss:// server is checked against
 }
 
 var (
-	_ writers.Driver      = (*Driver)(nil)
-	_ writers.FlipWatcher = (*Driver)(nil)
-	_ writers.Describer   = (*Driver)(nil)
-	_ writers.ManyGetter  = (*Driver)(nil)
-	_ writers.Releaser    = (*Driver)(nil)
+	_ writers.Driver        = (*Driver)(nil)
+	_ writers.FlipWatcher   = (*Driver)(nil)
+	_ writers.Describer     = (*Driver)(nil)
+	_ writers.ManyGetter    = (*Driver)(nil)
+	_ writers.Releaser      = (*Driver)(nil)
+	_ writers.LayoutChooser = (*Driver)(nil)
 )
 
 // Open connects to the Redis server or cluster a redis://, rediss:// or redis+cluster://
@@ -361,9 +371,31 @@ func (d *Driver) WriteRows(ctx context.Context, ns, version string, rows writers
 		return nil
 	}
 
+	l, err := d.layoutOf(ctx, ns, version)
+	if err != nil {
+		return err
+	}
+
 	size := max(d.PipelineSize, 1)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(d.MaxInFlight, 1))
+	if l.buckets > 0 {
+		// Pipelines of about size rows each, cut at bucket boundaries.
+		cmds := bucketWrites(l, bucketPrefix(ns, version), rows)
+		for lo := 0; lo < len(cmds); {
+			hi, n := lo, 0
+			for ; hi < len(cmds) && (hi == lo || n < size); hi++ {
+				n += len(cmds[hi].args) / 2
+			}
+			part := cmds[lo:hi]
+			g.Go(func() error { return d.writeBuckets(gctx, part) })
+			lo = hi
+		}
+		if err := g.Wait(); err != nil {
+			return d.fail(err)
+		}
+		return nil
+	}
 	prefix := dataPrefix(ns, version)
 	for lo := 0; lo < len(rows.Keys); lo += size {
 		hi := min(lo+size, len(rows.Keys))
@@ -455,7 +487,19 @@ func isTransient(err error) bool {
 
 // Get implements writers.Driver.
 func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
-	v, err := d.client.Get(ctx, dataPrefix(ns, version)+string(key)).Bytes()
+	l, err := d.layoutOf(ctx, ns, version)
+	if errors.Is(err, writers.ErrNotFound) {
+		return nil, writers.ErrNotFound // no version, so no key in it
+	}
+	if err != nil {
+		return nil, err
+	}
+	var v []byte
+	if l.buckets > 0 {
+		v, err = d.client.HGet(ctx, bucketKey(bucketPrefix(ns, version), l.bucket(key)), string(l.field(key))).Bytes()
+	} else {
+		v, err = d.client.Get(ctx, dataPrefix(ns, version)+string(key)).Bytes()
+	}
 	if errors.Is(err, goredis.Nil) {
 		return nil, writers.ErrNotFound
 	}
@@ -472,37 +516,51 @@ func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byt
 // MGETs in one pipeline, so that the server can serve other clients between them.
 const getManyChunk = 1000
 
-// GetMany implements writers.ManyGetter: MGETs on a standalone server, a pipeline of GETs
-// on a cluster (see Driver).
+// GetMany implements writers.ManyGetter: the reads queueReads queues, in one pipeline.
 func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
+	l, err := d.layoutOf(ctx, ns, version)
+	if errors.Is(err, writers.ErrNotFound) {
+		return make([][]byte, len(keys)), nil // no version, so none of its keys
+	}
+	if err != nil {
+		return nil, err
+	}
 	pipe := d.client.Pipeline()
-	read := d.queueGets(ctx, pipe, ns, version, keys)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+	decode := queueReads(ctx, pipe, d.cluster != nil, l, ns, version, keys)
+	_, _ = pipe.Exec(ctx) // each command's error is decode's to report
+	out, err := decode()
+	if err != nil {
 		return nil, d.fail(err)
 	}
-	return read()
+	return out, nil
 }
 
-// GetChain implements writers.ChainGetter: every level's reads (queueGets) in one
-// pipeline, so a chain costs one round trip like a single version, then the first level
-// that holds each key answers it.
+// GetChain implements writers.ChainGetter: every level's reads (queueReads, each in its
+// own layout) in one pipeline, so a chain costs one round trip like a single version
+// (one per master on a cluster), then the first level that holds each key answers it.
 func (d *Driver) GetChain(ctx context.Context, ns string, chain []string, keys [][]byte) ([][]byte, []int, error) {
 	pipe := d.client.Pipeline()
-	reads := make([]func() ([][]byte, error), len(chain))
+	decodes := make([]func() ([][]byte, error), len(chain))
 	for i, v := range chain {
-		reads[i] = d.queueGets(ctx, pipe, ns, v, keys)
+		l, err := d.layoutOf(ctx, ns, v)
+		if errors.Is(err, writers.ErrNotFound) {
+			decodes[i] = func() ([][]byte, error) { return make([][]byte, len(keys)), nil }
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		decodes[i] = queueReads(ctx, pipe, d.cluster != nil, l, ns, v, keys)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return nil, nil, d.fail(err)
-	}
+	_, _ = pipe.Exec(ctx) // each command's error is its decoder's to report
 	values, from := make([][]byte, len(keys)), make([]int, len(keys))
 	for i := range from {
 		from[i] = -1
 	}
-	for level, read := range reads {
-		got, err := read()
+	for level, decode := range decodes {
+		got, err := decode()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, d.fail(err)
 		}
 		for i, v := range got {
 			if from[i] < 0 && v != nil {
@@ -513,71 +571,28 @@ func (d *Driver) GetChain(ctx context.Context, ns string, chain []string, keys [
 	return values, from, nil
 }
 
-// queueGets queues on pipe the reads of keys in one version (the one place that knows
-// how a version's rows are laid out for reading) and returns the function that, once
-// pipe has been executed, gives their values, nil for a missing key.
-func (d *Driver) queueGets(ctx context.Context, pipe goredis.Pipeliner, ns, version string, keys [][]byte) func() ([][]byte, error) {
-	prefix := dataPrefix(ns, version)
-	out := make([][]byte, len(keys))
-	if d.cluster == nil {
-		var cmds []*goredis.SliceCmd
-		for lo := 0; lo < len(keys); lo += getManyChunk {
-			hi := min(lo+getManyChunk, len(keys))
-			names := make([]string, 0, hi-lo)
-			for _, k := range keys[lo:hi] {
-				names = append(names, prefix+string(k))
-			}
-			cmds = append(cmds, pipe.MGet(ctx, names...))
-		}
-		return func() ([][]byte, error) {
-			for c, cmd := range cmds {
-				vals, err := cmd.Result()
-				if err != nil {
-					return nil, d.fail(err)
-				}
-				for i, v := range vals {
-					switch v := v.(type) {
-					case nil:
-					case string:
-						out[c*getManyChunk+i] = append(make([]byte, 0, len(v)), v...)
-					default:
-						return nil, d.fail(fmt.Errorf("MGET answered a %T", v))
-					}
-				}
-			}
-			return out, nil
-		}
-	}
-	cmds := make([]*goredis.StringCmd, len(keys))
-	for i, k := range keys {
-		cmds[i] = pipe.Get(ctx, prefix+string(k))
-	}
-	return func() ([][]byte, error) {
-		for i, cmd := range cmds {
-			v, err := cmd.Bytes()
-			switch {
-			case errors.Is(err, goredis.Nil):
-			case err != nil:
-				return nil, d.fail(err)
-			default:
-				if v == nil {
-					v = []byte{}
-				}
-				out[i] = v
-			}
-		}
-		return out, nil
-	}
-}
+// scanBucketsPerPipeline is how many buckets one pipeline of ScanRows reads: about 8,000
+// rows at the ~80 a bucket ChooseLayout aims for.
+const scanBucketsPerPipeline = 100
 
-// ScanRows implements writers.Scanner: SCAN pages of the version's pattern on every
-// master (scanVersion), each read with one pipeline of GETs on the master that holds it.
-// A key that vanished between its SCAN and its GET (only a version being deleted loses
-// keys) is left out.
+// ScanRows implements writers.Scanner. A bucketed version is read bucket by bucket
+// (HGETALL, a pipeline of scanBucketsPerPipeline at a time: every bucket is known from
+// the layout); a plain one by SCAN pages of its pattern on every master (scanVersion),
+// each read with one pipeline of GETs on the master that holds it. A key that vanished
+// between its SCAN and its GET (only a version being deleted loses keys) is left out.
 func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(writers.Rows) error) error {
+	l, err := d.layoutOf(ctx, ns, version)
+	switch {
+	case errors.Is(err, writers.ErrNotFound):
+		return nil // no version, no rows (as CountKeys)
+	case err != nil:
+		return err
+	case l.buckets > 0:
+		return d.scanBuckets(ctx, l, ns, version, fn)
+	}
 	prefix := dataPrefix(ns, version)
 	var mu sync.Mutex // a cluster's masters are scanned concurrently; fn is called by one at a time
-	err := d.scanVersion(ctx, ns, version, func(ctx context.Context, c *goredis.Client, names []string) error {
+	err = d.scanVersion(ctx, ns, version, func(ctx context.Context, c *goredis.Client, names []string) error {
 		pipe := c.Pipeline()
 		cmds := make([]*goredis.StringCmd, len(names))
 		for i, n := range names {
@@ -608,8 +623,55 @@ func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(write
 	return nil
 }
 
-// CountKeys implements writers.Driver: SCANs of the version's pattern on every master.
+// scanBuckets passes the rows of a bucketed version to fn, one batch per pipeline of
+// buckets.
+func (d *Driver) scanBuckets(ctx context.Context, l layout, ns, version string, fn func(writers.Rows) error) error {
+	prefix := bucketPrefix(ns, version)
+	for lo := uint64(0); lo < l.buckets; lo += scanBucketsPerPipeline {
+		hi := min(lo+scanBucketsPerPipeline, l.buckets)
+		pipe := d.client.Pipeline()
+		cmds := make([]*goredis.MapStringStringCmd, 0, hi-lo)
+		for b := lo; b < hi; b++ {
+			cmds = append(cmds, pipe.HGetAll(ctx, bucketKey(prefix, b)))
+		}
+		_, _ = pipe.Exec(ctx) // each command's error is read below
+		var rows writers.Rows
+		for _, cmd := range cmds {
+			fields, err := cmd.Result()
+			if err != nil {
+				return d.fail(err)
+			}
+			for f, v := range fields {
+				rows.Keys = append(rows.Keys, l.key(f))
+				rows.Values = append(rows.Values, []byte(v))
+			}
+		}
+		if len(rows.Keys) == 0 {
+			continue
+		}
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CountKeys implements writers.Driver: the sum of the buckets' HLENs, exact; for a
+// plain version, SCANs of the version's pattern on every master.
 func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
+	l, err := d.layoutOf(ctx, ns, version)
+	switch {
+	case errors.Is(err, writers.ErrNotFound):
+		return 0, nil // no version: no rows (a plain version's rows need a manifest too)
+	case err != nil:
+		return 0, err
+	case l.buckets > 0:
+		n, err := d.countBuckets(ctx, l, ns, version)
+		if err != nil {
+			return 0, d.fail(err)
+		}
+		return n, nil
+	}
 	// SCAN returns a key twice when the server resizes its table during the scan (as it
 	// does after gc unlinks a big version), and never misses a key that exists
 	// throughout. So count until two scans agree, at most countScans times, pausing
@@ -683,6 +745,7 @@ func (d *Driver) scanVersion(ctx context.Context, ns, version string, fn func(ct
 // PutManifest implements writers.Driver.
 func (d *Driver) PutManifest(ctx context.Context, m *writers.Manifest, data []byte) error {
 	d.writing.Forget(m.Namespace, m.Version)
+	d.layouts.forget(m.Namespace, m.Version)
 	if err := d.client.HSet(ctx, manifestsKey(m.Namespace), m.Version, data).Err(); err != nil {
 		return d.fail(err)
 	}
@@ -750,7 +813,9 @@ return 'ok'
 // again (it accepts a retired version) deletes what is left.
 func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 	d.writing.Forget(ns, version)
+	d.layouts.forget(ns, version)
 	keys := []string{liveKey(ns), manifestsKey(ns), commitsKey(ns, version)}
+	var l layout
 	for attempt := 0; ; attempt++ {
 		old, err := d.client.HGet(ctx, manifestsKey(ns), version).Result()
 		if errors.Is(err, goredis.Nil) {
@@ -762,6 +827,9 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 		m := new(writers.Manifest)
 		if err := json.Unmarshal([]byte(old), m); err != nil {
 			return fmt.Errorf("decode manifest: %w", err)
+		}
+		if l, err = decodeLayout(m.Layout); err != nil {
+			return err
 		}
 		m.State = writers.StateRetired
 		retired, err := json.Marshal(m)
@@ -788,7 +856,21 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 		}
 		break
 	}
-	err := d.scanVersion(ctx, ns, version, func(ctx context.Context, c *goredis.Client, keys []string) error {
+	var err error
+	if l.buckets > 0 {
+		err = d.deleteBuckets(ctx, l, ns, version)
+	} else {
+		err = d.unlinkPlain(ctx, ns, version)
+	}
+	if err != nil {
+		return fmt.Errorf("version retired, but deleting its rows from redis %s failed (run gc or delete it again): %w", d.addr, err)
+	}
+	return nil
+}
+
+// unlinkPlain deletes the rows of a plain version: SCAN and UNLINK on every master.
+func (d *Driver) unlinkPlain(ctx context.Context, ns, version string) error {
+	return d.scanVersion(ctx, ns, version, func(ctx context.Context, c *goredis.Client, keys []string) error {
 		// One UNLINK per key: a multi-key UNLINK fails with CROSSSLOT in a cluster even
 		// when every key lives on the same master.
 		pipe := c.Pipeline()
@@ -798,10 +880,6 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 		_, err := pipe.Exec(ctx)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("version retired, but deleting its rows from redis %s failed (run gc or delete it again): %w", d.addr, err)
-	}
-	return nil
 }
 
 // Live implements writers.Driver.

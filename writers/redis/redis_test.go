@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,26 +73,11 @@ func TestRedisStandalone(t *testing.T) {
 	t.Run("a flip on one handle reaches WatchFlips on another", func(t *testing.T) { testWatchFlips(t, url) })
 	t.Run("a release swap is announced on the flip channel", func(t *testing.T) { testReleaseAnnounced(t, url) })
 	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
-	t.Run("get many of 100 keys is one MGET", func(t *testing.T) {
-		ctx := context.Background()
-		s := openRedis(t, url)
-		defer s.Close()
-		writeVersion(t, s, "gm", "v1", 300, writers.StateComplete)
-		c := driver(s).Client().(*goredis.Client)
-		before := commandCalls(t, c)
-		vals, err := s.GetMany(ctx, "gm", "v1", askKeys(100))
-		if err != nil {
-			t.Fatal(err)
-		}
-		after := commandCalls(t, c)
-		checkAsked(t, vals)
-		if got := after["mget"] - before["mget"]; got != 1 {
-			t.Errorf("GetMany of 100 keys cost %d MGETs, want 1", got)
-		}
-		if got := after["get"] - before["get"]; got != 0 {
-			t.Errorf("GetMany of 100 keys cost %d GETs, want 0", got)
-		}
-	})
+	t.Run("get many of 100 keys is one round trip", func(t *testing.T) { testStandaloneGetMany(t, openRedis(t, url)) })
+	t.Run("a version in the old layout still reads, counts and goes at gc", func(t *testing.T) { testOldLayout(t, openRedis(t, url)) })
+	t.Run("buckets stay listpacks at the server's limits", func(t *testing.T) { testBucketsStayListpacks(t, openRedis(t, url)) })
+	t.Run("keys less their common prefix read back exactly", func(t *testing.T) { testStrippedFields(t, openRedis(t, url)) })
+	t.Run("a user without CONFIG gets redis.conf's listpack limits", func(t *testing.T) { testConfigRefused(t, url) })
 }
 
 func TestRedisCluster(t *testing.T) {
@@ -104,6 +91,8 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
 	t.Run("get many of 100 keys costs one round trip per master", func(t *testing.T) { testClusterGetMany(t, openRedis(t, url)) })
 	t.Run("get chain of 3 levels costs one round trip per master", func(t *testing.T) { testClusterGetChain(t, openRedis(t, url)) })
+	t.Run("a version in the old layout still reads, counts and goes at gc", func(t *testing.T) { testOldLayout(t, openRedis(t, url)) })
+	t.Run("keys less their common prefix read back exactly", func(t *testing.T) { testStrippedFields(t, openRedis(t, url)) })
 	t.Run("the rows of a version spread over every master", func(t *testing.T) {
 		ctx := context.Background()
 		s := openRedis(t, url)
@@ -240,7 +229,15 @@ func testWatchFlips(t *testing.T, url string) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	returned := make(chan bool, 1)
-	go func() { returned <- watcher.WatchFlips(wctx, func(ns string) { got <- ns }) }()
+	// Only this test's namespaces: on a cluster, a flip an earlier subtest published on
+	// another node can still be crossing the cluster bus when this watch subscribes.
+	go func() {
+		returned <- watcher.WatchFlips(wctx, func(ns string) {
+			if ns == "watch" || ns == "other" {
+				got <- ns
+			}
+		})
+	}()
 	waitSubscribers(t, driver(flipper), 1)
 
 	want := func(what, ns string) {
@@ -443,9 +440,12 @@ func TestOpenRedisNamesTheAddress(t *testing.T) {
 }
 
 // BenchmarkRedisWriteRows writes 8192-row batches of 40-byte values into a standalone
-// redis-server with the default pipeline size and in-flight limit.
+// redis-server with the default pipeline size and in-flight limit, in each layout.
 func BenchmarkRedisWriteRows(b *testing.B) {
-	benchRedisWriteRows(b, redistest.Standalone(b), 0)
+	url := redistest.Standalone(b)
+	for _, l := range []string{writers.LayoutHashBuckets, writers.LayoutPlain} {
+		b.Run("layout="+l, func(b *testing.B) { benchRedisWriteRowsLayout(b, url, 0, l) })
+	}
 }
 
 // BenchmarkRedisPipelineSize is BenchmarkRedisWriteRows for several pipeline sizes; it
@@ -458,6 +458,10 @@ func BenchmarkRedisPipelineSize(b *testing.B) {
 }
 
 func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
+	benchRedisWriteRowsLayout(b, url, pipelineSize, writers.LayoutHashBuckets)
+}
+
+func benchRedisWriteRowsLayout(b *testing.B, url string, pipelineSize int, layout string) {
 	ctx := context.Background()
 	s, err := redis.Open(ctx, url)
 	if err != nil {
@@ -470,7 +474,11 @@ func benchRedisWriteRows(b *testing.B, url string, pipelineSize int) {
 	if err := driver(s).Client().FlushAll(ctx).Err(); err != nil {
 		b.Fatal(err)
 	}
-	if err := s.PutManifest(ctx, &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting}); err != nil {
+	m := &writers.Manifest{Namespace: "bench", Version: "v1", State: writers.StateWriting, ExpectedRows: 1_000_000}
+	if layout == writers.LayoutPlain {
+		m.Layout = &writers.Layout{Kind: writers.LayoutPlain}
+	}
+	if err := s.PutManifest(ctx, m); err != nil {
 		b.Fatal(err)
 	}
 	const batch = 8192
@@ -665,19 +673,27 @@ func commandCalls(t *testing.T, c *goredis.Client) map[string]int64 {
 }
 
 // roundTrips counts what a client sends to one server: pipelines (one write of all
-// their commands, one read of all replies) and single commands, with the GETs and
-// MGETs among them.
+// their commands, one read of all replies) and single commands, with the reads of rows
+// (GET, MGET, HGET, HMGET) among them.
 type roundTrips struct {
-	pipelines, singles, gets atomic.Int64
+	pipelines, singles, reads atomic.Int64
+}
+
+func isRowRead(cmd goredis.Cmder) bool {
+	switch cmd.Name() {
+	case "get", "mget", "hget", "hmget":
+		return true
+	}
+	return false
 }
 
 func (r *roundTrips) DialHook(next goredis.DialHook) goredis.DialHook { return next }
 
 func (r *roundTrips) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
-		if n := cmd.Name(); n == "get" || n == "mget" {
-			r.singles.Add(1)
-			r.gets.Add(1)
+		r.singles.Add(1)
+		if isRowRead(cmd) {
+			r.reads.Add(1)
 		}
 		return next(ctx, cmd)
 	}
@@ -687,22 +703,118 @@ func (r *roundTrips) ProcessPipelineHook(next goredis.ProcessPipelineHook) gored
 	return func(ctx context.Context, cmds []goredis.Cmder) error {
 		r.pipelines.Add(1)
 		for _, cmd := range cmds {
-			if n := cmd.Name(); n == "get" || n == "mget" {
-				r.gets.Add(1)
+			if isRowRead(cmd) {
+				r.reads.Add(1)
 			}
 		}
 		return next(ctx, cmds)
 	}
 }
 
-// testClusterGetMany: a GetMany of 100 keys spread over three masters sends each master
-// at most one pipeline and no single command (counted by a hook on each master's
-// client), and the masters together execute exactly 100 GETs and no MGET (counted by
-// each server's INFO commandstats): nothing was resent, nothing asked one key at a time.
+// distinctBuckets is how many buckets of a version with layout l the keys fall in.
+func distinctBuckets(l *writers.Layout, keys [][]byte) int64 {
+	seen := map[uint64]bool{}
+	for _, k := range keys {
+		h := fnv.New64a()
+		h.Write(k)
+		seen[h.Sum64()%uint64(l.Buckets)] = true
+	}
+	return int64(len(seen))
+}
+
+// bucketedVersion writes a version of 300 rows with writeVersion, checks that the store
+// chose the hash-buckets layout for it, and reads one key, so that the driver knows the
+// layout (a lookup service learns it once per version, at its first read).
+func bucketedVersion(t *testing.T, s *writers.Store, ns, version string) *writers.Layout {
+	t.Helper()
+	ctx := context.Background()
+	writeVersion(t, s, ns, version, 300, writers.StateComplete)
+	m, err := s.Manifest(ctx, ns, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout == nil || m.Layout.Kind != writers.LayoutHashBuckets || m.Layout.Hash != writers.HashFNV1a64 || m.Layout.Buckets < 1 {
+		t.Fatalf("new version's layout = %+v, want hash-buckets with fnv1a64", m.Layout)
+	}
+	if _, err := s.Get(ctx, ns, version, []byte("key-0")); err != nil {
+		t.Fatal(err)
+	}
+	return m.Layout
+}
+
+// testStandaloneGetMany: once the driver knows a version's layout, a GetMany of 100
+// keys is one pipeline (one write, one read) and nothing else, holding one HMGET per
+// bucket the keys fall in and no other read (by each command the server executed, from
+// INFO commandstats). A version in the plain layout is one MGET.
+func testStandaloneGetMany(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	l := bucketedVersion(t, s, "gm", "v1")
+	c := driver(s).Client().(*goredis.Client)
+	trips := new(roundTrips)
+	c.AddHook(trips)
+	keys := askKeys(100)
+	before := commandCalls(t, c)
+	trips.singles.Store(0)
+	vals, err := s.GetMany(ctx, "gm", "v1", keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, n := trips.pipelines.Load(), trips.singles.Load()
+	after := commandCalls(t, c)
+	checkAsked(t, vals)
+	if p != 1 || n != 0 {
+		t.Errorf("GetMany of 100 keys sent %d pipelines and %d single commands, want 1 and 0: one round trip", p, n)
+	}
+	want := distinctBuckets(l, keys)
+	if got := after["hmget"] - before["hmget"]; got != want {
+		t.Errorf("the server executed %d HMGETs, want %d: one per bucket of the 100 keys", got, want)
+	}
+	for _, cmd := range []string{"get", "mget", "hget", "hgetall"} {
+		if got := after[cmd] - before[cmd]; got != 0 {
+			t.Errorf("the server executed %d %s, want 0", got, strings.ToUpper(cmd))
+		}
+	}
+
+	// The plain layout, asked for explicitly: one MGET.
+	m := &writers.Manifest{Namespace: "gm", Version: "plain", State: writers.StateWriting, Layout: &writers.Layout{Kind: writers.LayoutPlain}}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteRows(ctx, "gm", "plain", makeRows(0, 300)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "gm", "plain", []byte("key-0")); err != nil {
+		t.Fatal(err)
+	}
+	before = commandCalls(t, c)
+	trips.pipelines.Store(0)
+	trips.singles.Store(0)
+	vals, err = s.GetMany(ctx, "gm", "plain", keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, n = trips.pipelines.Load(), trips.singles.Load()
+	after = commandCalls(t, c)
+	checkAsked(t, vals)
+	if p != 1 || n != 0 {
+		t.Errorf("plain layout: GetMany sent %d pipelines and %d single commands, want 1 and 0", p, n)
+	}
+	if got := after["mget"] - before["mget"]; got != 1 {
+		t.Errorf("plain layout: %d MGETs, want 1", got)
+	}
+}
+
+// testClusterGetMany: once the driver knows a version's layout, a GetMany of 100 keys
+// spread over three masters sends each master at most one pipeline and no single
+// command (counted by a hook on each master's client), and the masters together execute
+// exactly one HMGET per bucket the keys fall in and no other read (counted by each
+// server's INFO commandstats): nothing was resent, nothing asked one key at a time. One
+// pipeline per master is one round trip per slot group: go-redis sends them at once.
 func testClusterGetMany(t *testing.T, s *writers.Store) {
 	ctx := context.Background()
 	defer s.Close()
-	writeVersion(t, s, "gm", "v1", 300, writers.StateComplete)
+	l := bucketedVersion(t, s, "gm", "v1")
 	var (
 		mu      sync.Mutex
 		masters []*goredis.Client
@@ -725,33 +837,229 @@ func testClusterGetMany(t *testing.T, s *writers.Store) {
 		trips[i] = new(roundTrips)
 		c.AddHook(trips[i])
 		before[i] = commandCalls(t, c)
+		trips[i].singles.Store(0)
 	}
 
-	vals, err := s.GetMany(ctx, "gm", "v1", askKeys(100))
+	keys := askKeys(100)
+	vals, err := s.GetMany(ctx, "gm", "v1", keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkAsked(t, vals)
+	singles := make([]int64, len(masters))
+	for i := range masters {
+		singles[i] = trips[i].singles.Load()
+	}
 
-	var gets, mgets, pipelines int64
+	var hmgets, others, pipelines int64
 	for i, c := range masters {
 		addr, r := c.Options().Addr, trips[i]
 		after := commandCalls(t, c)
-		if p, n := r.pipelines.Load(), r.singles.Load(); p > 1 || n > 0 {
-			t.Errorf("master %s: GetMany sent %d pipelines and %d single GETs, want at most one pipeline and none", addr, p, n)
+		if p, n := r.pipelines.Load(), singles[i]; p > 1 || n > 0 {
+			t.Errorf("master %s: GetMany sent %d pipelines and %d single commands, want at most one pipeline and none", addr, p, n)
 		}
-		if got, want := after["get"]-before[i]["get"], r.gets.Load(); got != want {
-			t.Errorf("master %s executed %d GETs, the client sent it %d", addr, got, want)
+		if got, want := after["hmget"]-before[i]["hmget"], r.reads.Load(); got != want {
+			t.Errorf("master %s executed %d HMGETs, the client sent it %d reads", addr, got, want)
 		}
-		gets += after["get"] - before[i]["get"]
-		mgets += after["mget"] - before[i]["mget"]
+		hmgets += after["hmget"] - before[i]["hmget"]
+		for _, cmd := range []string{"get", "mget", "hget"} {
+			others += after[cmd] - before[i][cmd]
+		}
 		pipelines += r.pipelines.Load()
 	}
-	if gets != 100 || mgets != 0 {
-		t.Errorf("the masters executed %d GETs and %d MGETs, want 100 and 0", gets, mgets)
+	if want := distinctBuckets(l, keys); hmgets != want || others != 0 {
+		t.Errorf("the masters executed %d HMGETs and %d other reads, want %d (one per bucket) and 0", hmgets, others, want)
 	}
 	if pipelines != 3 {
 		t.Errorf("GetMany sent %d pipelines, want 3: one to each master", pipelines)
+	}
+}
+
+// testOldLayout: a version written before layouts existed — a manifest without a
+// layout and one Redis key per row, written here with raw commands exactly as the old
+// driver did (HSET of the manifest, SETs of sr:NS:VERSION:KEY) — is read key by key and
+// in batches through the current driver, counted exactly, flipped, and removed by gc
+// beside a new bucketed version of the same namespace.
+func testOldLayout(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	const n = 2000
+	c := driver(s).Client()
+	old := map[string]any{"namespace": "old", "version": "v1", "job": "old", "state": "complete", "encoding": "json",
+		"started_at": time.Now().UTC(), "completed_at": time.Now().UTC(), "rows_read": n, "rows_written": n}
+	data, err := json.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.HSet(ctx, "{sr:old}:manifests", "v1", data).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rows := makeRows(0, n)
+	pipe := c.Pipeline()
+	for i, k := range rows.Keys {
+		pipe.Set(ctx, "sr:old:v1:"+string(k), rows.Values[i], 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	m, err := s.Manifest(ctx, "old", "v1")
+	if err != nil || m.Layout != nil {
+		t.Fatalf("old manifest: layout %+v, %v; want none", m.Layout, err)
+	}
+	for i, k := range rows.Keys {
+		v, err := s.Get(ctx, "old", "v1", k)
+		if err != nil || string(v) != string(rows.Values[i]) {
+			t.Fatalf("Get(%s) = %q, %v; want %q", k, v, err, rows.Values[i])
+		}
+	}
+	if _, err := s.Get(ctx, "old", "v1", []byte("nokey")); !errors.Is(err, writers.ErrNotFound) {
+		t.Errorf("Get(nokey) error = %v, want ErrNotFound", err)
+	}
+	vals, err := s.GetMany(ctx, "old", "v1", askKeys(300))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAsked(t, vals)
+	if got, err := s.CountKeys(ctx, "old", "v1"); err != nil || got != n {
+		t.Fatalf("CountKeys(old v1) = %d, %v; want %d", got, err, n)
+	}
+	if _, err := writers.Flip(ctx, s, "old", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	// The flip rewrote the manifest (its history): it must still have no layout.
+	if m, err := s.Manifest(ctx, "old", "v1"); err != nil || m.Layout != nil {
+		t.Fatalf("old manifest after the flip: layout %+v, %v; want none", m.Layout, err)
+	}
+	if v, err := s.Get(ctx, "old", "v1", rows.Keys[7]); err != nil || string(v) != string(rows.Values[7]) {
+		t.Fatalf("Get after the flip = %q, %v", v, err)
+	}
+
+	writeVersion(t, s, "old", "v2", 500, writers.StateComplete)
+	if _, err := writers.Flip(ctx, s, "old", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := writers.GC(ctx, s, "old", 0, time.Hour, time.Now())
+	if err != nil || len(removed) != 1 || removed[0] != "v1" {
+		t.Fatalf("GC = %q, %v; want [v1]", removed, err)
+	}
+	left := 0
+	err = forEachMaster(ctx, c, func(ctx context.Context, c *goredis.Client) error {
+		keys, err := c.Keys(ctx, "sr:old:v1:*").Result()
+		left += len(keys)
+		return err
+	})
+	if err != nil || left != 0 {
+		t.Errorf("after gc, %d keys of the old version are left (%v), want 0", left, err)
+	}
+	if got, err := s.CountKeys(ctx, "old", "v2"); err != nil || got != 500 {
+		t.Errorf("CountKeys(v2) = %d, %v; want 500", got, err)
+	}
+}
+
+// forEachMaster calls fn on the server, or on every master of a cluster, one at a time.
+func forEachMaster(ctx context.Context, c goredis.UniversalClient, fn func(ctx context.Context, c *goredis.Client) error) error {
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		var mu sync.Mutex
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(ctx, c)
+		})
+	}
+	return fn(ctx, c.(*goredis.Client))
+}
+
+// testBucketsStayListpacks: with the server's limits lowered to what redis.conf ships
+// (128 entries, 64 bytes), a version created with its row count gets buckets that all
+// stay listpacks once every row is written (twice: a resumed run rewrites rows), and
+// the manifest's note names the limits; CountKeys is exact and every key reads back.
+func testBucketsStayListpacks(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	c := driver(s).Client().(*goredis.Client)
+	for name, v := range map[string]string{"hash-max-listpack-entries": "128", "hash-max-listpack-value": "64"} {
+		old, err := c.ConfigGet(ctx, name).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ConfigSet(ctx, name, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.ConfigSet(context.Background(), name, old[name]) })
+	}
+	const n = 30_000
+	m := &writers.Manifest{Namespace: "lp", Version: "v1", State: writers.StateWriting, ExpectedRows: n,
+		Encoding: writers.EncodingJSON, Outputs: []writers.Output{{Name: "score", Width: 1}}}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout == nil || m.Layout.Kind != writers.LayoutHashBuckets {
+		t.Fatalf("layout = %+v, want hash-buckets", m.Layout)
+	}
+	if !strings.Contains(m.Layout.Note, "hash-max-listpack-entries 128") {
+		t.Errorf("layout note %q does not name the server's entry limit", m.Layout.Note)
+	}
+	if per := float64(n) / float64(m.Layout.Buckets); per < 50 || per > 128 {
+		t.Errorf("%d buckets for %d rows: %.0f rows each, want between 50 and 128", m.Layout.Buckets, n, per)
+	}
+	rows := writers.Rows{}
+	for i := range n {
+		rows.Keys = append(rows.Keys, fmt.Appendf(nil, "u%09d", i))
+		rows.Values = append(rows.Values, fmt.Appendf(nil, `{"score":0.%08d}`, i))
+	}
+	for range 2 {
+		if err := s.WriteRows(ctx, "lp", "v1", rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.CountKeys(ctx, "lp", "v1"); err != nil || got != n {
+		t.Fatalf("CountKeys = %d, %v; want %d", got, err, n)
+	}
+	vals, err := s.GetMany(ctx, "lp", "v1", rows.Keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vals {
+		if string(v) != string(rows.Values[i]) {
+			t.Fatalf("GetMany[%d] = %q, want %q", i, v, rows.Values[i])
+		}
+	}
+	keys, err := c.Keys(ctx, "sr:lp:v1#*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(keys)) != m.Layout.Buckets {
+		t.Errorf("%d bucket keys, want %d", len(keys), m.Layout.Buckets)
+	}
+	pipe := c.Pipeline()
+	enc := make([]*goredis.StringCmd, len(keys))
+	for i, k := range keys {
+		enc[i] = pipe.ObjectEncoding(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range enc {
+		if e.Val() != "listpack" {
+			t.Errorf("bucket %s is a %s, want a listpack", keys[i], e.Val())
+		}
+	}
+	// A model whose JSON values can outgrow the value limit still gets buckets, and the
+	// layout's note says that those holding such values are hash tables.
+	wide := &writers.Manifest{Namespace: "lp", Version: "wide", State: writers.StateWriting, ExpectedRows: 1000,
+		Encoding: writers.EncodingJSON, Outputs: []writers.Output{{Name: "scores", Width: 16}}}
+	if err := s.PutManifest(ctx, wide); err != nil {
+		t.Fatal(err)
+	}
+	if wide.Layout == nil || wide.Layout.Kind != writers.LayoutHashBuckets || !strings.Contains(wide.Layout.Note, "exceed the value limit") {
+		t.Errorf("layout for values of 16 floats in JSON = %+v, want hash-buckets with a note on the value limit", wide.Layout)
+	}
+	if err := s.DeleteVersion(ctx, "lp", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := c.Keys(ctx, "sr:lp:v1#*").Result(); err != nil || len(left) != 0 {
+		t.Errorf("after DeleteVersion, %d bucket keys are left (%v), want 0", len(left), err)
 	}
 }
 
@@ -914,6 +1222,11 @@ func testClusterGetChain(t *testing.T, s *writers.Store) {
 			t.Fatal(err)
 		}
 	}
+	// Warm up: the first read of a version in a process also reads its manifest (its
+	// layout), once.
+	if _, _, err := s.GetChain(ctx, "gcc", []string{"v3", "v2", "v1"}, askKeys(3)); err != nil {
+		t.Fatal(err)
+	}
 	var (
 		mu    sync.Mutex
 		trips []*roundTrips
@@ -943,5 +1256,112 @@ func testClusterGetChain(t *testing.T, s *writers.Store) {
 	}
 	if pipelines != 3 {
 		t.Errorf("GetChain sent %d pipelines, want 3: one to each master", pipelines)
+	}
+}
+
+// testStrippedFields: a version created with a key prefix (from the footers) stores its
+// keys' fields without it, and still stores and reads exactly the keys that lack it
+// (statistics can be wrong), the key equal to the prefix, and keys that begin with
+// part of it; CountKeys counts each once.
+func testStrippedFields(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	m := &writers.Manifest{Namespace: "sp", Version: "v1", State: writers.StateWriting, ExpectedRows: 500, KeyPrefix: "user_"}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout == nil || m.Layout.Strip != "user_" {
+		t.Fatalf("layout = %+v, want strip %q", m.Layout, "user_")
+	}
+	var rows writers.Rows
+	add := func(k string) {
+		rows.Keys = append(rows.Keys, []byte(k))
+		rows.Values = append(rows.Values, fmt.Appendf(nil, "value of %s", k))
+	}
+	for i := range 400 {
+		add(fmt.Sprintf("user_%d", i))
+	}
+	for _, k := range []string{"user_", "user", "use", "u", "x", "ÿuser_1", "1", "_1", "user__1"} {
+		add(k)
+	}
+	if err := s.WriteRows(ctx, "sp", "v1", rows); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.CountKeys(ctx, "sp", "v1"); err != nil || got != int64(len(rows.Keys)) {
+		t.Fatalf("CountKeys = %d, %v; want %d", got, err, len(rows.Keys))
+	}
+	for i, k := range rows.Keys {
+		v, err := s.Get(ctx, "sp", "v1", k)
+		if err != nil || string(v) != string(rows.Values[i]) {
+			t.Errorf("Get(%q) = %q, %v; want %q", k, v, err, rows.Values[i])
+		}
+	}
+	asked := append(slices.Clone(rows.Keys), []byte("user_9999"), []byte("nobody"))
+	vals, err := s.GetMany(ctx, "sp", "v1", asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vals {
+		var want []byte
+		if i < len(rows.Values) {
+			want = rows.Values[i]
+		}
+		if string(v) != string(want) || (v == nil) != (want == nil) {
+			t.Errorf("GetMany[%q] = %q, want %q", asked[i], v, want)
+		}
+	}
+	// The fields really are shorter: no field begins with "user_".
+	var fields int
+	err = forEachMaster(ctx, driver(s).Client(), func(ctx context.Context, c *goredis.Client) error {
+		keys, err := c.Keys(ctx, "sr:sp:v1#*").Result()
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			fs, err := c.HKeys(ctx, k).Result()
+			if err != nil {
+				return err
+			}
+			for _, f := range fs {
+				fields++
+				if strings.HasPrefix(f, "user_") {
+					t.Errorf("bucket %s has field %q, want the prefix stripped", k, f)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || fields != len(rows.Keys) {
+		t.Errorf("%d fields in the buckets (%v), want %d", fields, err, len(rows.Keys))
+	}
+}
+
+// testConfigRefused: a user whose ACL forbids CONFIG (as managed services do) still
+// gets bucketed versions, sized for redis.conf's limits, and the layout's note says
+// they were assumed.
+func testConfigRefused(t *testing.T, url string) {
+	ctx := context.Background()
+	admin := openRedis(t, url)
+	defer admin.Close()
+	c := driver(admin).Client()
+	if err := c.Do(ctx, "ACL", "SETUSER", "noconfig", "on", ">pw", "~*", "&*", "+@all", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Do(context.Background(), "ACL", "DELUSER", "noconfig") })
+	s, err := redis.Open(ctx, strings.Replace(url, "redis://", "redis://noconfig:pw@", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := &writers.Manifest{Namespace: "nc", Version: "v1", State: writers.StateWriting, ExpectedRows: 1_000_000}
+	if err := s.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout == nil || m.Layout.Kind != writers.LayoutHashBuckets || !strings.Contains(m.Layout.Note, "hash-max-listpack-entries 128") ||
+		!strings.Contains(m.Layout.Note, "assumed") {
+		t.Errorf("layout = %+v, want hash-buckets for 128 entries, assumed", m.Layout)
+	}
+	if per := 1e6 / float64(m.Layout.Buckets); per > 100 {
+		t.Errorf("%d buckets: %.0f rows each, want well under 128", m.Layout.Buckets, per)
 	}
 }
