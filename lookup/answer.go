@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -42,6 +43,10 @@ type Answer struct {
 	Stale      *bool      `json:"stale,omitempty"`
 	Source     string     `json:"source,omitempty"`
 	Error      *Error     `json:"error,omitempty"`
+
+	// head is the answer's JSON up to its version, pre-rendered (render.go); nil: render
+	// it from the fields.
+	head []byte
 }
 
 // Error is the JSON error object of the lookup API.
@@ -115,23 +120,45 @@ func (s *Service) stale(n *namespace, sn *Snapshot) (time.Time, bool) {
 	return now, n.isStale(now.Sub(sn.Manifest.CompletedAt))
 }
 
+// scratch is one request's reusable memory: the cache key, the cache entry that a
+// precomputed answer's head and value point into, and the rendered answer. Pooled: what
+// points into it must not outlive the request (shadowOffer copies the value it keeps).
+type scratch struct {
+	key, ent, out []byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// maxPooled is the largest buffer a scratch keeps for the next request.
+const maxPooled = 64 << 10
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(sc *scratch) {
+	if cap(sc.ent) > maxPooled || cap(sc.out) > maxPooled {
+		return
+	}
+	scratchPool.Put(sc)
+}
+
 // answer answers one (already validated) key from the snapshot sn, which the caller
 // loaded once for the whole request (or the release candidate's snapshot that the
 // request's arm chose from it). missing reports that sn's version lacks the key,
-// whatever answered it then.
-func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request) (a Answer, missing bool, _ *apiError) {
+// whatever answered it then. A precomputed answer's head and value are in sc.ent.
+func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request, sc *scratch) (a Answer, missing bool, _ *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
 		return Answer{}, false, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
 	a = Answer{Namespace: n.name, Key: key}
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		v, found, err := s.precomputed(ctx, n, sn, key)
+		e, err := s.precomputed(ctx, n, sn, key, sc)
 		if err != nil {
 			return a, false, err
 		}
-		if found {
-			sn.fill(&a, v, SourcePrecomputed, now, stale)
+		if e.found {
+			sn.fill(&a, e.value, SourcePrecomputed, now, stale)
+			a.head = e.head
 			return a, false, nil
 		}
 		missing = true
@@ -140,31 +167,44 @@ func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key st
 	return a, missing, err
 }
 
-// precomputed reads key from the snapshot's version, through the cache.
-func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, key string) (json.RawMessage, bool, *apiError) {
-	ck := cacheKey(n.name, sn.Manifest.Version, key)
-	if v, found, ok := s.cache.Get(ck); ok {
+// precomputed reads key from the snapshot's version, through the cache, into sc.
+func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, key string, sc *scratch) (cached, *apiError) {
+	version := sn.Manifest.Version
+	sc.key = appendCacheKey(sc.key[:0], n.name, version, key)
+	var e cached
+	var ok bool
+	if sc.ent, e, ok = s.cache.get(sc.ent, sc.key); ok {
 		s.met.hit()
-		return v, found, nil
+		return e, nil
 	}
 	s.met.miss()
 	sctx, cancel := s.storeCtx(ctx)
-	raw, err := sn.Store.Get(sctx, n.name, sn.Manifest.Version, []byte(key))
+	raw, err := sn.Store.Get(sctx, n.name, version, []byte(key))
 	cancel()
 	if errors.Is(err, writers.ErrNotFound) {
-		s.cache.Put(ck, nil, false)
-		return nil, false, nil
+		s.cache.put(sc.key, missingEntry)
+		return cached{}, nil
 	}
 	if err != nil {
-		return nil, false, s.apiErrorOf(n.name, err)
+		return cached{}, s.apiErrorOf(n.name, err)
 	}
+	v, aerr := s.decodeValue(n, sn, raw)
+	if aerr != nil {
+		return cached{}, aerr
+	}
+	sc.ent, e = renderEntry(sc.ent, n.name, key, version, v)
+	s.cache.put(sc.key, sc.ent)
+	return e, nil
+}
+
+// decodeValue is a stored value as the answer's compact JSON.
+func (s *Service) decodeValue(n *namespace, sn *Snapshot, raw []byte) (json.RawMessage, *apiError) {
 	v, err := writers.ValueJSON(sn.Manifest, raw)
 	if err != nil {
 		s.log.Error("undecodable stored value", "namespace", n.name, "version", sn.Manifest.Version, "err", err)
-		return nil, false, errorf(CodeInternal, "the stored value of this key cannot be decoded")
+		return nil, errorf(CodeInternal, "the stored value of this key cannot be decoded")
 	}
-	s.cache.Put(ck, v, true)
-	return v, true, nil
+	return compactValue(v), nil
 }
 
 // coldStart answers a key the version lacks: segment default, online prediction,
@@ -173,7 +213,7 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 	if req.segment != "" {
 		if v, ok := sn.fb.segments[req.segment]; ok {
 			sn.fill(&a, v, SourceFallbackSegment, now, stale)
-			s.met.fallbacks.WithLabelValues(n.name, SourceFallbackSegment).Inc()
+			n.met.fallback(SourceFallbackSegment)
 			return a, nil
 		}
 	}
@@ -188,22 +228,24 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 			return a, errorf(CodeUnavailable, "online prediction is unavailable")
 		}
 		sn.fill(&a, v, SourceOnline, now, false)
-		s.met.fallbacks.WithLabelValues(n.name, SourceOnline).Inc()
+		n.met.fallback(SourceOnline)
 		return a, nil
 	}
 	if sn.fb.def != nil {
 		sn.fill(&a, sn.fb.def, SourceFallbackDefault, now, stale)
-		s.met.fallbacks.WithLabelValues(n.name, SourceFallbackDefault).Inc()
+		n.met.fallback(SourceFallbackDefault)
 		return a, nil
 	}
 	return a, errorf(CodeNotFound, "key %q is not in version %s of %s", a.Key, sn.Manifest.Version, n.name)
 }
 
-// batchParallelism bounds the store reads one batch keeps in flight.
+// batchParallelism bounds the online predictions one batch keeps in flight.
 const batchParallelism = 16
 
 // batch answers keys from one snapshot, a missing key from its features (features[key],
-// checked by the caller) when it has some, as a single lookup would. A key that nothing
+// checked by the caller) when it has some, as a single lookup would. The keys the cache
+// does not hold are read with one Store.GetMany: one store round trip for the whole
+// batch (per slot group on a Redis Cluster, writers.ManyGetter). A key that nothing
 // answers, or whose online prediction is unavailable, is an Answer with the error in its
 // place; any other failure fails the batch. missing[i] reports that the version lacks
 // keys[i].
@@ -213,46 +255,28 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 		return nil, nil, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
 	out := make([]Answer, len(keys))
-	found := make([]bool, len(keys))
-	vals := make([]json.RawMessage, len(keys))
+	entries := make([]cached, len(keys))
+	missing = make([]bool, len(keys)) // when not looked up: not known to be missing
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(batchParallelism)
-		for i, k := range keys {
-			if v, f, ok := s.cache.Get(cacheKey(n.name, sn.Manifest.Version, k)); ok {
-				s.met.hit()
-				vals[i], found[i] = v, f
-				continue
-			}
-			g.Go(func() error {
-				v, f, err := s.precomputed(gctx, n, sn, k)
-				if err != nil {
-					return err
-				}
-				vals[i], found[i] = v, f
-				return nil
-			})
+		if err := s.precomputedMany(ctx, n, sn, keys, entries); err != nil {
+			return nil, nil, err
 		}
-		if err := g.Wait(); err != nil {
-			return nil, nil, err.(*apiError)
-		}
-		missing = make([]bool, len(keys))
 		for i := range keys {
-			missing[i] = !found[i]
+			missing[i] = !entries[i].found
 		}
-	} else {
-		missing = make([]bool, len(keys)) // not looked up: not known to be missing
 	}
 	// Keys the version lacks are answered concurrently: an online prediction runs the
 	// model, and the namespace's session pool bounds how many run at once.
 	fatal := make([]*apiError, len(keys))
 	g := new(errgroup.Group)
 	g.SetLimit(batchParallelism)
+	nm := n.met
 	for i, k := range keys {
 		a := Answer{Namespace: n.name, Key: k}
-		if found[i] {
-			sn.fill(&a, vals[i], SourcePrecomputed, now, stale)
-			s.met.answers.WithLabelValues(n.name, SourcePrecomputed).Inc()
+		if e := entries[i]; e.found {
+			sn.fill(&a, e.value, SourcePrecomputed, now, stale)
+			a.head = e.head
+			nm.answer(SourcePrecomputed)
 			out[i] = a
 			continue
 		}
@@ -260,7 +284,7 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment, features: features[k]}, now, stale)
 			switch {
 			case err == nil:
-				s.met.answers.WithLabelValues(n.name, a.Source).Inc()
+				nm.answer(a.Source)
 			case err.code != CodeNotFound && err.code != CodeUnavailable:
 				fatal[i] = err
 			default:
@@ -278,4 +302,50 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 		}
 	}
 	return out, missing, nil
+}
+
+// precomputedMany fills entries[i] with keys[i]'s entry: from the cache, else from one
+// GetMany of every key the cache lacks, which it then caches.
+func (s *Service) precomputedMany(ctx context.Context, n *namespace, sn *Snapshot, keys []string, entries []cached) *apiError {
+	version := sn.Manifest.Version
+	var ck []byte
+	var todo []int
+	for i, k := range keys {
+		ck = appendCacheKey(ck[:0], n.name, version, k)
+		var ok bool
+		if _, entries[i], ok = s.cache.get(nil, ck); ok {
+			s.met.hit()
+			continue
+		}
+		s.met.miss()
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ask := make([][]byte, len(todo))
+	for j, i := range todo {
+		ask[j] = []byte(keys[i])
+	}
+	sctx, cancel := s.storeCtx(ctx)
+	vals, err := sn.Store.GetMany(sctx, n.name, version, ask)
+	cancel()
+	if err != nil {
+		return s.apiErrorOf(n.name, err)
+	}
+	for j, i := range todo {
+		ck = appendCacheKey(ck[:0], n.name, version, keys[i])
+		if vals[j] == nil {
+			s.cache.put(ck, missingEntry)
+			continue
+		}
+		v, aerr := s.decodeValue(n, sn, vals[j])
+		if aerr != nil {
+			return aerr
+		}
+		var ent []byte
+		ent, entries[i] = renderEntry(nil, n.name, keys[i], version, v)
+		s.cache.put(ck, ent)
+	}
+	return nil
 }

@@ -66,6 +66,7 @@ type namespace struct {
 	loaded atomic.Bool
 	kick   chan struct{}
 	health health
+	met    *nsMetrics // this namespace's request series
 	// refreshing serialises refresh: the background loop and an admin flip both refresh,
 	// and a slower one that read the old pointer must not store its snapshot last.
 	refreshing sync.Mutex
@@ -101,7 +102,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(cfg.CacheEntries), ns: map[string]*namespace{}, now: time.Now,
+	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(int64(cfg.CacheBytes)), ns: map[string]*namespace{}, now: time.Now,
 		replica: replicaID(), rt: defaultReleaseTiming()}
 	if cfg.AdminTokenFile != "" {
 		b, err := os.ReadFile(cfg.AdminTokenFile)
@@ -116,11 +117,15 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 		sum := sha256.Sum256([]byte(tok))
 		s.token = &sum
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 	for name, nc := range cfg.Namespaces {
 		if _, err := writers.ParseURL(nc.Store); err != nil {
 			return nil, fmt.Errorf("%w: namespaces.%s.store: %v", ErrConfig, name, err)
 		}
-		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1), shadowQ: make(chan shadowJob, shadowQueue)}
+		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1), shadowQ: make(chan shadowJob, shadowQueue),
+			met: s.met.forNamespace(name)}
 		if nc.Model != "" {
 			n.online = newOnline(nc.Model, nc.Device)
 		}
@@ -203,6 +208,7 @@ func (s *Service) connect(ctx context.Context, n *namespace) bool {
 
 // Close closes the stores and models. Call it after Run has returned.
 func (s *Service) Close() error {
+	s.cache.Reset() // its chunks go back to fastcache's free list
 	var errs []error
 	for _, n := range s.ns {
 		if n.online != nil {
