@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,7 +52,7 @@ type Config struct {
 	// CacheEntries is deprecated: the cache is bounded in bytes. A positive value without
 	// cache_bytes sets cache_bytes to CacheEntries × bytesPerEntry, with a warning; a
 	// negative one turns the cache off, as it did.
-	CacheEntries int      `yaml:"cache_entries"`
+	CacheEntries int `yaml:"cache_entries"`
 	// GRPCAddr serves the lookup API over gRPC too (grpc.go, staticref.v1.Lookup) on this
 	// address; "" (the default) serves no gRPC.
 	GRPCAddr     string   `yaml:"grpc_addr"`
