@@ -4,7 +4,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet fuzz demo testdata clean loadtest bench
+.PHONY: all build ort test vet fuzz demo testdata clean loadtest bench proto
 
 all: build
 
@@ -48,3 +48,13 @@ BENCH_FLAGS ?= --repeat 3
 bench: ort ## batch throughput: scan, inference, store writes and the whole pipeline (docs/performance.md)
 	@mkdir -p docs/bench
 	$(GO) run ./cmd/bench --out docs/bench/bench.txt $(BENCH_FLAGS)
+
+# The gRPC API's generated code is committed (CI does not regenerate it). Regenerate it
+# after editing the .proto: protoc from apt (protobuf-compiler), the plugins pinned here.
+PROTO_DIR := lookup/grpcapi
+proto: ## regenerate lookup/grpcapi/staticref/v1/*.pb.go from lookup.proto
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install -y protobuf-compiler"; exit 1; }
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	cd $(PROTO_DIR) && PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I . \
+		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. staticref/v1/lookup.proto

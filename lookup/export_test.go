@@ -41,3 +41,6 @@ func StoreOf(s *Service, ns string) *writers.Store {
 	}
 	return src.source.(*storeSource).store
 }
+
+// SetClock replaces the service's clock (answers' ages, staleness, readiness).
+func SetClock(s *Service, now func() time.Time) { s.now = now }

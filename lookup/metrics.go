@@ -22,6 +22,7 @@ type metrics struct {
 	live      *prometheus.GaugeVec   // namespace, version
 	age       *prometheus.GaugeVec   // namespace
 	stale     *prometheus.GaugeVec   // namespace
+	grpcCalls *prometheus.CounterVec // method, code
 
 	// Releases (release.go, judge.go, shadow.go).
 	relAnswers    *prometheus.CounterVec   // namespace, arm
@@ -126,6 +127,10 @@ func newMetrics() *metrics {
 	m.srm = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "staticref_release_srm_p_value", Help: "Sample-ratio-mismatch p-value (chi-squared) of an A/B test's distinct units per arm.",
 	}, []string{"namespace"})
+	m.grpcCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_grpc_requests_total", Help: "gRPC calls of the lookup API by method and status code.",
+	}, []string{"method", "code"})
+	m.reg.MustRegister(m.grpcCalls)
 	m.reg.MustRegister(m.relAnswers, m.relWeight, m.relState, m.judgements, m.aborts, m.shadowAbsDiff, m.shadowDropped, m.relPSI, m.srm)
 	ratio := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "staticref_cache_hit_ratio", Help: "Cache hits / (hits + misses) since start.",

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -228,10 +229,24 @@ func (s *Service) Refresh(ctx context.Context) {
 	}
 }
 
-// Run serves HTTP on ln and keeps every namespace's snapshot current until ctx is done,
-// then stops accepting, lets in-flight requests finish (up to DefaultShutdownGrace) and
-// returns.
+// Run serves HTTP on ln, and gRPC on grpc_addr when the config sets one, until ctx is
+// done (see Serve).
 func (s *Service) Run(ctx context.Context, ln net.Listener) error {
+	var gln net.Listener
+	if s.cfg.GRPCAddr != "" {
+		l, err := net.Listen("tcp", s.cfg.GRPCAddr)
+		if err != nil {
+			return fmt.Errorf("grpc_addr %s: %w", s.cfg.GRPCAddr, err)
+		}
+		gln = l
+	}
+	return s.Serve(ctx, ln, gln)
+}
+
+// Serve serves HTTP on ln and the gRPC API on grpcLn (nil: none) and keeps every
+// namespace's snapshot current until ctx is done, then stops accepting, lets in-flight
+// requests finish (up to DefaultShutdownGrace) and returns.
+func (s *Service) Serve(ctx context.Context, ln, grpcLn net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -241,7 +256,7 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	served := make(chan struct{}) // closed once the HTTP server has finished its requests
+	served := make(chan struct{}) // closed once the HTTP and gRPC servers have finished their requests
 	for _, n := range s.ns {
 		g.Go(func() error {
 			if n.src.Load() == nil && !s.connect(gctx, n) {
@@ -262,13 +277,30 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 		}
 		return nil
 	})
+	var gsrv *grpc.Server
+	if grpcLn != nil {
+		gsrv = s.GRPCServer()
+		g.Go(func() error {
+			s.log.Info("lookup service listening for gRPC", "addr", grpcLn.Addr().String(), "service", "staticref.v1.Lookup")
+			if err := gsrv.Serve(grpcLn); err != nil {
+				return fmt.Errorf("serve grpc: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		defer close(served)
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), DefaultShutdownGrace)
 		defer cancel()
 		s.log.Info("lookup service shutting down: finishing requests in flight")
-		if err := srv.Shutdown(sctx); err != nil {
+		var grpcDone sync.WaitGroup // the gRPC calls in flight finish alongside HTTP's
+		if gsrv != nil {
+			grpcDone.Go(func() { grpcShutdown(gsrv, DefaultShutdownGrace) })
+		}
+		err := srv.Shutdown(sctx)
+		grpcDone.Wait()
+		if err != nil {
 			return fmt.Errorf("shut down http: %w", err)
 		}
 		return nil
