@@ -96,13 +96,26 @@ func (sn *Snapshot) Get(ctx context.Context, s *writers.Store, key string, now t
 // fill completes an answer from sn. An online prediction is computed now; every other
 // answer is as old as the version. The age is rounded to the millisecond.
 func (sn *Snapshot) fill(a *Answer, v json.RawMessage, source string, now time.Time, stale bool) {
-	at := sn.Manifest.CompletedAt
+	sn.fillInto(a, v, source, now, stale, new(answerTimes))
+}
+
+// answerTimes holds what an Answer's pointer fields point to: in a request's scratch on
+// the hot path (no allocation), else allocated.
+type answerTimes struct {
+	at    time.Time
+	age   float64
+	stale bool
+}
+
+// fillInto is fill with the pointed-to values kept in t.
+func (sn *Snapshot) fillInto(a *Answer, v json.RawMessage, source string, now time.Time, stale bool, t *answerTimes) {
+	t.at = sn.Manifest.CompletedAt
 	if source == SourceOnline {
-		at = now
+		t.at = now
 	}
-	age := roundSeconds(now.Sub(at))
+	t.age, t.stale = roundSeconds(now.Sub(t.at)), stale
 	a.Value, a.Version, a.Source = v, sn.Manifest.Version, source
-	a.ComputedAt, a.AgeSeconds, a.Stale = &at, &age, &stale
+	a.ComputedAt, a.AgeSeconds, a.Stale = &t.at, &t.age, &t.stale
 }
 
 // roundSeconds is d in seconds, to the millisecond: 1.259, not 1.2590231570000001.
@@ -125,6 +138,7 @@ func (s *Service) stale(n *namespace, sn *Snapshot) (time.Time, bool) {
 // points into it must not outlive the request (shadowOffer copies the value it keeps).
 type scratch struct {
 	key, ent, out []byte
+	times         answerTimes
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -157,7 +171,7 @@ func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key st
 			return a, false, err
 		}
 		if e.found {
-			sn.fill(&a, e.value, SourcePrecomputed, now, stale)
+			sn.fillInto(&a, e.value, SourcePrecomputed, now, stale, &sc.times)
 			a.head = e.head
 			return a, false, nil
 		}

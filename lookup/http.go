@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"reflect"
 	"slices"
 	"strconv"
@@ -59,7 +60,37 @@ func (s *Service) Handler() http.Handler {
 		}
 		s.writeError(w, errorf(CodeNotFound, "no such endpoint: %s %s (see docs/lookup.md)", r.Method, r.URL.Path))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ns, key, ok := fastGet(r); ok {
+			s.serveGet(w, r, ns, key)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// fastGet routes the one request that must be cheap, GET /v1/{namespace}/{key...},
+// without the ServeMux, whose wildcard matching allocates several objects a request. It
+// takes only what the mux would route to handleGet with the same values: a GET of a
+// clean path (the mux redirects others) whose escaping is the default (RawPath empty: no
+// %2F in a segment), a namespace segment without ':' (the actions). Anything else goes
+// to the mux.
+func fastGet(r *http.Request) (ns, key string, ok bool) {
+	if r.Method != http.MethodGet || r.URL.RawPath != "" {
+		return "", "", false
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v1/")
+	if !ok {
+		return "", "", false
+	}
+	ns, key, ok = strings.Cut(rest, "/")
+	if !ok || ns == "" || strings.IndexByte(ns, ':') >= 0 {
+		return "", "", false
+	}
+	if p := r.URL.Path; path.Clean(p) != p && path.Clean(p)+"/" != p {
+		return "", "", false
+	}
+	return ns, key, true
 }
 
 // allowedMethods lists the methods that have a route for r's path, when r's own method
@@ -107,12 +138,16 @@ var (
 )
 
 func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
+	s.serveGet(w, r, r.PathValue("namespace"), r.PathValue("key"))
+}
+
+// serveGet answers GET and POST /v1/{namespace}/{key...}.
+func (s *Service) serveGet(w http.ResponseWriter, r *http.Request, ns, key string) {
 	start := time.Now()
-	n := s.namespace(w, r.PathValue("namespace"))
+	n := s.namespace(w, ns)
 	if n == nil {
 		return
 	}
-	key := r.PathValue("key")
 	if err := checkKey(key); err != nil {
 		s.writeError(w, err)
 		return

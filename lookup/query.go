@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -45,6 +46,9 @@ func (s *Service) snapshotOf(n *namespace) (*Snapshot, *apiError) {
 
 // checkKey is a key's problem as an invalid_argument, or nil.
 func checkKey(key string) *apiError {
+	if len(key) > 0 && len(key) <= writers.MaxKeyLen && utf8.ValidString(key) {
+		return nil // writers.ValidateKey's checks, without converting key to bytes
+	}
 	if err := writers.ValidateKey([]byte(key)); err != nil {
 		return errorf(CodeInvalid, "%v", trimInvalid(err))
 	}
