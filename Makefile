@@ -38,8 +38,8 @@ demo: ort build ## generate data, run the demo job into the embedded store, look
 testdata: build ## regenerate the small fixed copies under testdata/
 	$(BIN) testdata generate --out testdata --rows 2000 --shards 2 --row-group-rows 500
 
-loadtest: ort ## lookup service under load with flips, next to redis-benchmark GET (needs redis-server)
-	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30
+loadtest: ort ## lookup service under load with flips and a canary, then beside its baselines (needs redis-server, redis-benchmark, wrk)
+	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30 -out docs/loadtest
 
 clean:
 	rm -rf bin .staticref

@@ -192,9 +192,7 @@ func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, k
 		return e, nil
 	}
 	s.met.miss()
-	sctx, cancel := s.storeCtx(ctx)
-	raw, err := sn.Store.Get(sctx, n.name, version, []byte(key))
-	cancel()
+	raw, err := s.getOne(ctx, n, sn, key)
 	if errors.Is(err, writers.ErrNotFound) {
 		s.cache.put(sc.key, missingEntry)
 		return cached{}, nil

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -35,7 +37,8 @@ import (
 //   - redis-benchmark GET with -clients connections against the same redis-server (40-byte
 //     values, random keys of a keyspace it SET first): the store's own ceiling;
 //   - a bare net/http handler answering the same bytes, headers included, as serve's
-//     answer to one key: the HTTP stack's ceiling;
+//     answer to one key, in an http.Server with serve's timeouts: the HTTP stack's
+//     ceiling;
 //   - serve with every key a cache hit (the cache warmed by batchGets of every key);
 //   - serve with the cache off (cache_bytes: off): every request a store round trip;
 //   - gRPC Get of the same keys against the warm service.
@@ -49,7 +52,8 @@ import (
 var (
 	baselines  = flag.Bool("baselines", true, "run the baselines section (redis-benchmark, bare handler, serve hits and misses, gRPC)")
 	outDir     = flag.String("out", "", "write the baselines table and plot into this folder (baselines.txt, baselines.svg)")
-	cpuProfile = flag.String("cpuprofile", "", "write a CPU profile of the process during the cache-hit run to this file")
+	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles of the process during the serve runs into this folder (hits.pprof, misses.pprof)")
+	repeat     = flag.Int("repeat", 3, "runs of each HTTP row, interleaved; the table shows each row's median by rps")
 	wrkThreads = flag.Int("wrk-threads", 2, "wrk threads (-t)")
 
 	// The child that drives gRPC.
@@ -141,27 +145,39 @@ func runBaselines(e *env) error {
 	}
 	rs = append(rs, r)
 	runs := []struct {
-		name, url, note string
-		profile         bool
+		name, url, note, profile string
 	}{
-		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), false},
-		{"serve, cache hits (warm)", hits + "/v1/churn/", "every key cached", true},
-		{"serve, cache misses (cache off)", misses + "/v1/churn/", "a Redis GET per request", false},
+		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), ""},
+		{"serve, cache hits (warm)", hits + "/v1/churn/", "every key cached", "hits.pprof"},
+		{"serve, cache misses (cache off)", misses + "/v1/churn/", "a store read per request, coalesced", "misses.pprof"},
 	}
-	for _, run := range runs {
-		stop := func() {}
-		if run.profile && *cpuProfile != "" {
-			if stop, err = startProfile(*cpuProfile); err != nil {
-				return err
+	// The machine's other load comes and goes: the rows are run in turn, -repeat times,
+	// and each shows its median run.
+	got := make([][]result, len(runs))
+	for i := range max(1, *repeat) {
+		for j, run := range runs {
+			stop := func() {}
+			if run.profile != "" && *cpuProfile != "" && i == 0 {
+				if stop, err = startProfile(filepath.Join(*cpuProfile, run.profile)); err != nil {
+					return err
+				}
 			}
+			r, err := runWrk(e.ctx, script, run.url)
+			stop()
+			if err != nil {
+				return fmt.Errorf("%s: %w", run.name, err)
+			}
+			r.Name, r.Note = run.name, run.note
+			got[j] = append(got[j], r)
 		}
-		r, err := runWrk(e.ctx, script, run.url)
-		stop()
-		if err != nil {
-			return fmt.Errorf("%s: %w", run.name, err)
+	}
+	for _, g := range got {
+		slices.SortFunc(g, func(a, b result) int { return cmp.Compare(a.RPS, b.RPS) })
+		m := g[len(g)/2]
+		if len(g) > 1 {
+			m.Note += fmt.Sprintf("; median of %d (rps %s to %s)", len(g), thousands(g[0].RPS), thousands(g[len(g)-1].RPS))
 		}
-		r.Name, r.Note = run.name, run.note
-		rs = append(rs, r)
+		rs = append(rs, m)
 	}
 	r, err = runGRPCChild(e.ctx, gln.Addr().String(), keysFile)
 	if err != nil {
@@ -250,20 +266,21 @@ func sample(base, key string) ([]byte, http.Header, error) {
 	return body, h, nil
 }
 
-// bareHandler serves body with header to every request: what net/http alone costs.
+// bareHandler serves body with header to every request, in an http.Server set up as
+// serve's (lookup.NewHTTPServer: the same timeouts): what net/http alone costs.
 func bareHandler(body []byte, header http.Header) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := lookup.NewHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		h := w.Header()
 		for k, v := range header {
 			h[k] = v
 		}
 		w.WriteHeader(http.StatusOK)
 		w.Write(body)
-	}), ReadHeaderTimeout: 5 * time.Second}
+	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
@@ -365,6 +382,9 @@ func redisBenchmark(e *env) (result, error) {
 }
 
 func startProfile(path string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
@@ -438,8 +458,7 @@ func driveGRPC(addr, keysFile string) (result, error) {
 		defer c.Close()
 		clients_ = append(clients_, pb.NewLookupClient(c))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *dur)
-	defer cancel()
+	end := time.Now().Add(*dur)
 	var (
 		mu     sync.Mutex
 		lat    []time.Duration
@@ -453,15 +472,16 @@ func driveGRPC(addr, keysFile string) (result, error) {
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			var mine []time.Duration
 			bad := 0
-			for ctx.Err() == nil {
+			for time.Now().Before(end) {
 				t0 := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err := cl.Get(ctx, &pb.GetRequest{Namespace: "churn", Key: keys[rng.IntN(len(keys))]})
-				if ctx.Err() != nil {
-					break
-				}
+				cancel()
 				mine = append(mine, time.Since(t0))
 				if err != nil {
-					bad++
+					if bad++; bad == 1 {
+						fmt.Fprintln(os.Stderr, "loadtest -grpc-load: Get:", err)
+					}
 				}
 			}
 			mu.Lock()

@@ -1,0 +1,142 @@
+package lookup
+
+import (
+	"context"
+	"errors"
+
+	"github.com/staticref/staticref/writers"
+)
+
+// Coalescing cache misses. Under load, many requests miss the cache at the same moment,
+// and each would be its own store round trip: a write and a read syscall on both ends, a
+// command for Redis to parse. Instead, a namespace on a remote store (Redis, Bigtable)
+// hands its single-key misses to a few reader goroutines (coalesceReaders). A reader
+// takes one miss, waiting; then, without waiting, every other miss already queued (up
+// to coalesceMax); and reads them all with one Store.GetMany per (store, version). So
+// a miss that arrives alone is read alone, at once, with no timer and no added delay,
+// and misses that arrive while the readers are busy share the next round trip: the
+// busier the service, the bigger the batches. A request that waits gives up when its
+// own context is done; a full queue, or readers that are not running (a Service whose
+// Run has not started, as in tests of the handler), make a miss read the store itself.
+// Pebble is in-process: its misses read it directly.
+const (
+	coalesceReaders = 4
+	coalesceMax     = 64
+	coalesceQueue   = 1024
+)
+
+// missReq is one queued miss.
+type missReq struct {
+	sn   *Snapshot
+	key  []byte
+	done chan missRes // buffered: a reader never waits on a request that gave up
+}
+
+type missRes struct {
+	raw []byte // nil: the version lacks the key
+	err error
+}
+
+// coalescer is a namespace's queue of misses.
+type coalescer struct {
+	q chan *missReq
+}
+
+func newCoalescer(storeURL string) *coalescer {
+	if u, err := writers.ParseURL(storeURL); err != nil || u.Scheme == "pebble" {
+		return nil
+	}
+	return &coalescer{q: make(chan *missReq, coalesceQueue)}
+}
+
+// getOne reads key of sn's version: queued for a reader, or itself when it cannot be. The
+// read is bounded by the service's store_timeout either way.
+func (s *Service) getOne(ctx context.Context, n *namespace, sn *Snapshot, key string) ([]byte, error) {
+	c := n.coalesce
+	if c == nil || !n.reading.Load() {
+		sctx, cancel := s.storeCtx(ctx)
+		defer cancel()
+		return sn.Store.Get(sctx, n.name, sn.Manifest.Version, []byte(key))
+	}
+	r := &missReq{sn: sn, key: []byte(key), done: make(chan missRes, 1)}
+	select {
+	case c.q <- r:
+	default: // the readers are behind: do not add to their queue
+		sctx, cancel := s.storeCtx(ctx)
+		defer cancel()
+		return sn.Store.Get(sctx, n.name, sn.Manifest.Version, r.key)
+	}
+	wctx, cancel := s.storeCtx(ctx) // queued or read, a miss waits at most store_timeout
+	defer cancel()
+	select {
+	case res := <-r.done:
+		if res.err == nil && res.raw == nil {
+			return nil, writers.ErrNotFound
+		}
+		return res.raw, res.err
+	case <-wctx.Done():
+		return nil, wctx.Err()
+	}
+}
+
+// readMisses is one reader of n's queue, until stop is closed: once the servers have
+// finished their requests, so that a request in flight at shutdown is still read. Its
+// reads are bounded by store_timeout, not by a context of Run's.
+func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
+	ctx := context.Background()
+	c := n.coalesce
+	batch := make([]*missReq, 0, coalesceMax)
+	for {
+		batch = batch[:0]
+		select {
+		case <-stop:
+			return
+		case r := <-c.q:
+			batch = append(batch, r)
+		}
+	more:
+		for len(batch) < coalesceMax {
+			select {
+			case r := <-c.q:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		s.readBatch(ctx, n, batch)
+	}
+}
+
+// readBatch reads the misses of one batch, one GetMany per snapshot among them (a flip
+// or a release can put two versions in one batch).
+func (s *Service) readBatch(ctx context.Context, n *namespace, batch []*missReq) {
+	for len(batch) > 0 {
+		sn := batch[0].sn
+		var same, rest []*missReq
+		for _, r := range batch {
+			if r.sn == sn {
+				same = append(same, r)
+			} else {
+				rest = append(rest, r)
+			}
+		}
+		keys := make([][]byte, len(same))
+		for i, r := range same {
+			keys[i] = r.key
+		}
+		sctx, cancel := s.storeCtx(ctx)
+		vals, err := sn.Store.GetMany(sctx, n.name, sn.Manifest.Version, keys)
+		cancel()
+		if err == nil && len(vals) != len(same) {
+			err = errors.New("lookup: GetMany answered another number of keys")
+		}
+		for i, r := range same {
+			if err != nil {
+				r.done <- missRes{err: err}
+			} else {
+				r.done <- missRes{raw: vals[i]}
+			}
+		}
+		batch = rest
+	}
+}
