@@ -2,7 +2,9 @@ package lookup_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,4 +154,55 @@ func TestABatchOfAHundredKeysIsOneReadRowsOnBigtable(t *testing.T) {
 	if got := reads.Load() - before; got != 1 {
 		t.Errorf("a batchGet of 100 keys the cache lacks: %d ReadRows calls, want 1", got)
 	}
+}
+
+// TestConcurrentMissesAreAnsweredRightWhenCoalesced: with the cache off, many clients
+// asking at once share the coalescer's GetManys; every answer must still be its own
+// key's stored value, and a missing key a 404, whichever batch it rode in.
+func TestConcurrentMissesAreAnsweredRightWhenCoalesced(t *testing.T) {
+	url := redistest.Standalone(t)
+	store := openStore(t, url)
+	m := publish(t, store, false)
+	svc, base := service(t, noPolls+"cache_bytes: off\nnamespaces:\n  churn:\n    store: "+url+"\n")
+	var top roundTrips
+	lookup.StoreOf(svc, "churn").Driver().(*redis.Driver).Client().AddHook(&top)
+	const clients, each = 16, 40
+	var wg sync.WaitGroup
+	errs := make(chan string, clients*each)
+	for c := range clients {
+		wg.Go(func() {
+			for i := range each {
+				n := c*each + i
+				key := shardgen.RowAt(spec, int64(n%spec.Rows)).Key
+				if n%10 == 9 {
+					key = fmt.Sprintf("nobody-%d", n)
+				}
+				resp, err := http.Get(base + "/v1/churn/" + key)
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				var a struct {
+					Key     string          `json:"key"`
+					Value   json.RawMessage `json:"value"`
+					Version string          `json:"version"`
+				}
+				json.NewDecoder(resp.Body).Decode(&a)
+				resp.Body.Close()
+				want, err := store.Get(context.Background(), "churn", m.Version, []byte(key))
+				switch {
+				case n%10 == 9 && resp.StatusCode != 404:
+					errs <- fmt.Sprintf("%s: got %d, want 404", key, resp.StatusCode)
+				case n%10 != 9 && (err != nil || resp.StatusCode != 200 || a.Key != key || string(a.Value) != string(want) || a.Version != m.Version):
+					errs <- fmt.Sprintf("%s: got %d %s %s, want %s of %s", key, resp.StatusCode, a.Key, a.Value, want, m.Version)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	t.Logf("%d lookups the cache lacked: %d store round trips", clients*each, top.trips.Load())
 }
