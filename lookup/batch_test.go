@@ -104,12 +104,13 @@ func TestABatchOfAHundredKeysIsOneRoundTripToRedis(t *testing.T) {
 			client.AddHook(&top)
 			masters := 1
 			if cc, ok := client.(*goredis.ClusterClient); ok {
-				masters = 0
+				var n atomic.Int64 // ForEachMaster calls its func concurrently
 				cc.ForEachMaster(context.Background(), func(_ context.Context, c *goredis.Client) error {
-					masters++
+					n.Add(1)
 					c.AddHook(&nodes)
 					return nil
 				})
+				masters = int(n.Load())
 			}
 			keys, body := hundredKeys()
 			checkBatch(t, base, body, keys)
