@@ -285,7 +285,7 @@ func (s *Service) Serve(ctx context.Context, ln, grpcLn net.Listener) error {
 	if grpcLn != nil {
 		gsrv = s.GRPCServer()
 		g.Go(func() error {
-			s.log.Info("lookup service listening for gRPC", "addr", grpcLn.Addr().String(), "service", "staticref.v1.Lookup")
+			s.log.Info("lookup service listening for gRPC", "grpc", grpcLn.Addr().String(), "service", "staticref.v1.Lookup")
 			if err := gsrv.Serve(grpcLn); err != nil {
 				return fmt.Errorf("serve grpc: %w", err)
 			}
