@@ -1,6 +1,7 @@
 // Package lookup answers "what is the prediction for this key" from a namespace's live
 // version, through the store contract of package writers. It is shared by `staticref get`
-// and the HTTP lookup service (Service), so both print the same answer for the same key.
+// and the lookup service (Service, over HTTP and gRPC), so all print the same answer for
+// the same key.
 //
 // It never writes rows to a store. The service moves a live pointer only through the
 // catalog: writers.Flip and writers.Rollback on an authenticated admin request, and

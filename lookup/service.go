@@ -22,7 +22,8 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// Service is the HTTP lookup service over one or more namespaces.
+// Service is the lookup service over one or more namespaces, over HTTP (http.go) and,
+// with grpc_addr, gRPC (grpc.go), both through query.go.
 //
 // Versions during a flip. Each namespace holds its live version as one
 // atomic.Pointer[Snapshot]. A request loads that pointer exactly once, at its start, and
