@@ -5,7 +5,7 @@ BIN      := bin/staticref
 STORE    := pebble:.staticref/store
 DEMO_DIR := .staticref/demo
 
-.PHONY: all build ort test vet fuzz demo testdata clean loadtest loadtest-chain bench redismem
+.PHONY: all build ort test vet fuzz demo testdata clean loadtest loadtest-chain bench redismem proto
 
 all: build
 
@@ -43,8 +43,8 @@ demo: ort build ## generate data, run the demo job into the embedded store, look
 testdata: build ## regenerate the small fixed copies under testdata/
 	$(BIN) testdata generate --out testdata --rows 2000 --shards 2 --row-group-rows 500
 
-loadtest: ort ## lookup service under load with flips, next to redis-benchmark GET (needs redis-server)
-	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30
+loadtest: ort ## lookup service under load with flips and a canary, then beside its baselines (needs redis-server, redis-benchmark, wrk)
+	$(GO) run ./cmd/loadtest -duration 10s -clients 16 -flips 30 -out docs/loadtest
 
 loadtest-chain: ort ## lookup p99 over a chain of incremental versions (depth 3) against a full version (needs redis-server)
 	$(GO) run ./cmd/loadtest -chain -duration 10s -clients 16
@@ -60,3 +60,13 @@ bench: ort ## batch throughput: scan, inference, store writes and the whole pipe
 redismem: ort ## Redis memory per row and write speed by layout, json and binary, vs redis-benchmark HSET (needs redis-server)
 	@mkdir -p docs/bench
 	$(GO) run ./cmd/bench --redismem --rows 1000000 --repeat 3 --out docs/bench/redismem.txt
+
+# The gRPC API's generated code is committed (CI does not regenerate it). Regenerate it
+# after editing the .proto: protoc from apt (protobuf-compiler), the plugins pinned here.
+PROTO_DIR := lookup/grpcapi
+proto: ## regenerate lookup/grpcapi/staticref/v1/*.pb.go from lookup.proto
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install -y protobuf-compiler"; exit 1; }
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	cd $(PROTO_DIR) && PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I . \
+		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. staticref/v1/lookup.proto

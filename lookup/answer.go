@@ -1,6 +1,7 @@
 // Package lookup answers "what is the prediction for this key" from a namespace's live
 // version, through the store contract of package writers. It is shared by `staticref get`
-// and the HTTP lookup service (Service), so both print the same answer for the same key.
+// and the lookup service (Service, over HTTP and gRPC), so all print the same answer for
+// the same key.
 //
 // It never writes rows to a store. The service moves a live pointer only through the
 // catalog: writers.Flip and writers.Rollback on an authenticated admin request, and
@@ -14,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -35,17 +37,21 @@ type Answer struct {
 	Key       string          `json:"key"`
 	Value     json.RawMessage `json:"value,omitempty"`
 	Version   string          `json:"version,omitempty"`
-	// Arm is the release arm that answered, live or candidate, while a release routes.
-	Arm string `json:"arm,omitempty"`
-	// RowVersion is the version that held the key: the version itself, or for an
-	// incremental version the base down its chain that answered (precomputed answers).
+	// RowVersion is the version that held the key (precomputed answers): the version
+	// itself, or for an incremental version the base down its chain that answered.
 	// ComputedAt is that version's.
-	RowVersion string     `json:"row_version,omitempty"`
+	RowVersion string `json:"row_version,omitempty"`
+	// Arm is the release arm that answered, live or candidate, while a release routes.
+	Arm        string     `json:"arm,omitempty"`
 	ComputedAt *time.Time `json:"computed_at,omitempty"`
 	AgeSeconds *float64   `json:"age_seconds,omitempty"`
 	Stale      *bool      `json:"stale,omitempty"`
 	Source     string     `json:"source,omitempty"`
 	Error      *Error     `json:"error,omitempty"`
+
+	// head is the answer's JSON up to its version, pre-rendered (render.go); nil: render
+	// it from the fields.
+	head []byte
 }
 
 // Error is the JSON error object of the lookup API.
@@ -95,24 +101,42 @@ func (sn *Snapshot) Get(ctx context.Context, s *writers.Store, key string, now t
 // fill completes an answer from sn. An online prediction is computed now; every other
 // answer is as old as the version. The age is rounded to the millisecond.
 func (sn *Snapshot) fill(a *Answer, v json.RawMessage, source string, now time.Time, stale bool) {
-	at := sn.Manifest.CompletedAt
-	if source == SourceOnline {
-		at = now
-	}
-	age := roundSeconds(now.Sub(at))
-	a.Value, a.Version, a.Source = v, sn.Manifest.Version, source
-	a.ComputedAt, a.AgeSeconds, a.Stale = &at, &age, &stale
+	sn.fillInto(a, v, source, now, stale, new(answerTimes))
 }
 
-// fillRow completes a precomputed answer that level i of sn's chain held: its
-// row_version, and that version's computed_at and age.
+// answerTimes holds what an Answer's pointer fields point to: in a request's scratch on
+// the hot path (no allocation), else allocated.
+type answerTimes struct {
+	at    time.Time
+	age   float64
+	stale bool
+}
+
+// fillInto is fill with the pointed-to values kept in t.
+func (sn *Snapshot) fillInto(a *Answer, v json.RawMessage, source string, now time.Time, stale bool, t *answerTimes) {
+	t.at = sn.Manifest.CompletedAt
+	if source == SourceOnline {
+		t.at = now
+	}
+	t.age, t.stale = roundSeconds(now.Sub(t.at)), stale
+	a.Value, a.Version, a.Source = v, sn.Manifest.Version, source
+	a.ComputedAt, a.AgeSeconds, a.Stale = &t.at, &t.age, &t.stale
+}
+
+// fillRow completes a precomputed answer that level i of sn's chain held (0: the version
+// itself): its row_version, and that version's computed_at and age.
 func (sn *Snapshot) fillRow(a *Answer, v json.RawMessage, i int, now time.Time, stale bool) {
-	sn.fill(a, v, SourcePrecomputed, now, stale)
+	sn.fillRowInto(a, v, i, now, stale, new(answerTimes))
+}
+
+// fillRowInto is fillRow with the pointed-to values kept in t.
+func (sn *Snapshot) fillRowInto(a *Answer, v json.RawMessage, i int, now time.Time, stale bool, t *answerTimes) {
+	sn.fillInto(a, v, SourcePrecomputed, now, stale, t)
 	m := sn.level(i)
 	a.RowVersion = m.Version
 	if i > 0 {
-		at, age := m.CompletedAt, roundSeconds(now.Sub(m.CompletedAt))
-		a.ComputedAt, a.AgeSeconds = &at, &age
+		t.at = m.CompletedAt
+		t.age = roundSeconds(now.Sub(t.at))
 	}
 }
 
@@ -131,23 +155,46 @@ func (s *Service) stale(n *namespace, sn *Snapshot) (time.Time, bool) {
 	return now, n.isStale(now.Sub(sn.Manifest.CompletedAt))
 }
 
+// scratch is one request's reusable memory: the cache key, the cache entry that a
+// precomputed answer's head and value point into, and the rendered answer. Pooled: what
+// points into it must not outlive the request (shadowOffer copies the value it keeps).
+type scratch struct {
+	key, ent, out []byte
+	times         answerTimes
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// maxPooled is the largest buffer a scratch keeps for the next request.
+const maxPooled = 64 << 10
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(sc *scratch) {
+	if cap(sc.ent) > maxPooled || cap(sc.out) > maxPooled {
+		return
+	}
+	scratchPool.Put(sc)
+}
+
 // answer answers one (already validated) key from the snapshot sn, which the caller
 // loaded once for the whole request (or the release candidate's snapshot that the
 // request's arm chose from it). missing reports that sn's version lacks the key,
-// whatever answered it then.
-func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request) (a Answer, missing bool, _ *apiError) {
+// whatever answered it then. A precomputed answer's head and value are in sc.ent.
+func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key string, req request, sc *scratch) (a Answer, missing bool, _ *apiError) {
 	now, stale := s.stale(n, sn)
 	if stale && n.cfg.OnStale == OnStaleError {
 		return Answer{}, false, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
 	a = Answer{Namespace: n.name, Key: key}
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		v, level, found, err := s.precomputedAt(ctx, n, sn, key)
+		e, err := s.precomputed(ctx, n, sn, key, sc)
 		if err != nil {
 			return a, false, err
 		}
-		if found {
-			sn.fillRow(&a, v, level, now, stale)
+		if e.found {
+			sn.fillRowInto(&a, e.value, e.level, now, stale, &sc.times)
+			a.head = e.head
 			return a, false, nil
 		}
 		missing = true
@@ -156,65 +203,45 @@ func (s *Service) answer(ctx context.Context, n *namespace, sn *Snapshot, key st
 	return a, missing, err
 }
 
-// precomputed reads key from the snapshot's version, through the cache.
-func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, key string) (json.RawMessage, bool, *apiError) {
-	v, _, found, err := s.precomputedAt(ctx, n, sn, key)
-	return v, found, err
-}
-
-// precomputedAt is precomputed that also says which level of the snapshot's chain held
-// the key (0: the version itself).
-func (s *Service) precomputedAt(ctx context.Context, n *namespace, sn *Snapshot, key string) (json.RawMessage, int, bool, *apiError) {
-	ck := cacheKey(n.name, sn.Manifest.Version, key)
-	if v, found, ok := s.cache.Get(ck); ok {
+// precomputed reads key from the snapshot's version, down its chain, through the cache,
+// into sc. The cache stays keyed by the head version: what a chain answers for a key is
+// as immutable as a version's own row, and the entry records the level that held it.
+func (s *Service) precomputed(ctx context.Context, n *namespace, sn *Snapshot, key string, sc *scratch) (cached, *apiError) {
+	version := sn.Manifest.Version
+	sc.key = appendCacheKey(sc.key[:0], n.name, version, key)
+	var e cached
+	var ok bool
+	if sc.ent, e, ok = s.cache.get(sc.ent, sc.key); ok {
 		s.met.hit()
-		v, level := sn.unpack(v, found)
-		return v, level, found, nil
+		return e, nil
 	}
 	s.met.miss()
-	sctx, cancel := s.storeCtx(ctx)
-	vals, from, err := sn.read(sctx, sn.Store, [][]byte{[]byte(key)})
-	cancel()
-	if err != nil {
-		return nil, 0, false, s.apiErrorOf(n.name, err)
+	raw, level, err := s.getOne(ctx, n, sn, key)
+	if errors.Is(err, writers.ErrNotFound) {
+		s.cache.put(sc.key, missingEntry)
+		return cached{}, nil
 	}
-	v, found, aerr := s.decodeRow(n, sn, ck, vals[0], from[0])
-	return v, from[0], found, aerr
+	if err != nil {
+		return cached{}, s.apiErrorOf(n.name, err)
+	}
+	v, aerr := s.decodeValue(n, sn, raw, level)
+	if aerr != nil {
+		return cached{}, aerr
+	}
+	sc.ent, e = renderEntry(sc.ent, n.name, key, version, sn.level(level).Version, level, v)
+	s.cache.put(sc.key, sc.ent)
+	return e, nil
 }
 
-// decodeRow decodes and caches what level i of sn's chain answered for a key (raw nil:
-// nothing, or deleted).
-func (s *Service) decodeRow(n *namespace, sn *Snapshot, ck string, raw []byte, i int) (json.RawMessage, bool, *apiError) {
-	if raw == nil {
-		s.cache.Put(ck, nil, false)
-		return nil, false, nil
-	}
+// decodeValue is a stored value that level i of sn's chain held, as the answer's compact
+// JSON.
+func (s *Service) decodeValue(n *namespace, sn *Snapshot, raw []byte, i int) (json.RawMessage, *apiError) {
 	v, err := sn.decode(raw, i)
 	if err != nil {
 		s.log.Error("undecodable stored value", "namespace", n.name, "version", sn.level(i).Version, "err", err)
-		return nil, false, errorf(CodeInternal, "the stored value of this key cannot be decoded")
+		return nil, errorf(CodeInternal, "the stored value of this key cannot be decoded")
 	}
-	s.cache.Put(ck, sn.pack(v, i), true)
-	return v, true, nil
-}
-
-// The cache stays keyed by the head version (what a chain answers for a key is as
-// immutable as a version's own row). For a snapshot read down a chain, an entry's value
-// carries the level that held the key as one leading byte (a chain is at most 64 deep),
-// so a hit answers with the right row_version; a full version's entries are the bare
-// value.
-func (sn *Snapshot) pack(v json.RawMessage, level int) json.RawMessage {
-	if !sn.deep() {
-		return v
-	}
-	return append(json.RawMessage{byte(level)}, v...)
-}
-
-func (sn *Snapshot) unpack(v json.RawMessage, found bool) (json.RawMessage, int) {
-	if !sn.deep() || !found || len(v) == 0 {
-		return v, 0
-	}
-	return v[1:], int(v[0])
+	return compactValue(v), nil
 }
 
 // coldStart answers a key the version lacks: segment default, online prediction,
@@ -223,7 +250,7 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 	if req.segment != "" {
 		if v, ok := sn.fb.segments[req.segment]; ok {
 			sn.fill(&a, v, SourceFallbackSegment, now, stale)
-			s.met.fallbacks.WithLabelValues(n.name, SourceFallbackSegment).Inc()
+			n.met.fallback(SourceFallbackSegment)
 			return a, nil
 		}
 	}
@@ -238,22 +265,24 @@ func (s *Service) coldStart(ctx context.Context, n *namespace, sn *Snapshot, a A
 			return a, errorf(CodeUnavailable, "online prediction is unavailable")
 		}
 		sn.fill(&a, v, SourceOnline, now, false)
-		s.met.fallbacks.WithLabelValues(n.name, SourceOnline).Inc()
+		n.met.fallback(SourceOnline)
 		return a, nil
 	}
 	if sn.fb.def != nil {
 		sn.fill(&a, sn.fb.def, SourceFallbackDefault, now, stale)
-		s.met.fallbacks.WithLabelValues(n.name, SourceFallbackDefault).Inc()
+		n.met.fallback(SourceFallbackDefault)
 		return a, nil
 	}
 	return a, errorf(CodeNotFound, "key %q is not in version %s of %s", a.Key, sn.Manifest.Version, n.name)
 }
 
-// batchParallelism bounds the store reads one batch keeps in flight.
+// batchParallelism bounds the online predictions one batch keeps in flight.
 const batchParallelism = 16
 
 // batch answers keys from one snapshot, a missing key from its features (features[key],
-// checked by the caller) when it has some, as a single lookup would. A key that nothing
+// checked by the caller) when it has some, as a single lookup would. The keys the cache
+// does not hold are read with one Store.GetMany: one store round trip for the whole
+// batch (per slot group on a Redis Cluster, writers.ManyGetter). A key that nothing
 // answers, or whose online prediction is unavailable, is an Answer with the error in its
 // place; any other failure fails the batch. missing[i] reports that the version lacks
 // keys[i].
@@ -263,55 +292,28 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 		return nil, nil, errorf(CodeStale, "version %s of %s is older than max_staleness %s", sn.Manifest.Version, n.name, time.Duration(n.cfg.MaxStaleness))
 	}
 	out := make([]Answer, len(keys))
-	found := make([]bool, len(keys))
-	vals := make([]json.RawMessage, len(keys))
-	levels := make([]int, len(keys))
+	entries := make([]cached, len(keys))
+	missing = make([]bool, len(keys)) // when not looked up: not known to be missing
 	if !(stale && n.cfg.OnStale == OnStaleFallback) {
-		// The keys the cache lacks are read in one store call, down the whole chain.
-		var ask [][]byte
-		var askAt []int
-		for i, k := range keys {
-			if v, f, ok := s.cache.Get(cacheKey(n.name, sn.Manifest.Version, k)); ok {
-				s.met.hit()
-				found[i] = f
-				vals[i], levels[i] = sn.unpack(v, f)
-				continue
-			}
-			s.met.miss()
-			ask, askAt = append(ask, []byte(k)), append(askAt, i)
+		if err := s.precomputedMany(ctx, n, sn, keys, entries); err != nil {
+			return nil, nil, err
 		}
-		if len(ask) > 0 {
-			sctx, cancel := s.storeCtx(ctx)
-			raw, from, err := sn.read(sctx, sn.Store, ask)
-			cancel()
-			if err != nil {
-				return nil, nil, s.apiErrorOf(n.name, err)
-			}
-			for j, i := range askAt {
-				v, f, aerr := s.decodeRow(n, sn, cacheKey(n.name, sn.Manifest.Version, keys[i]), raw[j], from[j])
-				if aerr != nil {
-					return nil, nil, aerr
-				}
-				vals[i], found[i], levels[i] = v, f, from[j]
-			}
-		}
-		missing = make([]bool, len(keys))
 		for i := range keys {
-			missing[i] = !found[i]
+			missing[i] = !entries[i].found
 		}
-	} else {
-		missing = make([]bool, len(keys)) // not looked up: not known to be missing
 	}
 	// Keys the version lacks are answered concurrently: an online prediction runs the
 	// model, and the namespace's session pool bounds how many run at once.
 	fatal := make([]*apiError, len(keys))
 	g := new(errgroup.Group)
 	g.SetLimit(batchParallelism)
+	nm := n.met
 	for i, k := range keys {
 		a := Answer{Namespace: n.name, Key: k}
-		if found[i] {
-			sn.fillRow(&a, vals[i], levels[i], now, stale)
-			s.met.answers.WithLabelValues(n.name, SourcePrecomputed).Inc()
+		if e := entries[i]; e.found {
+			sn.fillRow(&a, e.value, e.level, now, stale)
+			a.head = e.head
+			nm.answer(SourcePrecomputed)
 			out[i] = a
 			continue
 		}
@@ -319,7 +321,7 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 			a, err := s.coldStart(ctx, n, sn, a, request{segment: req.segment, features: features[k]}, now, stale)
 			switch {
 			case err == nil:
-				s.met.answers.WithLabelValues(n.name, a.Source).Inc()
+				nm.answer(a.Source)
 			case err.code != CodeNotFound && err.code != CodeUnavailable:
 				fatal[i] = err
 			default:
@@ -337,4 +339,51 @@ func (s *Service) batch(ctx context.Context, n *namespace, sn *Snapshot, keys []
 		}
 	}
 	return out, missing, nil
+}
+
+// precomputedMany fills entries[i] with keys[i]'s entry: from the cache, else from one
+// read of every key the cache lacks (Store.GetChain down the snapshot's chain: one round
+// trip), which it then caches.
+func (s *Service) precomputedMany(ctx context.Context, n *namespace, sn *Snapshot, keys []string, entries []cached) *apiError {
+	version := sn.Manifest.Version
+	var ck []byte
+	var todo []int
+	for i, k := range keys {
+		ck = appendCacheKey(ck[:0], n.name, version, k)
+		var ok bool
+		if _, entries[i], ok = s.cache.get(nil, ck); ok {
+			s.met.hit()
+			continue
+		}
+		s.met.miss()
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ask := make([][]byte, len(todo))
+	for j, i := range todo {
+		ask[j] = []byte(keys[i])
+	}
+	sctx, cancel := s.storeCtx(ctx)
+	vals, from, err := sn.read(sctx, sn.Store, ask)
+	cancel()
+	if err != nil {
+		return s.apiErrorOf(n.name, err)
+	}
+	for j, i := range todo {
+		ck = appendCacheKey(ck[:0], n.name, version, keys[i])
+		if vals[j] == nil {
+			s.cache.put(ck, missingEntry)
+			continue
+		}
+		v, aerr := s.decodeValue(n, sn, vals[j], from[j])
+		if aerr != nil {
+			return aerr
+		}
+		var ent []byte
+		ent, entries[i] = renderEntry(nil, n.name, keys[i], version, sn.level(from[j]).Version, from[j], v)
+		s.cache.put(ck, ent)
+	}
+	return nil
 }

@@ -1,100 +1,134 @@
 package lookup
 
 import (
-	"container/list"
-	"encoding/json"
-	"hash/maphash"
-	"sync"
+	"encoding/binary"
+
+	"github.com/VictoriaMetrics/fastcache"
 )
 
 // The cache. A version is immutable once complete, so the answer for (namespace,
 // version, key) never changes: there is nothing to invalidate, ever. A flip simply makes
 // requests ask for other keys, (namespace, new version, key), and the old version's
-// entries age out of the LRU. That is why the cache key carries the version, and why a
-// request must read its snapshot once: the version it looks up in the cache is the
-// version whose manifest decodes the value and fills "version" in the answer.
+// entries are overwritten as the cache fills again. That is why the cache key carries the
+// version, and why a request must read its snapshot once: the version it looks up in the
+// cache is the version whose manifest decodes the value and fills "version" in the answer.
 //
-// Misses are cached too (found=false): "key not in version V" is as immutable as a
-// value, and unknown keys are exactly what a scraper or a cold-start storm repeats.
+// Misses are cached too: "key not in version V" is as immutable as a value, and unknown
+// keys are exactly what a scraper or a cold-start storm repeats.
 //
-// The bound is a number of entries, split evenly over shards, each an LRU behind its
-// own mutex, so that concurrent requests on different keys rarely contend.
-const cacheShards = 32
+// What it holds, and why it costs the garbage collector nothing. An entry is the answer's
+// pre-rendered head (render.go: {"namespace":…,"key":…,"value":…,"version":…), so that a
+// hit is a copy and a few appends, never a JSON encoding. The entries live in
+// VictoriaMetrics/fastcache: byte chunks of 64 KiB allocated outside the Go heap (mmap),
+// indexed by per-bucket maps of uint64 to uint64. There is no pointer per entry for the
+// GC to scan, so a cache of millions of answers adds nothing to a GC cycle, unlike a
+// container/list LRU whose every element is a few pointers. The price: the bound is in
+// bytes (cache_bytes, rounded up to fastcache's least, 32 MiB), eviction is by
+// generation (a bucket's ring buffer overwrites its oldest chunk) rather than LRU, an
+// entry over 64 KiB is not cached (such a value is read from the store every time), and
+// a Get copies the entry into the caller's buffer.
+//
+// An entry is a flag byte (1: the key is in the version, 0: it is not), then, for a key
+// that is, the level of the version's chain that held it (0: the version itself; a
+// chain is at most 64 deep), the value's start and end in the head (uint32 little-endian
+// each) and the head, which names that level's version as row_version.
+// The cache key is namespace, version and key joined by NUL (cacheKey); none of the
+// three can hold a NUL.
 
-type cacheEntry struct {
-	key   string
-	value json.RawMessage
-	found bool
-}
+// entryHeader is the flag byte, the level and the value's bounds.
+const entryHeader = 1 + 1 + 4 + 4
 
-type cacheShard struct {
-	mu    sync.Mutex
-	max   int
-	ll    *list.List // front = most recently used
-	items map[string]*list.Element
-}
-
-// Cache is a bounded LRU of answers by (namespace, version, key). The zero of a nil
-// *Cache is a cache that holds nothing.
+// Cache holds pre-rendered answers by (namespace, version, key), bounded in bytes. A nil
+// *Cache holds nothing.
 type Cache struct {
-	seed   maphash.Seed
-	shards [cacheShards]cacheShard
+	c *fastcache.Cache
 }
 
-// NewCache returns a cache of at most entries answers; entries <= 0 returns nil (off).
-func NewCache(entries int) *Cache {
-	if entries <= 0 {
+// NewCache returns a cache of about maxBytes (at least 32 MiB); maxBytes <= 0 returns nil
+// (off).
+func NewCache(maxBytes int64) *Cache {
+	if maxBytes <= 0 {
 		return nil
 	}
-	c := &Cache{seed: maphash.MakeSeed()}
-	per := max(1, (entries+cacheShards-1)/cacheShards)
-	for i := range c.shards {
-		c.shards[i] = cacheShard{max: per, ll: list.New(), items: map[string]*list.Element{}}
-	}
-	return c
+	return &Cache{c: fastcache.New(int(min(maxBytes, 1<<40)))}
 }
 
-func cacheKey(ns, version, key string) string { return ns + "\x00" + version + "\x00" + key }
-
-func (c *Cache) shard(k string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, k)%cacheShards]
+// appendCacheKey appends the cache key of (ns, version, key) to b.
+func appendCacheKey(b []byte, ns, version, key string) []byte {
+	b = append(b, ns...)
+	b = append(b, 0)
+	b = append(b, version...)
+	b = append(b, 0)
+	return append(b, key...)
 }
 
-// Get returns the cached answer: ok reports a hit, found whether the key exists.
-func (c *Cache) Get(k string) (v json.RawMessage, found, ok bool) {
+// cached is one entry, read back.
+type cached struct {
+	found bool
+	level int    // the chain level that held the key (Snapshot.level)
+	head  []byte // the answer's head (render.go); nil when !found
+	value []byte // the value, inside head
+}
+
+// get reads k's entry into dst (its capacity reused) and returns dst and the entry: ok
+// reports a hit.
+func (c *Cache) get(dst, k []byte) ([]byte, cached, bool) {
 	if c == nil {
-		return nil, false, false
+		return dst, cached{}, false
 	}
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.items[k]
-	if !ok {
-		return nil, false, false
-	}
-	s.ll.MoveToFront(e)
-	ent := e.Value.(*cacheEntry)
-	return ent.value, ent.found, true
+	dst = c.c.Get(dst[:0], k)
+	e, ok := decodeEntry(dst)
+	return dst, e, ok
 }
 
-// Put stores an answer, evicting the least recently used entry of its shard when full.
-func (c *Cache) Put(k string, v json.RawMessage, found bool) {
+// decodeEntry reads an entry as put by entry; ok is false for one that is not an entry
+// (an empty slice: fastcache's miss).
+func decodeEntry(b []byte) (cached, bool) {
+	switch {
+	case len(b) == 1 && b[0] == 0:
+		return cached{}, true
+	case len(b) < entryHeader || b[0] != 1:
+		return cached{}, false
+	}
+	lo, hi := binary.LittleEndian.Uint32(b[2:]), binary.LittleEndian.Uint32(b[6:])
+	head := b[entryHeader:]
+	if lo > hi || int(hi) > len(head) {
+		return cached{}, false
+	}
+	return cached{found: true, level: int(b[1]), head: head, value: head[lo:hi]}, true
+}
+
+// renderEntry appends to dst[:0] the entry of a key that is in its version, held by
+// level of the version's chain (rowVersion), the head rendered from the value (compact
+// JSON), and returns it with the entry read back.
+func renderEntry(dst []byte, ns, key, version, rowVersion string, level int, value []byte) ([]byte, cached) {
+	dst = append(dst[:0], 1, byte(level), 0, 0, 0, 0, 0, 0, 0, 0)
+	dst = appendHead(dst, ns, key, nil, "", "")
+	lo := len(dst) - entryHeader + len(`,"value":`)
+	dst = append(dst, `,"value":`...)
+	dst = append(dst, value...)
+	hi := len(dst) - entryHeader
+	dst = append(dst, `,"version":`...)
+	dst = appendString(dst, version)
+	if rowVersion != "" {
+		dst = append(dst, `,"row_version":`...)
+		dst = appendString(dst, rowVersion)
+	}
+	binary.LittleEndian.PutUint32(dst[2:], uint32(lo))
+	binary.LittleEndian.PutUint32(dst[6:], uint32(hi))
+	e, _ := decodeEntry(dst)
+	return dst, e
+}
+
+// missingEntry is the entry of a key its version lacks.
+var missingEntry = []byte{0}
+
+// put stores an entry made by renderEntry (or missingEntry).
+func (c *Cache) put(k, entry []byte) {
 	if c == nil {
 		return
 	}
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.items[k]; ok {
-		s.ll.MoveToFront(e)
-		return
-	}
-	s.items[k] = s.ll.PushFront(&cacheEntry{key: k, value: v, found: found})
-	for s.ll.Len() > s.max {
-		last := s.ll.Back()
-		s.ll.Remove(last)
-		delete(s.items, last.Value.(*cacheEntry).key)
-	}
+	c.c.Set(k, entry) // fastcache skips an entry over 64 KiB
 }
 
 // Len is the number of cached answers.
@@ -102,12 +136,14 @@ func (c *Cache) Len() int {
 	if c == nil {
 		return 0
 	}
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += s.ll.Len()
-		s.mu.Unlock()
+	var st fastcache.Stats
+	c.c.UpdateStats(&st)
+	return int(st.EntriesCount)
+}
+
+// Reset drops every entry and frees nothing: fastcache keeps its chunks.
+func (c *Cache) Reset() {
+	if c != nil {
+		c.c.Reset()
 	}
-	return n
 }

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,7 +26,7 @@ var ErrConfig = errors.New("lookup: invalid config")
 // Defaults of the service config.
 const (
 	DefaultAddr          = ":8080"
-	DefaultCacheEntries  = 100_000
+	DefaultCacheBytes    = 64 << 20
 	DefaultMaxBatch      = 1000
 	DefaultStoreTimeout  = time.Second
 	DefaultPollInterval  = 500 * time.Millisecond
@@ -43,9 +45,17 @@ const (
 type Config struct {
 	Addr           string `yaml:"addr"`
 	AdminTokenFile string `yaml:"admin_token_file"`
-	// CacheEntries bounds the in-process cache of answers by (namespace, version, key);
-	// 0 means DefaultCacheEntries, a negative value turns the cache off.
-	CacheEntries int      `yaml:"cache_entries"`
+	// CacheBytes bounds the in-process cache of answers by (namespace, version, key), one
+	// for all namespaces (cache.go); 0 means DefaultCacheBytes, a negative value (or
+	// "off") turns the cache off. fastcache's least is 32 MiB: a smaller bound is that.
+	CacheBytes ByteSize `yaml:"cache_bytes"`
+	// CacheEntries is deprecated: the cache is bounded in bytes. A positive value without
+	// cache_bytes sets cache_bytes to CacheEntries × bytesPerEntry, with a warning; a
+	// negative one turns the cache off, as it did.
+	CacheEntries int `yaml:"cache_entries"`
+	// GRPCAddr serves the lookup API over gRPC too (grpc.go, staticref.v1.Lookup) on this
+	// address; "" (the default) serves no gRPC.
+	GRPCAddr     string   `yaml:"grpc_addr"`
 	MaxBatch     int      `yaml:"max_batch"`
 	MaxBodyBytes int64    `yaml:"max_body_bytes"`
 	StoreTimeout Duration `yaml:"store_timeout"`
@@ -55,6 +65,55 @@ type Config struct {
 	UI *bool `yaml:"ui"`
 
 	Namespaces map[string]*NamespaceConfig `yaml:"namespaces"`
+
+	// Warnings are what Validate found deprecated but still accepted; New logs them.
+	Warnings []string `yaml:"-"`
+}
+
+// bytesPerEntry is what a deprecated cache_entries counts an entry as: a typical
+// answer's head with fastcache's own overhead.
+const bytesPerEntry = 512
+
+// ByteSize is a number of bytes, written in YAML as a whole number or with a unit:
+// 64MiB, 1GiB, 500KB ("off" is -1).
+type ByteSize int64
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("want a size, as in 256MiB")
+	}
+	v, err := parseByteSize(n.Value)
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
+// parseByteSize reads 123, 64MiB, 1GiB, 500KB, 2MB, 1G or off.
+func parseByteSize(s string) (ByteSize, error) {
+	t := strings.TrimSpace(s)
+	if t == "off" {
+		return -1, nil
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(num), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v > math.MaxInt64/mult || v < math.MinInt64/mult {
+		return 0, fmt.Errorf("%s is not a size (e.g. 256MiB, 1GiB, or off)", yamldecode.Quote(s))
+	}
+	return ByteSize(v * mult), nil
 }
 
 // NamespaceConfig is one served namespace.
@@ -218,8 +277,21 @@ func (c *Config) validate() []yamldecode.Problem {
 	if c.Addr == "" {
 		c.Addr = DefaultAddr
 	}
-	if c.CacheEntries == 0 {
-		c.CacheEntries = DefaultCacheEntries
+	switch {
+	case c.CacheEntries > 0 && c.CacheBytes != 0:
+		add("cache_entries", "is deprecated and cache_bytes is set: remove cache_entries")
+	case c.CacheEntries > 0:
+		c.CacheBytes = ByteSize(int64(c.CacheEntries) * bytesPerEntry)
+		c.Warnings = append(c.Warnings, fmt.Sprintf("cache_entries is deprecated: the cache is bounded in bytes; "+
+			"cache_entries: %d is read as cache_bytes: %d (at least 32 MiB); write cache_bytes instead", c.CacheEntries, c.CacheBytes))
+	case c.CacheEntries < 0:
+		c.CacheBytes = -1
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = DefaultCacheBytes
+	}
+	if c.GRPCAddr != "" && c.GRPCAddr == c.Addr {
+		add("grpc_addr", "%s is addr too: serve gRPC on a port of its own", yamldecode.Quote(c.GRPCAddr))
 	}
 	switch {
 	case c.MaxBatch == 0:

@@ -267,3 +267,40 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestTheCacheIsBoundedInBytes(t *testing.T) {
+	ns := "namespaces:\n  churn:\n    store: pebble:store\n"
+	for _, tc := range []struct {
+		name, yaml string
+		bytes      ByteSize
+		warned     bool
+		problem    string
+	}{
+		{"absent is the default", ns, DefaultCacheBytes, false, ""},
+		{"a size with a unit", "cache_bytes: 256MiB\n" + ns, 256 << 20, false, ""},
+		{"a whole number of bytes", "cache_bytes: 100000000\n" + ns, 100000000, false, ""},
+		{"decimal units", "cache_bytes: 2GB\n" + ns, 2e9, false, ""},
+		{"off", "cache_bytes: off\n" + ns, -1, false, ""},
+		{"cache_entries still works, with a warning", "cache_entries: 1000\n" + ns, 1000 * bytesPerEntry, true, ""},
+		{"a negative cache_entries turns it off", "cache_entries: -1\n" + ns, -1, false, ""},
+		{"not a size", "cache_bytes: lots\n" + ns, 0, false, `serve.yaml:1: cache_bytes: "lots" is not a size (e.g. 256MiB, 1GiB, or off)`},
+		{"both", "cache_bytes: 1GiB\ncache_entries: 5\n" + ns, 0, false, `serve.yaml:2: cache_entries: is deprecated and cache_bytes is set: remove cache_entries`},
+		{"gRPC on the HTTP address", "addr: :8080\ngrpc_addr: :8080\n" + ns, 0, false, `serve.yaml:2: grpc_addr: ":8080" is addr too: serve gRPC on a port of its own`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.yaml), "serve.yaml")
+			if tc.problem != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.problem) {
+					t.Fatalf("got %v, want %s", err, tc.problem)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.CacheBytes != tc.bytes || (len(c.Warnings) > 0) != tc.warned {
+				t.Errorf("got cache_bytes %d, warnings %q; want %d, warned %v", c.CacheBytes, c.Warnings, tc.bytes, tc.warned)
+			}
+		})
+	}
+}

@@ -4,11 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/staticref/staticref/writers"
 )
+
+// codeTable is the one table from API error codes to what each protocol answers: the
+// HTTP status (http.go) and the gRPC status code (grpc.go). A code missing from it is
+// answered as internal.
+var codeTable = map[string]apiCode{
+	CodeInvalid:         {http.StatusBadRequest, codes.InvalidArgument},
+	CodeUnauthenticated: {http.StatusUnauthorized, codes.Unauthenticated},
+	CodeForbidden:       {http.StatusForbidden, codes.PermissionDenied},
+	CodeNotFound:        {http.StatusNotFound, codes.NotFound},
+	CodeMethod:          {http.StatusMethodNotAllowed, codes.Unimplemented},
+	CodeConflict:        {http.StatusConflict, codes.Aborted},
+	CodeTooLarge:        {http.StatusRequestEntityTooLarge, codes.ResourceExhausted},
+	CodeStale:           {http.StatusServiceUnavailable, codes.Unavailable},
+	CodeUnavailable:     {http.StatusServiceUnavailable, codes.Unavailable},
+	CodeInternal:        {http.StatusInternalServerError, codes.Internal},
+}
+
+// apiCode is one row of codeTable.
+type apiCode struct {
+	http int
+	grpc codes.Code
+}
+
+// codeOf is code's row of codeTable (internal's for a code not in it).
+func codeOf(code string) apiCode {
+	if c, ok := codeTable[code]; ok {
+		return c
+	}
+	return codeTable[CodeInternal]
+}
 
 // apiError is an error answer: a code from the status table and a message for the
 // client. Internal causes are logged, never put in message.
@@ -23,7 +56,7 @@ func errorf(code, format string, args ...any) *apiError {
 }
 
 // apiErrorOf is the one place where an error becomes an API error (and so an HTTP status
-// through statusOf): the catalog's sentinels become conflict or not_found with a message
+// through codeTable): the catalog's sentinels become conflict or not_found with a message
 // for the client; a store that is busy, slow or failing becomes unavailable, with its
 // cause logged, never echoed.
 func (s *Service) apiErrorOf(ns string, err error) *apiError {

@@ -1,6 +1,10 @@
 package lookup
 
-import "time"
+import (
+	"time"
+
+	"github.com/staticref/staticref/writers"
+)
 
 // SetReleaseTiming replaces the release loop's clock, flush interval and judge's grace
 // (and the gauges' report period, as the flush interval) of a service that has not run
@@ -28,3 +32,15 @@ func Bucket(salt, unit string) uint32 {
 
 // FirstValue is the first value of an answer's value object.
 func FirstValue(v []byte) (float64, bool) { return firstValue(v) }
+
+// StoreOf is the store the service reads namespace ns from (nil until it is open).
+func StoreOf(s *Service, ns string) *writers.Store {
+	src := s.ns[ns].src.Load()
+	if src == nil {
+		return nil
+	}
+	return src.source.(*storeSource).store
+}
+
+// SetClock replaces the service's clock (answers' ages, staleness, readiness).
+func SetClock(s *Service, now func() time.Time) { s.now = now }

@@ -9,8 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
+	"path"
 	"reflect"
 	"slices"
 	"strconv"
@@ -24,20 +24,6 @@ import (
 	"github.com/staticref/staticref/lookup/ui"
 	"github.com/staticref/staticref/writers"
 )
-
-// statusOf is the one table from error codes to HTTP statuses.
-var statusOf = map[string]int{
-	CodeInvalid:         http.StatusBadRequest,
-	CodeUnauthenticated: http.StatusUnauthorized,
-	CodeForbidden:       http.StatusForbidden,
-	CodeNotFound:        http.StatusNotFound,
-	CodeMethod:          http.StatusMethodNotAllowed,
-	CodeConflict:        http.StatusConflict,
-	CodeTooLarge:        http.StatusRequestEntityTooLarge,
-	CodeStale:           http.StatusServiceUnavailable,
-	CodeUnavailable:     http.StatusServiceUnavailable,
-	CodeInternal:        http.StatusInternalServerError,
-}
 
 // StaleHeader is set to "true" on answers from a version older than max_staleness.
 const StaleHeader = "Staticref-Stale"
@@ -74,7 +60,37 @@ func (s *Service) Handler() http.Handler {
 		}
 		s.writeError(w, errorf(CodeNotFound, "no such endpoint: %s %s (see docs/lookup.md)", r.Method, r.URL.Path))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ns, key, ok := fastGet(r); ok {
+			s.serveGet(w, r, ns, key)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// fastGet routes the one request that must be cheap, GET /v1/{namespace}/{key...},
+// without the ServeMux, whose wildcard matching allocates several objects a request. It
+// takes only what the mux would route to handleGet with the same values: a GET of a
+// clean path (the mux redirects others) whose escaping is the default (RawPath empty: no
+// %2F in a segment), a namespace segment without ':' (the actions). Anything else goes
+// to the mux.
+func fastGet(r *http.Request) (ns, key string, ok bool) {
+	if r.Method != http.MethodGet || r.URL.RawPath != "" {
+		return "", "", false
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v1/")
+	if !ok {
+		return "", "", false
+	}
+	ns, key, ok = strings.Cut(rest, "/")
+	if !ok || ns == "" || strings.IndexByte(ns, ':') >= 0 {
+		return "", "", false
+	}
+	if p := r.URL.Path; path.Clean(p) != p && path.Clean(p)+"/" != p {
+		return "", "", false
+	}
+	return ns, key, true
 }
 
 // allowedMethods lists the methods that have a route for r's path, when r's own method
@@ -99,48 +115,46 @@ func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
 
 // namespace finds a served namespace, or answers 404.
 func (s *Service) namespace(w http.ResponseWriter, name string) *namespace {
-	n, ok := s.ns[name]
-	if !ok {
-		if err := writers.ValidateNamespace(name); err != nil {
-			s.writeError(w, errorf(CodeNotFound, "no namespace %q: names are 1-63 characters of a-z, 0-9, '_', '.', '-'", name))
-		} else {
-			s.writeError(w, errorf(CodeNotFound, "namespace %q is not served here", name))
-		}
-		return nil
+	n, aerr := s.findNamespace(name)
+	if aerr != nil {
+		s.writeError(w, aerr)
 	}
 	return n
 }
 
-// snapshot loads the namespace's snapshot, once per request.
+// snapshot loads the namespace's snapshot, once per request, or answers 503.
 func (s *Service) snapshot(w http.ResponseWriter, n *namespace) *Snapshot {
-	sn := n.snap.Load()
-	if sn == nil {
-		msg := "namespace %s has no live version yet"
-		switch {
-		case n.src.Load() == nil:
-			msg = "the store of %s is unavailable: connecting to it"
-		case !n.loaded.Load():
-			msg = "namespace %s: live version not loaded yet"
-		}
-		s.writeError(w, errorf(CodeUnavailable, msg, n.name))
+	sn, aerr := s.snapshotOf(n)
+	if aerr != nil {
+		s.writeError(w, aerr)
 	}
 	return sn
 }
 
+// Header values set on every answer, shared (net/http only reads them).
+var (
+	jsonContentType = []string{"application/json"}
+	trueHeader      = []string{"true"}
+)
+
 func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
+	s.serveGet(w, r, r.PathValue("namespace"), r.PathValue("key"))
+}
+
+// serveGet answers GET and POST /v1/{namespace}/{key...}.
+func (s *Service) serveGet(w http.ResponseWriter, r *http.Request, ns, key string) {
 	start := time.Now()
-	n := s.namespace(w, r.PathValue("namespace"))
+	n := s.namespace(w, ns)
 	if n == nil {
 		return
 	}
-	key := r.PathValue("key")
-	if err := writers.ValidateKey([]byte(key)); err != nil {
-		s.writeError(w, errorf(CodeInvalid, "%v", trimInvalid(err)))
+	if err := checkKey(key); err != nil {
+		s.writeError(w, err)
 		return
 	}
 	req := request{}
 	if p := n.cfg.Fallback.SegmentParam; p != "" {
-		req.segment = r.URL.Query().Get(p)
+		req.segment, _ = queryValue(r.URL.RawQuery, p)
 	}
 	if r.Method == http.MethodPost {
 		var body struct {
@@ -155,40 +169,31 @@ func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
 		}
 		req.features = body.Features
 	}
-	sn := s.snapshot(w, n)
-	if sn == nil {
-		return
+	sc := getScratch()
+	defer putScratch(sc)
+	o, aerr := s.lookupOne(r.Context(), n, key, unitOf(r, key), req, sc)
+	h := w.Header()
+	if o.sn != nil {
+		h[VersionHeader] = o.sn.header()
 	}
-	// The release in the snapshot picks the arm, and the arm the version (release.go).
-	asn, arm, rel := sn, -1, sn.rel
-	if rel != nil && rel.routing {
-		var h uint64
-		asn, arm, h = rel.route(sn, unitOf(r, key))
-		if rel.ab {
-			rel.c.units[arm].insert(h)
-		}
-	}
-	a, missing, aerr := s.answer(r.Context(), n, asn, key, req)
-	w.Header()[VersionHeader] = asn.header()
-	if arm >= 0 {
-		rel.count(arm, missing, aerr != nil && failedCode(aerr.code), precomputedValue(&a))
-		w.Header()[ArmHeader] = armHeaders[arm]
-		a.Arm = armNames[arm]
+	if o.arm >= 0 {
+		h[ArmHeader] = armHeaders[o.arm]
 	}
 	if aerr != nil {
 		s.writeError(w, aerr)
-		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
+		n.met.observe("error", start)
 		return
 	}
-	s.met.answers.WithLabelValues(n.name, a.Source).Inc()
-	if a.Stale != nil && *a.Stale {
-		w.Header().Set(StaleHeader, "true")
+	if o.Stale != nil && *o.Stale {
+		h[StaleHeader] = trueHeader
 	}
-	writeJSON(w, http.StatusOK, a)
-	s.met.latency.WithLabelValues(n.name, a.Source).Observe(time.Since(start).Seconds())
-	if rel != nil && rel.shadow && a.Source == SourcePrecomputed && rel.sampled() {
-		s.shadowOffer(n, rel, key, a.Value) // after the answer is written: never delays it
-	}
+	h["Content-Type"] = jsonContentType
+	sc.out = appendAnswer(sc.out[:0], &o.Answer)
+	sc.out = append(sc.out, '\n')
+	w.WriteHeader(http.StatusOK)
+	w.Write(sc.out)
+	n.met.observe(o.Source, start)
+	s.shadow(n, &o)
 }
 
 // armHeaders are the Staticref-Arm header values, by arm.
@@ -203,7 +208,8 @@ func precomputedValue(a *Answer) json.RawMessage {
 	return nil
 }
 
-// BatchAnswer is the answer of :batchGet: every key answered from Version.
+// BatchAnswer is the answer of :batchGet: every key answered from Version. The service
+// writes it with appendBatch (render.go); this is its shape for clients.
 type BatchAnswer struct {
 	Namespace string   `json:"namespace"`
 	Version   string   `json:"version"`
@@ -251,94 +257,44 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request, n *namespa
 	if !ok {
 		return
 	}
-	switch {
-	case len(body.Keys) == 0:
-		s.writeError(w, errorf(CodeInvalid, `body: want {"keys": ["k1", ...]} with at least one key`))
-		return
-	case len(body.Keys) > s.cfg.MaxBatch:
-		s.writeError(w, errorf(CodeInvalid, "batch of %d keys: at most %d (max_batch)", len(body.Keys), s.cfg.MaxBatch))
+	if err := s.checkBatchSize(len(body.Keys)); err != nil {
+		s.writeError(w, err)
 		return
 	}
 	if i := invalidUTF8Key(raw, body.Keys); i >= 0 {
 		s.writeError(w, errorf(CodeInvalid, "keys[%d]: not valid UTF-8: a key is text, and JSON would read the bad bytes as U+FFFD, another key", i))
 		return
 	}
-	asked := make(map[string]bool, len(body.Keys))
-	for i, k := range body.Keys {
-		if err := writers.ValidateKey([]byte(k)); err != nil {
-			s.writeError(w, errorf(CodeInvalid, "keys[%d]: %v", i, trimInvalid(err)))
-			return
-		}
-		asked[k] = true
-	}
-	for _, k := range slices.Sorted(maps.Keys(body.Features)) {
-		if !asked[k] {
-			s.writeError(w, errorf(CodeInvalid, "features[%q]: the key is not among keys", k))
-			return
-		}
-	}
 	req := request{}
 	if p := n.cfg.Fallback.SegmentParam; p != "" {
-		req.segment = r.URL.Query().Get(p)
+		req.segment, _ = queryValue(r.URL.RawQuery, p)
 	}
-	sn := s.snapshot(w, n)
-	if sn == nil {
-		return
-	}
-	if n.online != nil { // features are used, so checked before anything is read
-		for _, k := range body.Keys {
-			f, ok := body.Features[k]
-			switch {
-			case !ok:
-			case f == nil:
-				s.writeError(w, errorf(CodeInvalid, `features[%q]: want an object of feature values, {"f0": 1.5, ...}`, k))
-				return
-			default:
-				if err := checkFeatures(sn.Manifest, f); err != nil {
-					s.writeError(w, errorf(CodeInvalid, "features[%q]: %v", k, err))
-					return
-				}
-			}
-		}
-	}
-	var answers []Answer
-	var missing []bool
-	var aerr *apiError
-	rel := sn.rel
-	if rel != nil && rel.routing {
-		answers, aerr = s.routedBatch(r, n, sn, rel, body.Keys, req, body.Features)
-	} else {
-		answers, missing, aerr = s.batch(r.Context(), n, sn, body.Keys, req, body.Features)
-	}
-	if aerr != nil {
-		s.writeError(w, aerr)
-		s.met.latency.WithLabelValues(n.name, "error").Observe(time.Since(start).Seconds())
-		return
-	}
-	_, stale := s.stale(n, sn)
-	if stale {
-		w.Header().Set(StaleHeader, "true")
-	}
-	writeJSON(w, http.StatusOK, BatchAnswer{Namespace: n.name, Version: sn.Manifest.Version, Stale: stale, Answers: answers})
-	s.met.latency.WithLabelValues(n.name, "batch").Observe(time.Since(start).Seconds())
-	if rel != nil && rel.shadow && missing != nil {
-		for i := range answers {
-			if !missing[i] && answers[i].Source == SourcePrecomputed && rel.sampled() {
-				s.shadowOffer(n, rel, answers[i].Key, answers[i].Value)
-			}
-		}
-	}
-}
-
-// routedBatch answers a batch while a release routes: each key goes to the arm of its
-// unit (the request's ?unit= or Staticref-Unit for every key, else the key itself), each
-// arm's keys are answered from its version, concurrently, and each answer names its
-// version and arm. An arm that fails fails the batch.
-func (s *Service) routedBatch(r *http.Request, n *namespace, sn *Snapshot, rel *releaseView, keys []string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
 	unit, _ := queryValue(r.URL.RawQuery, "unit")
 	if unit == "" {
 		unit = r.Header.Get(UnitHeader)
 	}
+	b, aerr := s.lookupBatch(r.Context(), n, body.Keys, unit, req, body.Features)
+	if aerr != nil {
+		s.writeError(w, aerr)
+		n.met.observe("error", start)
+		return
+	}
+	h := w.Header()
+	if b.stale {
+		h[StaleHeader] = trueHeader
+	}
+	h["Content-Type"] = jsonContentType
+	w.WriteHeader(http.StatusOK)
+	w.Write(appendBatch(nil, n.name, b.sn.Manifest.Version, b.stale, b.answers))
+	n.met.observe("batch", start)
+	s.shadowBatch(n, &b)
+}
+
+// routedBatch answers a batch while a release routes: each key goes to the arm of its
+// unit (the request's unit for every key, else the key itself), each arm's keys are
+// answered from its version, concurrently, and each answer names its version and arm.
+// An arm that fails fails the batch.
+func (s *Service) routedBatch(ctx context.Context, n *namespace, sn *Snapshot, rel *releaseView, keys []string, unit string, req request, features map[string]map[string]float64) ([]Answer, *apiError) {
 	var idx [2][]int
 	var snaps [2]*Snapshot
 	for i, k := range keys {
@@ -365,7 +321,7 @@ func (s *Service) routedBatch(r *http.Request, n *namespace, sn *Snapshot, rel *
 			for j, i := range idx[arm] {
 				sub[j] = keys[i]
 			}
-			answers, missing, err := s.batch(r.Context(), n, snaps[arm], sub, req, features)
+			answers, missing, err := s.batch(ctx, n, snaps[arm], sub, req, features)
 			if err != nil {
 				for range sub {
 					rel.count(arm, false, failedCode(err.code), nil)
@@ -721,10 +677,7 @@ func trimInvalid(err error) string {
 }
 
 func (s *Service) writeError(w http.ResponseWriter, e *apiError) {
-	status, ok := statusOf[e.code]
-	if !ok {
-		status = http.StatusInternalServerError
-	}
+	status := codeOf(e.code).http
 	s.met.errors.WithLabelValues(e.code).Inc()
 	writeJSON(w, status, map[string]*Error{"error": {Code: e.code, Message: e.message}})
 }

@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,6 +22,7 @@ type metrics struct {
 	live      *prometheus.GaugeVec   // namespace, version
 	age       *prometheus.GaugeVec   // namespace
 	stale     *prometheus.GaugeVec   // namespace
+	grpcCalls *prometheus.CounterVec // method, code
 
 	// Releases (release.go, judge.go, shadow.go).
 	relAnswers    *prometheus.CounterVec   // namespace, arm
@@ -125,6 +127,10 @@ func newMetrics() *metrics {
 	m.srm = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "staticref_release_srm_p_value", Help: "Sample-ratio-mismatch p-value (chi-squared) of an A/B test's distinct units per arm.",
 	}, []string{"namespace"})
+	m.grpcCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "staticref_grpc_requests_total", Help: "gRPC calls of the lookup API by method and status code.",
+	}, []string{"method", "code"})
+	m.reg.MustRegister(m.grpcCalls)
 	m.reg.MustRegister(m.relAnswers, m.relWeight, m.relState, m.judgements, m.aborts, m.shadowAbsDiff, m.shadowDropped, m.relPSI, m.srm)
 	ratio := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "staticref_cache_hit_ratio", Help: "Cache hits / (hits + misses) since start.",
@@ -138,4 +144,39 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.latency, m.answers, m.fallbacks, m.errors, m.hits, m.misses, m.flips, m.live, m.age, m.stale, ratio,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// nsMetrics are one namespace's series of the request metrics, looked up once (New)
+// rather than by label values on every request: WithLabelValues hashes the labels and
+// takes a lock, which the hot path of a cache hit cannot afford.
+type nsMetrics struct {
+	answers, fallbacks map[string]prometheus.Counter  // by source
+	latency            map[string]prometheus.Observer // by source, and batch and error
+}
+
+// answerSources are the sources an answer can have.
+var answerSources = []string{SourcePrecomputed, SourceFallbackSegment, SourceFallbackDefault, SourceOnline}
+
+func (m *metrics) forNamespace(ns string) *nsMetrics {
+	nm := &nsMetrics{answers: map[string]prometheus.Counter{}, fallbacks: map[string]prometheus.Counter{},
+		latency: map[string]prometheus.Observer{}}
+	for _, src := range answerSources {
+		nm.answers[src] = m.answers.WithLabelValues(ns, src)
+		nm.latency[src] = m.latency.WithLabelValues(ns, src)
+		if src != SourcePrecomputed {
+			nm.fallbacks[src] = m.fallbacks.WithLabelValues(ns, src)
+		}
+	}
+	for _, l := range []string{"batch", "error"} {
+		nm.latency[l] = m.latency.WithLabelValues(ns, l)
+	}
+	return nm
+}
+
+func (nm *nsMetrics) answer(source string)   { nm.answers[source].Inc() }
+func (nm *nsMetrics) fallback(source string) { nm.fallbacks[source].Inc() }
+
+// observe records one request's latency under label (a source, batch or error).
+func (nm *nsMetrics) observe(label string, start time.Time) {
+	nm.latency[label].Observe(time.Since(start).Seconds())
 }

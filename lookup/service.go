@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/staticref/staticref/writers"
 )
 
-// Service is the HTTP lookup service over one or more namespaces.
+// Service is the lookup service over one or more namespaces, over HTTP (http.go) and,
+// with grpc_addr, gRPC (grpc.go), both through query.go.
 //
 // Versions during a flip. Each namespace holds its live version as one
 // atomic.Pointer[Snapshot]. A request loads that pointer exactly once, at its start, and
@@ -66,6 +68,10 @@ type namespace struct {
 	loaded atomic.Bool
 	kick   chan struct{}
 	health health
+	met    *nsMetrics // this namespace's request series
+
+	coalesce *coalescer  // nil: misses read the store themselves (coalesce.go)
+	reading  atomic.Bool // the coalescer's readers are running
 	// refreshing serialises refresh: the background loop and an admin flip both refresh,
 	// and a slower one that read the old pointer must not store its snapshot last.
 	refreshing sync.Mutex
@@ -101,7 +107,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(cfg.CacheEntries), ns: map[string]*namespace{}, now: time.Now,
+	s := &Service{cfg: cfg, log: log, met: newMetrics(), cache: NewCache(int64(cfg.CacheBytes)), ns: map[string]*namespace{}, now: time.Now,
 		replica: replicaID(), rt: defaultReleaseTiming()}
 	if cfg.AdminTokenFile != "" {
 		b, err := os.ReadFile(cfg.AdminTokenFile)
@@ -116,11 +122,15 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (*Service, error) {
 		sum := sha256.Sum256([]byte(tok))
 		s.token = &sum
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 	for name, nc := range cfg.Namespaces {
 		if _, err := writers.ParseURL(nc.Store); err != nil {
 			return nil, fmt.Errorf("%w: namespaces.%s.store: %v", ErrConfig, name, err)
 		}
-		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1), shadowQ: make(chan shadowJob, shadowQueue)}
+		n := &namespace{name: name, cfg: nc, kick: make(chan struct{}, 1), shadowQ: make(chan shadowJob, shadowQueue),
+			met: s.met.forNamespace(name), coalesce: newCoalescer(nc.Store)}
 		if nc.Model != "" {
 			n.online = newOnline(nc.Model, nc.Device)
 		}
@@ -203,6 +213,7 @@ func (s *Service) connect(ctx context.Context, n *namespace) bool {
 
 // Close closes the stores and models. Call it after Run has returned.
 func (s *Service) Close() error {
+	s.cache.Reset() // its chunks go back to fastcache's free list
 	var errs []error
 	for _, n := range s.ns {
 		if n.online != nil {
@@ -222,26 +233,41 @@ func (s *Service) Refresh(ctx context.Context) {
 	}
 }
 
-// Run serves HTTP on ln and keeps every namespace's snapshot current until ctx is done,
-// then stops accepting, lets in-flight requests finish (up to DefaultShutdownGrace) and
-// returns.
+// Run serves HTTP on ln, and gRPC on grpc_addr when the config sets one, until ctx is
+// done (see Serve).
 func (s *Service) Run(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	var gln net.Listener
+	if s.cfg.GRPCAddr != "" {
+		l, err := net.Listen("tcp", s.cfg.GRPCAddr)
+		if err != nil {
+			return fmt.Errorf("grpc_addr %s: %w", s.cfg.GRPCAddr, err)
+		}
+		gln = l
 	}
+	return s.Serve(ctx, ln, gln)
+}
+
+// Serve serves HTTP on ln and the gRPC API on grpcLn (nil: none) and keeps every
+// namespace's snapshot current until ctx is done, then stops accepting, lets in-flight
+// requests finish (up to DefaultShutdownGrace) and returns.
+func (s *Service) Serve(ctx context.Context, ln, grpcLn net.Listener) error {
+	srv := NewHTTPServer(s.Handler(), s.log)
 	g, gctx := errgroup.WithContext(ctx)
-	served := make(chan struct{}) // closed once the HTTP server has finished its requests
+	served := make(chan struct{}) // closed once the HTTP and gRPC servers have finished their requests
 	for _, n := range s.ns {
 		g.Go(func() error {
 			if n.src.Load() == nil && !s.connect(gctx, n) {
 				return nil
 			}
 			var wg sync.WaitGroup
+			if n.coalesce != nil {
+				var readers sync.WaitGroup
+				for range coalesceReaders {
+					readers.Go(func() { s.readMisses(n, served) })
+				}
+				n.reading.Store(true)
+				wg.Go(func() { readers.Wait(); n.reading.Store(false) })
+			}
 			wg.Go(func() { n.src.Load().watch(gctx, n.name, n.kick) })
 			wg.Go(func() { s.releases(gctx, n, served) })
 			s.watch(gctx, n)
@@ -256,18 +282,49 @@ func (s *Service) Run(ctx context.Context, ln net.Listener) error {
 		}
 		return nil
 	})
+	var gsrv *grpc.Server
+	if grpcLn != nil {
+		gsrv = s.GRPCServer()
+		g.Go(func() error {
+			s.log.Info("lookup service listening for gRPC", "grpc", grpcLn.Addr().String(), "service", "staticref.v1.Lookup")
+			if err := gsrv.Serve(grpcLn); err != nil {
+				return fmt.Errorf("serve grpc: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		defer close(served)
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), DefaultShutdownGrace)
 		defer cancel()
 		s.log.Info("lookup service shutting down: finishing requests in flight")
-		if err := srv.Shutdown(sctx); err != nil {
+		var grpcDone sync.WaitGroup // the gRPC calls in flight finish alongside HTTP's
+		if gsrv != nil {
+			grpcDone.Go(func() { grpcShutdown(gsrv, DefaultShutdownGrace) })
+		}
+		err := srv.Shutdown(sctx)
+		grpcDone.Wait()
+		if err != nil {
 			return fmt.Errorf("shut down http: %w", err)
 		}
 		return nil
 	})
 	return g.Wait()
+}
+
+// NewHTTPServer is the http.Server the service runs its handler in: its timeouts bound
+// a slow client's hold on a connection. (make loadtest runs its bare handler in one too,
+// so that the comparison is of the handlers.)
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // watch keeps one namespace's snapshot current: on every kick and every poll tick.

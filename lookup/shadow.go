@@ -1,6 +1,7 @@
 package lookup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math"
@@ -32,10 +33,11 @@ type shadowJob struct {
 }
 
 // shadowOffer queues a sampled key for comparison, or drops it when the queue is full.
+// It keeps a copy of live: the caller's may be in its request's pooled scratch.
 func (s *Service) shadowOffer(n *namespace, v *releaseView, key string, live json.RawMessage) {
 	v.c.shadow.sampled.Add(1)
 	select {
-	case n.shadowQ <- shadowJob{v: v, key: key, live: live}:
+	case n.shadowQ <- shadowJob{v: v, key: key, live: bytes.Clone(live)}:
 	default:
 		v.c.shadow.dropped.Add(1)
 		s.met.shadowDropped.WithLabelValues(n.name).Inc()
@@ -68,12 +70,15 @@ func (n *namespace) dropShadowQueue() {
 
 func (s *Service) compare(ctx context.Context, n *namespace, j shadowJob) {
 	sh := &j.v.c.shadow
-	v, found, err := s.precomputed(ctx, n, j.v.cand, j.key)
+	sc := getScratch()
+	defer putScratch(sc)
+	e, err := s.precomputed(ctx, n, j.v.cand, j.key, sc)
+	v := e.value
 	switch {
 	case err != nil:
 		sh.dropped.Add(1)
 		return
-	case !found:
+	case !e.found:
 		sh.missing.Add(1)
 		return
 	}

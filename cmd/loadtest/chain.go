@@ -93,7 +93,7 @@ release: {keep: 5}
 		return err
 	}
 
-	cfg := &lookup.Config{CacheEntries: -1, Namespaces: map[string]*lookup.NamespaceConfig{"flat": {Store: url}, "chain": {Store: url}}}
+	cfg := &lookup.Config{CacheBytes: -1, Namespaces: map[string]*lookup.NamespaceConfig{"flat": {Store: url}, "chain": {Store: url}}}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

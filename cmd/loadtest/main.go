@@ -1,12 +1,21 @@
 // Command loadtest is `make loadtest`: it starts its own redis-server on a free loopback
 // port, writes two versions of a namespace with pipeline.Run, serves them with the
-// lookup service, and drives the service with concurrent single and batch lookups while
-// it flips between the versions. Then it runs the same load twice without flips, once
-// with no release and once with a canary of the other version at -canary percent, and
-// compares their p99 (the canary's routing must add no errors and at most 10% to the
-// p99). Last it runs redis-benchmark GET with the same number of clients against the
-// same server, and prints everything. It is bounded in time and requests, stops by
-// itself, and exits 1 when an existing key failed or a batch mixed versions.
+// lookup service, and runs its sections in order, each printing what it measured:
+//
+//   - flips: concurrent single and batch lookups while the live pointer flips between
+//     the versions (no errors, no batch that mixes versions);
+//   - canary: the same load without flips, with no release and with a canary of the
+//     other version at -canary percent (the canary's routing must add no errors and at
+//     most 10% to the p99);
+//   - baselines: one table, side by side, of redis-benchmark GET, a bare net/http
+//     handler answering the same bytes as serve, serve with every key a cache hit, serve
+//     with the cache off, and gRPC Get, each with rps, p50, p99, p999, then the targets as
+//     PASS/FAIL lines (baselines.go).
+//
+// It is bounded in time and requests, stops by itself, and exits 1 when an existing key
+// failed or a batch mixed versions. A section is one entry of sections: a file of this
+// package adds its own with an init func (a name, whether its flag is on, a run func over
+// the shared env).
 //
 // This package only wires; the load itself is lookup/loadtest.
 package main
@@ -24,7 +33,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/staticref/staticref/inference"
@@ -38,17 +46,51 @@ import (
 	_ "github.com/staticref/staticref/writers/all" // every store driver
 )
 
+// Flags shared by the sections.
+var (
+	rows       = flag.Int("rows", 20000, "rows per version")
+	clients    = flag.Int("clients", 16, "concurrent clients (also redis-benchmark -c)")
+	dur        = flag.Duration("duration", 10*time.Second, "load duration of each run")
+	maxReq     = flag.Int("max-requests", 2_000_000, "stop a run after this many requests")
+	flips      = flag.Int("flips", 30, "flips during the load (0: skip the flips section)")
+	batch      = flag.Int("batch", 20, "keys per batchGet")
+	batchEvery = flag.Int("batch-every", 4, "every Nth request is a batchGet (0: none)")
+	canary     = flag.Float64("canary", 10, "canary weight (percent) of the comparison run (0: skip it)")
+	chain      = flag.Bool("chain", false, "compare lookup p99 over a chain of incremental versions (depth 3) with a full version instead (chain.go)")
+)
+
+// env is what every section shares: the Redis server, the store with its two complete
+// versions, and a lookup service over them.
+type env struct {
+	ctx       context.Context
+	dir       string
+	redisPort int
+	url       string // the store's URL
+	store     *writers.Store
+	versions  []string // the two versions, the second live at the start
+	keys      []string // every key of both versions
+	quiet     *slog.Logger
+	base      string // the shared service's http://host:port
+}
+
+// section is one part of the run.
+type section struct {
+	name string
+	on   func() bool
+	run  func(*env) error
+}
+
+// sections run in this order; other files append theirs in init.
+var sections = []section{
+	{"flips", func() bool { return *flips > 0 }, runFlips},
+	{"canary", func() bool { return *canary > 0 }, compareCanary},
+}
+
 func main() {
-	rows := flag.Int("rows", 20000, "rows per version")
-	clients := flag.Int("clients", 16, "concurrent clients (also redis-benchmark -c)")
-	dur := flag.Duration("duration", 10*time.Second, "load duration")
-	maxReq := flag.Int("max-requests", 2_000_000, "stop after this many requests")
-	flips := flag.Int("flips", 30, "flips during the load")
-	batch := flag.Int("batch", 20, "keys per batchGet")
-	batchEvery := flag.Int("batch-every", 4, "every Nth request is a batchGet (0: none)")
-	canary := flag.Float64("canary", 10, "canary weight (percent) of the comparison run (0: skip it)")
-	chain := flag.Bool("chain", false, "compare lookup p99 over a chain of incremental versions (depth 3) with a full version instead (chain.go)")
 	flag.Parse()
+	if grpcLoadChild() {
+		return
+	}
 	if *chain {
 		if err := runChain(*rows, *clients, *dur, *maxReq, *batch, *batchEvery); err != nil {
 			fmt.Fprintln(os.Stderr, "loadtest:", err)
@@ -56,17 +98,17 @@ func main() {
 		}
 		return
 	}
-	if err := run(*rows, *clients, *dur, *maxReq, *flips, *batch, *batchEvery, *canary); err != nil {
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rows, clients int, dur time.Duration, maxReq, flips, batch, batchEvery int, canary float64) error {
+func run() error {
 	if err := inference.Init(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*(*dur)+10*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "staticref-loadtest-")
 	if err != nil {
@@ -79,133 +121,155 @@ func run(rows, clients int, dur time.Duration, maxReq, flips, batch, batchEvery 
 		return err
 	}
 	defer stop()
-	url := "redis://127.0.0.1:" + strconv.Itoa(port) + "/0"
-	store, err := writers.Open(ctx, url)
+	e := &env{ctx: ctx, dir: dir, redisPort: port, url: "redis://127.0.0.1:" + strconv.Itoa(port) + "/0",
+		quiet: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	e.store, err = writers.Open(ctx, e.url)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-
-	spec := shardgen.Spec{Rows: rows, Shards: 2, Seed: 1}
-	if _, err := shardgen.Generate(filepath.Join(dir, "features"), spec); err != nil {
+	defer e.store.Close()
+	if err := e.writeVersions(); err != nil {
 		return err
 	}
-	if err := onnxgen.Logistic(4, 7).Write(filepath.Join(dir, "m.onnx")); err != nil {
+
+	cfg := &lookup.Config{Namespaces: map[string]*lookup.NamespaceConfig{"churn": {Store: e.url}}}
+	base, done, err := e.serve(cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	e.base = base
+	for _, s := range sections {
+		if !s.on() {
+			continue
+		}
+		if err := s.run(e); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// writeVersions writes the two versions with the real pipeline.
+func (e *env) writeVersions() error {
+	spec := shardgen.Spec{Rows: *rows, Shards: 2, Seed: 1}
+	if _, err := shardgen.Generate(filepath.Join(e.dir, "features"), spec); err != nil {
+		return err
+	}
+	if err := onnxgen.Logistic(4, 7).Write(filepath.Join(e.dir, "m.onnx")); err != nil {
 		return err
 	}
 	job, err := jobs.Parse([]byte(`name: churn
 source: {uri: features/*.parquet, key: user_id, features: [f0, f1, f2, f3]}
 model: {path: m.onnx, device: cpu}
-sink: {store: `+url+`}
+sink: {store: `+e.url+`}
 defaults: {global: mean, segment_by: country}
 release: {keep: 5}
-`), filepath.Join(dir, "job.yaml"), nil)
+`), filepath.Join(e.dir, "job.yaml"), nil)
 	if err != nil {
 		return err
 	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var versions []string
 	for range 2 {
-		res, err := pipeline.Run(ctx, pipeline.Config{Job: job, Store: store, Log: quiet})
+		res, err := pipeline.Run(e.ctx, pipeline.Config{Job: job, Store: e.store, Log: e.quiet})
 		if err != nil {
 			return fmt.Errorf("write version: %w", err)
 		}
-		versions = append(versions, res.Manifest.Version)
+		e.versions = append(e.versions, res.Manifest.Version)
 	}
+	e.keys = make([]string, *rows)
+	for i := range e.keys {
+		e.keys[i] = shardgen.RowAt(spec, int64(i)).Key
+	}
+	return nil
+}
 
-	cfg := &lookup.Config{Namespaces: map[string]*lookup.NamespaceConfig{"churn": {Store: url}}}
+// serve starts a lookup service of cfg on a loopback port (and gRPC on grpcLn, if not
+// nil), waits until it is ready and returns its base URL and a func that stops it.
+func (e *env) serve(cfg *lookup.Config, grpcLn net.Listener) (string, func(), error) {
 	if err := cfg.Validate(); err != nil {
-		return err
+		return "", nil, err
 	}
-	svc, err := lookup.New(ctx, cfg, quiet)
+	svc, err := lookup.New(e.ctx, cfg, e.quiet)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	defer svc.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		svc.Close()
+		return "", nil, err
 	}
-	sctx, sstop := context.WithCancel(ctx)
+	sctx, sstop := context.WithCancel(e.ctx)
 	served := make(chan error, 1)
-	go func() { served <- svc.Run(sctx, ln) }()
-	for !svc.Ready() {
-		time.Sleep(10 * time.Millisecond)
+	go func() { served <- svc.Serve(sctx, ln, grpcLn) }()
+	done := func() { sstop(); <-served; svc.Close() }
+	for deadline := time.Now().Add(10 * time.Second); !svc.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			done()
+			return "", nil, fmt.Errorf("the service is not ready after 10s")
+		}
 	}
+	return "http://" + ln.Addr().String(), done, nil
+}
 
-	keys := make([]string, rows)
-	for i := range keys {
-		keys[i] = shardgen.RowAt(spec, int64(i)).Key
-	}
-	rep, err := loadtest.Run(ctx, loadtest.Config{
-		BaseURL: "http://" + ln.Addr().String(), Namespace: "churn", Keys: keys,
-		Clients: clients, BatchSize: batch, BatchEvery: batchEvery, Duration: dur, MaxRequests: maxReq, Flips: flips,
+// runFlips drives the shared service with single and batch lookups while it flips.
+func runFlips(e *env) error {
+	rep, err := loadtest.Run(e.ctx, loadtest.Config{
+		BaseURL: e.base, Namespace: "churn", Keys: e.keys,
+		Clients: *clients, BatchSize: *batch, BatchEvery: *batchEvery, Duration: *dur, MaxRequests: *maxReq, Flips: *flips,
 		Flip: func(ctx context.Context, i int) error {
-			_, err := writers.Flip(ctx, store, "churn", versions[i%2])
+			_, err := writers.Flip(ctx, e.store, "churn", e.versions[i%2])
 			return err
 		},
 	})
-	defer func() { sstop(); <-served }()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("lookup service (%d clients, batchGet of %d every %d requests, cache 100k):\n  %s\n", clients, batch, batchEvery, rep)
+	fmt.Printf("lookup service (%d clients, batchGet of %d every %d requests, %d flips):\n  %s\n", *clients, *batch, *batchEvery, *flips, rep)
 	for _, s := range rep.Samples {
 		fmt.Println("  error:", s)
 	}
-
-	if rep.Errors > 0 || rep.Mixed > 0 || rep.Flips < flips {
-		return fmt.Errorf("%d errors, %d mixed-version batches, %d of %d flips", rep.Errors, rep.Mixed, rep.Flips, flips)
-	}
-	if canary > 0 {
-		if err := compareCanary(ctx, store, "http://"+ln.Addr().String(), keys, versions, clients, batch, batchEvery, dur, maxReq, canary); err != nil {
-			return err
-		}
-	}
-
-	out, err := exec.CommandContext(ctx, "redis-benchmark", "-p", strconv.Itoa(port), "-t", "get",
-		"-c", strconv.Itoa(clients), "-n", "200000", "-q").CombinedOutput()
-	if err != nil {
-		fmt.Printf("redis-benchmark: %v\n%s", err, out)
-	} else {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\r")
-		fmt.Printf("redis-benchmark -t get -c %d -n 200000 (same server):\n  %s\n", clients, strings.TrimSpace(lines[len(lines)-1]))
+	if rep.Errors > 0 || rep.Mixed > 0 || rep.Flips < *flips {
+		return fmt.Errorf("%d errors, %d mixed-version batches, %d of %d flips", rep.Errors, rep.Mixed, rep.Flips, *flips)
 	}
 	return nil
 }
 
 // compareCanary runs the same load (no flips) without a release and with a canary of the
-// other version at weight percent, and reports the canary's p99 against the baseline's.
-func compareCanary(ctx context.Context, store *writers.Store, base string, keys, versions []string, clients, batch, batchEvery int, dur time.Duration, maxReq int, weight float64) error {
+// other version at -canary percent, and reports the canary's p99 against the baseline's.
+func compareCanary(e *env) error {
+	weight := *canary
 	load := func() (loadtest.Report, error) {
-		return loadtest.Run(ctx, loadtest.Config{BaseURL: base, Namespace: "churn", Keys: keys,
-			Clients: clients, BatchSize: batch, BatchEvery: batchEvery, Duration: dur, MaxRequests: maxReq})
+		return loadtest.Run(e.ctx, loadtest.Config{BaseURL: e.base, Namespace: "churn", Keys: e.keys,
+			Clients: *clients, BatchSize: *batch, BatchEvery: *batchEvery, Duration: *dur, MaxRequests: *maxReq})
 	}
 	plain, err := load()
 	if err != nil {
 		return err
 	}
-	live, err := store.Live(ctx, "churn")
+	live, err := e.store.Live(e.ctx, "churn")
 	if err != nil {
 		return err
 	}
-	candidate := versions[0]
+	candidate := e.versions[0]
 	if candidate == live {
-		candidate = versions[1]
+		candidate = e.versions[1]
 	}
 	// A fixed-weight canary judged once an hour: no judgement during the run.
-	if _, err := writers.StartRelease(ctx, store, writers.ReleaseSpec{Namespace: "churn", Candidate: candidate, Mode: writers.ModeCanary,
+	if _, err := writers.StartRelease(e.ctx, e.store, writers.ReleaseSpec{Namespace: "churn", Candidate: candidate, Mode: writers.ModeCanary,
 		WeightPercent: weight, Canary: writers.CanaryConfig{Interval: writers.Duration(time.Hour)}, By: "loadtest"}, time.Now()); err != nil {
 		return err
 	}
-	if err := waitForArms(ctx, base, keys); err != nil {
+	if err := waitForArms(e.base, e.keys, true); err != nil {
 		return err
 	}
 	withCanary, err := load()
 	if err != nil {
 		return err
 	}
-	if _, err := writers.AbortRelease(ctx, store, "churn", "loadtest", "load test done", time.Now()); err != nil {
+	if _, err := writers.AbortRelease(e.ctx, e.store, "churn", "loadtest", "load test done", time.Now()); err != nil {
+		return err
+	}
+	if err := waitForArms(e.base, e.keys, false); err != nil {
 		return err
 	}
 	fmt.Printf("same load, no flips, no release:\n  %s\n", plain)
@@ -226,8 +290,9 @@ func compareCanary(ctx context.Context, store *writers.Store, base string, keys,
 	return nil
 }
 
-// waitForArms waits until the service routes by the release: an answer names its arm.
-func waitForArms(ctx context.Context, base string, keys []string) error {
+// waitForArms waits until the service routes by a release (routed) or no longer does:
+// an answer names its arm or does not.
+func waitForArms(base string, keys []string, routed bool) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; ; i++ {
 		resp, err := http.Get(base + "/v1/churn/" + keys[i%len(keys)])
@@ -237,12 +302,12 @@ func waitForArms(ctx context.Context, base string, keys []string) error {
 			}
 			json.NewDecoder(resp.Body).Decode(&a)
 			resp.Body.Close()
-			if a.Arm != "" {
+			if (a.Arm != "") == routed {
 				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the service did not route by the canary within 10s")
+			return fmt.Errorf("the service did not follow the release (routing %v) within 10s", routed)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

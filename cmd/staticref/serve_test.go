@@ -12,9 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	staticrefv1 "github.com/staticref/staticref/lookup/grpcapi/staticref/v1"
 	"github.com/staticref/staticref/writers/redistest"
 )
 
@@ -54,7 +59,8 @@ func startServe(t *testing.T, cfg string) (base string, log *serveLog, stop func
 	return base, log, stop
 }
 
-// listenServe is startServe without waiting for readiness: it returns once serve listens.
+// listenServe is startServe without waiting for readiness: it returns once serve listens
+// (for HTTP: its log line says addr=, the gRPC one grpc=).
 func listenServe(t *testing.T, cfg string) (base string, log *serveLog, stop func() int) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -249,5 +255,36 @@ func TestServeBadConfigIsExit2(t *testing.T) {
 	}
 	if code, _, _ := staticref(t, "serve"); code != 2 {
 		t.Errorf("no --config: got exit %d, want 2", code)
+	}
+}
+
+func TestServeAnswersOverGRPCWithGRPCAddr(t *testing.T) {
+	dir, job, store := workspace(t, 1000, "")
+	if code, _, stderr := staticref(t, "run", "--job", job); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	cfg := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(cfg, []byte("grpc_addr: 127.0.0.1:0\nnamespaces:\n  churn:\n    store: "+store+"\n    fallback: {default: computed}\n"), 0o644)
+	base, log, stop := startServe(t, cfg)
+	defer stop()
+	m := regexp.MustCompile(`grpc=(127\.0\.0\.1:\d+)`).FindStringSubmatch(log.String())
+	if m == nil {
+		t.Fatalf("no gRPC listening line in the log:\n%s", log.String())
+	}
+	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := staticrefv1.NewLookupClient(conn)
+	for key, source := range map[string]string{"u000000007": "precomputed", "nobody": "fallback:default"} {
+		a, err := client.Get(context.Background(), &staticrefv1.GetRequest{Namespace: "churn", Key: key})
+		if _, want := getSource(t, base, "churn", key); err != nil || a.Source != source || want != source {
+			t.Errorf("gRPC Get %s: got %v %v, want source %s as HTTP's %v", key, a, err, source, want)
+		}
+	}
+	_, err = client.Get(context.Background(), &staticrefv1.GetRequest{Namespace: "other", Key: "k"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("an unknown namespace: got %v, want NotFound", err)
 	}
 }

@@ -770,6 +770,12 @@ func (d *Driver) manifest(ctx context.Context, ns, version string) (*writers.Man
 	if err := json.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("decode manifest: %w", err)
 	}
+	// A version's layout never changes once its first manifest is stored, so every read
+	// of a manifest (a reader's, at each flip) also fills the layout cache, and the first
+	// lookup of a version costs no manifest read of its own.
+	if l, err := decodeLayout(m.Layout); err == nil {
+		d.layouts.put(ns, version, l)
+	}
 	return m, nil
 }
 
