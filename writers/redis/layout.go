@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -167,7 +168,55 @@ func (d *Driver) ChooseLayout(ctx context.Context, m *writers.Manifest) (*writer
 	if n := writers.MaxValueLen(m.Encoding, m.Outputs); len(m.Outputs) > 0 && n > valueLimit {
 		l.Note += fmt.Sprintf("; values of up to %d bytes exceed the value limit, so buckets holding them are hash tables", n)
 	}
+	return d.recordLayout(ctx, m.Namespace, m.Version, l)
+}
+
+// recordLayout makes l the layout of ns/version unless one is recorded already, and
+// returns the one that is. The record (HSETNX into {sr:NS}:layouts) is what decides:
+// the shards of a sharded run that create one version at once may each choose (and a
+// cluster answers CONFIG GET from any master, whose settings may differ during a
+// rollout), but all adopt the first record. It is also kept apart from the manifest, so
+// that a manifest rewritten by a binary that predates layouts (an old `versions flip`
+// during an upgrade drops fields it does not know) cannot turn a bucketed version into
+// an empty plain one.
+func (d *Driver) recordLayout(ctx context.Context, ns, version string, l *writers.Layout) (*writers.Layout, error) {
+	data, err := json.Marshal(l)
+	if err != nil {
+		return nil, err
+	}
+	var stored *writers.Layout
+	err = d.retry(ctx, func(ctx context.Context) error {
+		set, err := d.client.HSetNX(ctx, layoutsKey(ns), version, data).Result()
+		if err != nil || set {
+			return err
+		}
+		stored, _, err = d.storedLayout(ctx, ns, version)
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, d.fail(err)
+	case stored != nil:
+		return stored, nil
+	}
 	return l, nil
+}
+
+// storedLayout reads the recorded layout of ns/version; ok is false when none is (a
+// version written before layouts were recorded).
+func (d *Driver) storedLayout(ctx context.Context, ns, version string) (*writers.Layout, bool, error) {
+	data, err := d.client.HGet(ctx, layoutsKey(ns), version).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	l := new(writers.Layout)
+	if err := json.Unmarshal(data, l); err != nil {
+		return nil, false, fmt.Errorf("decode the layout of version %s: %w", version, err)
+	}
+	return l, true, nil
 }
 
 // listpackLimits returns the server's hash-max-listpack-entries and -value (Redis 7;
@@ -278,17 +327,25 @@ func (c *layouts) forget(ns, version string) {
 	delete(c.m, ns+"\x00"+version)
 }
 
-// layoutOf returns the layout of ns/version, reading its manifest the first time. A
-// version without a manifest is ErrNotFound (its rows cannot be found either).
+// layoutOf returns the layout of ns/version: the recorded one (recordLayout), else the
+// manifest's (none: plain), read the first time. A version with neither a record nor a
+// manifest is ErrNotFound (its rows cannot be found either).
 func (d *Driver) layoutOf(ctx context.Context, ns, version string) (layout, error) {
 	if l, ok := d.layouts.get(ns, version); ok {
 		return l, nil
 	}
-	m, err := d.manifest(ctx, ns, version)
+	wl, ok, err := d.storedLayout(ctx, ns, version)
 	if err != nil {
-		return layout{}, err
+		return layout{}, d.fail(err)
 	}
-	l, err := decodeLayout(m.Layout)
+	if !ok {
+		m, err := d.manifest(ctx, ns, version)
+		if err != nil {
+			return layout{}, err
+		}
+		wl = m.Layout
+	}
+	l, err := decodeLayout(wl)
 	if err != nil {
 		return layout{}, err
 	}

@@ -349,6 +349,7 @@ func tag(ns string) string                 { return "{sr:" + ns + "}" }
 func liveKey(ns string) string             { return tag(ns) + ":live" }
 func manifestsKey(ns string) string        { return tag(ns) + ":manifests" }
 func leaseKey(ns string) string            { return tag(ns) + ":lease" }
+func layoutsKey(ns string) string          { return tag(ns) + ":layouts" }
 func commitsKey(ns, version string) string { return tag(ns) + ":shards:" + version }
 func dataPrefix(ns, version string) string {
 	return "sr:" + ns + ":" + version + ":"
@@ -770,11 +771,15 @@ func (d *Driver) manifest(ctx context.Context, ns, version string) (*writers.Man
 	if err := json.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("decode manifest: %w", err)
 	}
-	// A version's layout never changes once its first manifest is stored, so every read
-	// of a manifest (a reader's, at each flip) also fills the layout cache, and the first
-	// lookup of a version costs no manifest read of its own.
-	if l, err := decodeLayout(m.Layout); err == nil {
-		d.layouts.put(ns, version, l)
+	// A version's layout never changes once chosen, and a manifest that names one names
+	// the recorded one (Store.PutManifest copies it), so a read of such a manifest (a
+	// reader's, at each flip) also fills the layout cache, and the first lookup of a
+	// version costs no read of its own. A manifest without one proves nothing (it may be
+	// old, or rewritten by an old binary): layoutOf asks the record.
+	if m.Layout != nil {
+		if l, err := decodeLayout(m.Layout); err == nil {
+			d.layouts.put(ns, version, l)
+		}
 	}
 	return m, nil
 }
@@ -834,7 +839,13 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 		if err := json.Unmarshal([]byte(old), m); err != nil {
 			return fmt.Errorf("decode manifest: %w", err)
 		}
-		if l, err = decodeLayout(m.Layout); err != nil {
+		wl := m.Layout
+		if stored, ok, err := d.storedLayout(ctx, ns, version); err != nil {
+			return d.fail(err)
+		} else if ok {
+			wl = stored
+		}
+		if l, err = decodeLayout(wl); err != nil {
 			return err
 		}
 		m.State = writers.StateRetired
@@ -870,6 +881,10 @@ func (d *Driver) DeleteVersion(ctx context.Context, ns, version string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("version retired, but deleting its rows from redis %s failed (run gc or delete it again): %w", d.addr, err)
+	}
+	// The layout's record goes last: a gc that failed above needs it to delete again.
+	if err := d.client.HDel(ctx, layoutsKey(ns), version).Err(); err != nil {
+		return d.fail(err)
 	}
 	return nil
 }

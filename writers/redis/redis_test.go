@@ -75,6 +75,7 @@ func TestRedisStandalone(t *testing.T) {
 	t.Run("release counters expire and a corrupt record is refused", func(t *testing.T) { testReleaseKeys(t, openRedis(t, url)) })
 	t.Run("get many of 100 keys is one round trip", func(t *testing.T) { testStandaloneGetMany(t, openRedis(t, url)) })
 	t.Run("a version in the old layout still reads, counts and goes at gc", func(t *testing.T) { testOldLayout(t, openRedis(t, url)) })
+	t.Run("the layout is recorded once and outlives a manifest without it", func(t *testing.T) { testLayoutRecord(t, openRedis(t, url)) })
 	t.Run("buckets stay listpacks at the server's limits", func(t *testing.T) { testBucketsStayListpacks(t, openRedis(t, url)) })
 	t.Run("keys less their common prefix read back exactly", func(t *testing.T) { testStrippedFields(t, openRedis(t, url)) })
 	t.Run("a user without CONFIG gets redis.conf's listpack limits", func(t *testing.T) { testConfigRefused(t, url) })
@@ -1363,5 +1364,69 @@ func testConfigRefused(t *testing.T, url string) {
 	}
 	if per := 1e6 / float64(m.Layout.Buckets); per > 100 {
 		t.Errorf("%d buckets: %.0f rows each, want well under 128", m.Layout.Buckets, per)
+	}
+}
+
+// testLayoutRecord: the first layout recorded for a version is the one every later
+// chooser adopts (the shards of one version creating it at once), and a manifest
+// rewritten without its layout (by a binary that predates layouts, during an upgrade)
+// leaves the version bucketed: every key reads, CountKeys counts them, gc removes them.
+func testLayoutRecord(t *testing.T, s *writers.Store) {
+	ctx := context.Background()
+	defer s.Close()
+	writeVersion(t, s, "lr", "v1", 3000, writers.StateComplete)
+	m, err := s.Manifest(ctx, "lr", "v1")
+	if err != nil || m.Layout == nil || m.Layout.Kind != writers.LayoutHashBuckets {
+		t.Fatalf("manifest %+v, %v: want a bucketed layout", m, err)
+	}
+	// A second chooser of the same version, with other expectations, adopts the record.
+	other := &writers.Manifest{Namespace: "lr", Version: "v1", ExpectedRows: 50_000_000}
+	l, err := driver(s).ChooseLayout(ctx, other)
+	if err != nil || l.Buckets != m.Layout.Buckets {
+		t.Fatalf("a second ChooseLayout gave %+v, %v; want the recorded %d buckets", l, err, m.Layout.Buckets)
+	}
+	// An old binary's rewrite: the manifest's JSON without "layout".
+	c := driver(s).Client()
+	raw, err := c.HGet(ctx, "{sr:lr}:manifests", "v1").Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		t.Fatal(err)
+	}
+	delete(fields, "layout")
+	stripped, _ := json.Marshal(fields)
+	if err := c.HSet(ctx, "{sr:lr}:manifests", "v1", stripped).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A new process (no cached layout) still reads it as bucketed.
+	fresh, err := redis.Open(ctx, s.URL().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	keys := makeRows(0, 3000).Keys
+	vals, err := fresh.GetMany(ctx, "lr", "v1", keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vals {
+		if want := fmt.Sprintf(`{"score":0.%034d}`, i); string(v) != want {
+			t.Fatalf("GetMany[%d] = %q after the manifest lost its layout, want %q", i, v, want)
+		}
+	}
+	if n, err := fresh.CountKeys(ctx, "lr", "v1"); err != nil || n != 3000 {
+		t.Fatalf("CountKeys = %d, %v; want 3000", n, err)
+	}
+	if err := fresh.DeleteVersion(ctx, "lr", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	left, err := c.Keys(ctx, "sr:lr:v1#*").Result()
+	if err != nil || len(left) != 0 {
+		t.Fatalf("after gc %d buckets are left (%v), want none", len(left), err)
+	}
+	if n, _ := c.HLen(ctx, "{sr:lr}:layouts").Result(); n != 0 {
+		t.Errorf("after gc the layout's record is still there")
 	}
 }
