@@ -3,6 +3,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/staticref/staticref/writers"
 )
@@ -35,6 +36,9 @@ type missReq struct {
 	sn   *Snapshot
 	key  []byte
 	done chan missRes // buffered: a reader never waits on a request that gave up
+	// until is when the request gives up waiting: a reader leaves out one past it, so a
+	// slow round trip does not make it read for requests that are gone.
+	until time.Time
 }
 
 type missRes struct {
@@ -64,14 +68,15 @@ func (s *Service) getOne(ctx context.Context, n *namespace, sn *Snapshot, key st
 	if c == nil || !n.reading.Load() {
 		return s.readOne(ctx, sn, []byte(key))
 	}
-	r := &missReq{sn: sn, key: []byte(key), done: make(chan missRes, 1)}
+	wctx, cancel := s.storeCtx(ctx) // queued or read, a miss waits at most store_timeout
+	defer cancel()
+	until, _ := wctx.Deadline()
+	r := &missReq{sn: sn, key: []byte(key), done: make(chan missRes, 1), until: until}
 	select {
 	case c.q <- r:
 	default: // the readers are behind: do not add to their queue
 		return s.readOne(ctx, sn, r.key)
 	}
-	wctx, cancel := s.storeCtx(ctx) // queued or read, a miss waits at most store_timeout
-	defer cancel()
 	select {
 	case res := <-r.done:
 		if res.err == nil && res.raw == nil {
@@ -121,7 +126,16 @@ func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
 				break more
 			}
 		}
-		s.readBatch(ctx, n, batch)
+		now := time.Now()
+		live := batch[:0]
+		for _, r := range batch {
+			if r.until.IsZero() || now.Before(r.until) {
+				live = append(live, r)
+			}
+		}
+		if len(live) > 0 {
+			s.readBatch(ctx, n, live)
+		}
 	}
 }
 

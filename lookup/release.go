@@ -385,11 +385,14 @@ func (s *Service) releaseView(ctx context.Context, n *namespace, live, cur *Snap
 		default:
 			cctx, cancel := s.storeCtx(ctx)
 			m, err := live.Store.Manifest(cctx, n.name, rec.Candidate)
+			cancel()
 			var c *Snapshot
 			if err == nil {
-				c, err = newSnapshot(cctx, live.Store, n.name, m) // a candidate increment reads its chain
+				// A candidate increment reads its chain: store_timeout for each base.
+				cctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.StoreTimeout)*time.Duration(m.ChainDepth()))
+				c, err = newSnapshot(cctx, live.Store, n.name, m)
+				cancel()
 			}
-			cancel()
 			if err != nil {
 				s.log.Warn("read the release candidate's manifest: answering from live until it can be read",
 					"namespace", n.name, "release", rec.ID, "candidate", rec.Candidate, "err", err)

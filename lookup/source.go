@@ -99,11 +99,14 @@ func (s *storeSource) resolve(ctx context.Context, ns string, cur *Snapshot) (*S
 		return cur, nil
 	}
 	cctx, cancel = context.WithTimeout(ctx, s.timeout)
-	defer cancel()
 	m, err := s.store.Manifest(cctx, ns, live)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s/%s: %w", ns, live, err)
 	}
+	// Each base's manifest is one more read: store_timeout for each, not one for all.
+	cctx, cancel = context.WithTimeout(ctx, s.timeout*time.Duration(m.ChainDepth()))
+	defer cancel()
 	sn, err := newSnapshot(cctx, s.store, ns, m)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s/%s: %w", ns, live, err)

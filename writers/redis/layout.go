@@ -386,7 +386,8 @@ func queueReads(ctx context.Context, pipe goredis.Pipeliner, cluster bool, l lay
 				if err := cmd.Err(); err != nil {
 					return nil, err
 				}
-				if err := copyAnswers(out[c*getManyChunk:], cmd.Val(), "MGET"); err != nil {
+				lo := c * getManyChunk
+				if err := copyAnswers(out[lo:min(lo+getManyChunk, len(out))], cmd.Val(), "MGET"); err != nil {
 					return nil, err
 				}
 			}
@@ -467,6 +468,9 @@ func queueBucketReads(ctx context.Context, pipe goredis.Pipeliner, l layout, ns,
 
 // copyAnswers copies the string answers of an MGET or HMGET into out (nil stays nil).
 func copyAnswers(out [][]byte, vals []any, what string) error {
+	if len(vals) != len(out) {
+		return fmt.Errorf("%s answered %d values for %d keys", what, len(vals), len(out))
+	}
 	for i, v := range vals {
 		switch v := v.(type) {
 		case nil:
