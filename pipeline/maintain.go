@@ -96,14 +96,8 @@ func (r *run) finish(ctx context.Context, c MaintainConfig, live string) (*Resul
 	if err := r.store.PutManifest(ctx, r.m); err != nil {
 		return res, fmt.Errorf("complete version %s: %w", r.m.Version, err)
 	}
-	var failed []string
-	for _, g := range r.m.Gates {
-		if !g.Passed {
-			failed = append(failed, g.Name+": "+g.Detail)
-		}
-	}
-	if len(failed) > 0 {
-		return res, fmt.Errorf("%w: version %s is complete but not live: %s", ErrGateFailed, r.m.Version, strings.Join(failed, "; "))
+	if err := gateError(r.m); err != nil {
+		return res, err
 	}
 	if c.NoFlip {
 		return res, nil

@@ -59,14 +59,8 @@ func (r *run) release(ctx context.Context) (*Result, error) {
 	}
 	r.log.Info("version complete", "namespace", r.ns, "version", r.m.Version,
 		"rows_read", r.m.RowsRead, "rows_written", r.m.RowsWritten, "rows_skipped", r.m.RowsSkipped)
-	var failed []string
-	for _, g := range r.m.Gates {
-		if !g.Passed {
-			failed = append(failed, g.Name+": "+g.Detail)
-		}
-	}
-	if len(failed) > 0 {
-		return res, fmt.Errorf("%w: version %s is complete but not live: %s", ErrGateFailed, r.m.Version, strings.Join(failed, "; "))
+	if err := gateError(r.m); err != nil {
+		return res, err
 	}
 	if r.exportOnly() {
 		r.log.Info("export complete: the version's manifest.json is published beside its files (an export-only store has no live version)",
@@ -165,6 +159,21 @@ func (r *run) completed(ctx context.Context) (*Result, error) {
 	res.Flipped, res.Previous = true, live
 	r.log.Info("flipped", "namespace", r.ns, "live", r.m.Version, "previous", live)
 	return res, nil
+}
+
+// gateError is the error of a complete version whose gates did not all pass (nil when
+// they did): every failed gate with its detail.
+func gateError(m *writers.Manifest) error {
+	var failed []string
+	for _, g := range m.Gates {
+		if !g.Passed {
+			failed = append(failed, g.Name+": "+g.Detail)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: version %s is complete but not live: %s", ErrGateFailed, m.Version, strings.Join(failed, "; "))
 }
 
 // latestFlip is when m was last made live by a flip (LiveAt in a manifest written before
