@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/staticref/staticref/pipeline/dupkeys"
 	"github.com/staticref/staticref/writers"
 	"github.com/staticref/staticref/writers/dist"
 )
@@ -256,6 +257,11 @@ func Compact(ctx context.Context, c MaintainConfig) (res *Result, err error) {
 	}
 	var answered, nulls int64
 	seen := map[string]bool{} // keys of the levels above the current one
+	// A scan may pass a key twice (a Pebble version a resumed run wrote into two parts, a
+	// Redis SCAN during a resize): distinct keys are counted in bounded memory, as a
+	// run's duplicate keys are, so the gate compares keys with keys.
+	distinct := dupkeys.New(0, "")
+	defer distinct.Close()
 	var vals []float64
 	var f32 []float32
 	for level, lm := range chain {
@@ -292,6 +298,9 @@ func Compact(ctx context.Context, c MaintainConfig) (res *Result, err error) {
 					nulls++
 				}
 				answered++
+				if err := distinct.Add(k); err != nil {
+					return err
+				}
 				out.Keys, out.Values = append(out.Keys, k), append(out.Values, v)
 			}
 			if out.Len() == 0 {
@@ -310,6 +319,11 @@ func Compact(ctx context.Context, c MaintainConfig) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	repeats, _, err := distinct.Count()
+	if err != nil {
+		return nil, fmt.Errorf("count the chain's distinct keys: %w", err)
+	}
+	answered -= repeats
 	r.m.RowsRead, r.m.RowsWritten, r.m.NullOutputs = answered, written, nulls
 	r.m.Distributions = distributions(r.m.Outputs, sketches)
 	ratio := c.MinRowsRatio
