@@ -13,22 +13,25 @@ import (
 	"github.com/staticref/staticref/writers"
 )
 
-// BenchmarkCacheHit is the hot path: a single get of a cached key, through the handler,
-// with no release, and while a canary at 10% routes (the unit hashed, the arm counted).
-func BenchmarkCacheHit(b *testing.B) {
+// benchRows is how many keys each version of benchService holds: k000000 to k000999.
+const benchRows = 1000
+
+// benchService is a lookup service over a Pebble store holding the given complete
+// versions of namespace churn, benchRows keys each, the first one live.
+func benchService(b *testing.B, versions ...string) (*lookup.Service, *writers.Store) {
+	b.Helper()
 	ctx := context.Background()
 	s, url := pebbleStore(b)
-	const n = 1000
-	for _, v := range []string{"v1", "v2"} {
+	for _, v := range versions {
 		m := &writers.Manifest{Namespace: "churn", Version: v, Job: "churn", State: writers.StateWriting, Encoding: "json",
 			Outputs: []writers.Output{{Name: "score", Width: 1}}, StartedAt: time.Now()}
 		if err := s.PutManifest(ctx, m); err != nil {
 			b.Fatal(err)
 		}
 		var rows writers.Rows
-		for i := range n {
+		for i := range benchRows {
 			rows.Keys = append(rows.Keys, fmt.Appendf(nil, "k%06d", i))
-			rows.Values = append(rows.Values, fmt.Appendf(nil, `{"score":%g}`, float64(i)/n))
+			rows.Values = append(rows.Values, fmt.Appendf(nil, `{"score":%g}`, float64(i)/benchRows))
 		}
 		if err := s.WriteRows(ctx, "churn", v, rows); err != nil {
 			b.Fatal(err)
@@ -38,7 +41,7 @@ func BenchmarkCacheHit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if _, err := writers.Flip(ctx, s, "churn", "v1"); err != nil {
+	if _, err := writers.Flip(ctx, s, "churn", versions[0]); err != nil {
 		b.Fatal(err)
 	}
 	path := filepath.Join(b.TempDir(), "serve.yaml")
@@ -51,7 +54,16 @@ func BenchmarkCacheHit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer svc.Close()
+	b.Cleanup(func() { svc.Close() })
+	svc.Refresh(ctx)
+	return svc, s
+}
+
+// BenchmarkCacheHit is the hot path: a single get of a cached key, through the handler,
+// with no release, and while a canary at 10% routes (the unit hashed, the arm counted).
+func BenchmarkCacheHit(b *testing.B) {
+	ctx := context.Background()
+	svc, s := benchService(b, "v1", "v2")
 	h := svc.Handler()
 	get := func(key string) {
 		w := httptest.NewRecorder()
@@ -62,7 +74,7 @@ func BenchmarkCacheHit(b *testing.B) {
 	}
 	run := func(b *testing.B) {
 		svc.Refresh(ctx)
-		for i := range n {
+		for i := range benchRows {
 			get(fmt.Sprintf("k%06d", i)) // warm the cache
 		}
 		b.ReportAllocs()
