@@ -23,13 +23,10 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/bigtable/bttest"
-
 	"github.com/staticref/staticref/inference/onnxgen"
 	"github.com/staticref/staticref/lookup"
 	"github.com/staticref/staticref/readers/shardgen"
 	"github.com/staticref/staticref/writers"
-	"github.com/staticref/staticref/writers/redistest"
 )
 
 const (
@@ -186,22 +183,9 @@ func mustExe(t *testing.T, env []string, args ...string) string {
 
 func TestIncrementalVersionsOnEveryStore(t *testing.T) {
 	c := newChainCase(t)
-	stores := []struct {
-		name  string
-		start func(t *testing.T) (url string, env []string)
-	}{
+	stores := append([]storeServer{
 		{"pebble", func(t *testing.T) (string, []string) { return "pebble:" + filepath.Join(t.TempDir(), "store"), nil }},
-		{"redis", func(t *testing.T) (string, []string) { return redistest.Standalone(t), nil }},
-		{"redis cluster", func(t *testing.T) (string, []string) { return redistest.Cluster(t), nil }},
-		{"bigtable emulator", func(t *testing.T) (string, []string) {
-			srv, err := bttest.NewServer("127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(srv.Close)
-			return "bigtable://proj/inst/predictions", []string{"BIGTABLE_EMULATOR_HOST=" + srv.Addr}
-		}},
-	}
+	}, productionStores...)
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
 			url, env := st.start(t)

@@ -212,27 +212,33 @@ func openFromEnv(t *testing.T, env []string, url string) *writers.Store {
 	return s
 }
 
+// storeServer starts a store for a test and returns its URL and the environment the
+// binary needs to reach it.
+type storeServer struct {
+	name  string
+	start func(t *testing.T) (url string, env []string)
+}
+
+// productionStores are the stores a deployment uses, each on a real server.
+var productionStores = []storeServer{
+	{"redis", func(t *testing.T) (string, []string) { return redistest.Standalone(t), nil }},
+	{"redis cluster", func(t *testing.T) (string, []string) { return redistest.Cluster(t), nil }},
+	{"bigtable emulator", func(t *testing.T) (string, []string) {
+		srv, err := bttest.NewServer("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(srv.Close)
+		return "bigtable://proj/inst/predictions", []string{"BIGTABLE_EMULATOR_HOST=" + srv.Addr}
+	}},
+}
+
 func TestAMillionRowsIntoEachProductionStore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a million rows per store")
 	}
 	d := millionRows(t)
-	stores := []struct {
-		name  string
-		start func(t *testing.T) (url string, env []string)
-	}{
-		{"redis", func(t *testing.T) (string, []string) { return redistest.Standalone(t), nil }},
-		{"redis cluster", func(t *testing.T) (string, []string) { return redistest.Cluster(t), nil }},
-		{"bigtable emulator", func(t *testing.T) (string, []string) {
-			srv, err := bttest.NewServer("127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(srv.Close)
-			return "bigtable://proj/inst/predictions", []string{"BIGTABLE_EMULATOR_HOST=" + srv.Addr}
-		}},
-	}
-	for _, st := range stores {
+	for _, st := range productionStores {
 		t.Run(st.name, func(t *testing.T) {
 			url, env := st.start(t)
 			job := d.writeJob(t, "churn")
