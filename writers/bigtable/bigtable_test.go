@@ -587,16 +587,22 @@ func BenchmarkBigtableWriteRows(b *testing.B) {
 	}
 }
 
-func TestBigtableGetManyIsOneReadRows(t *testing.T) {
-	// The emulator counts the ReadRows requests it receives: what reaches the server,
-	// retries included, is what a round trip costs.
-	var reads atomic.Int64
+// countingReadRows starts an emulator that counts the ReadRows requests it receives:
+// what reaches the server, retries included, is what a round trip costs.
+func countingReadRows(t *testing.T) *atomic.Int64 {
+	t.Helper()
+	reads := new(atomic.Int64)
 	startEmulator(t, grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		if strings.HasSuffix(info.FullMethod, "/ReadRows") {
 			reads.Add(1)
 		}
 		return h(srv, ss)
 	}))
+	return reads
+}
+
+func TestBigtableGetManyIsOneReadRows(t *testing.T) {
+	reads := countingReadRows(t)
 	ctx := context.Background()
 	s := openBigtable(t)
 	defer s.Close()
@@ -787,13 +793,7 @@ func TestBigtableReleaseSwapsFromTwoProcessesHaveOneWinner(t *testing.T) {
 }
 
 func TestBigtableGetChainIsOneReadRows(t *testing.T) {
-	var reads atomic.Int64
-	startEmulator(t, grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if strings.HasSuffix(info.FullMethod, "/ReadRows") {
-			reads.Add(1)
-		}
-		return h(srv, ss)
-	}))
+	reads := countingReadRows(t)
 	ctx := context.Background()
 	s := openBigtable(t)
 	defer s.Close()
