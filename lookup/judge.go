@@ -178,12 +178,8 @@ func (s *Service) judge(ctx context.Context, n *namespace) {
 	if !held && rec.Judge != "" && rec.JudgeUntil.After(now) {
 		return // another replica judges
 	}
-	src := n.src.Load()
-	if src == nil {
-		return
-	}
-	store, done, err := src.catalog(ctx)
-	if err != nil || store == nil {
+	store, done, ok := n.catalog(ctx)
+	if !ok {
 		return
 	}
 	defer done()

@@ -454,12 +454,8 @@ func (s *Service) releaseGauges(n *namespace, v *releaseView) {
 // flush adds this replica's counts of n's releases to the store, and its sketches of
 // distinct units. Counts that cannot be added are kept for the next flush.
 func (s *Service) flush(ctx context.Context, n *namespace) {
-	src := n.src.Load()
-	if src == nil {
-		return
-	}
-	store, done, err := src.catalog(ctx)
-	if err != nil || store == nil {
+	store, done, ok := n.catalog(ctx)
+	if !ok {
 		return
 	}
 	defer done()

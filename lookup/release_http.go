@@ -359,12 +359,8 @@ func (s *Service) reportGauges(ctx context.Context, n *namespace) {
 	if rec.Mode != writers.ModeShadow && rec.Mode != writers.ModeAB {
 		return
 	}
-	src := n.src.Load()
-	if src == nil {
-		return
-	}
-	store, done, err := src.catalog(ctx)
-	if err != nil || store == nil {
+	store, done, ok := n.catalog(ctx)
+	if !ok {
 		return
 	}
 	defer done()

@@ -226,6 +226,21 @@ func (s *Service) Close() error {
 	return errors.Join(errs...)
 }
 
+// catalog is the namespace's store for the background work of releases (counts,
+// judgement, status), with the func that gives it back; ok is false while the store is
+// unreachable, and the caller tries again on its next tick.
+func (n *namespace) catalog(ctx context.Context) (*writers.Store, func(), bool) {
+	src := n.src.Load()
+	if src == nil {
+		return nil, nil, false
+	}
+	store, done, err := src.catalog(ctx)
+	if err != nil || store == nil {
+		return nil, nil, false
+	}
+	return store, done, true
+}
+
 // Refresh re-reads every namespace's live pointer now (tests, and after admin flips).
 func (s *Service) Refresh(ctx context.Context) {
 	for _, n := range s.ns {
