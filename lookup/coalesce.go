@@ -3,6 +3,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/staticref/staticref/writers"
@@ -31,15 +32,21 @@ const (
 	coalesceQueue   = 1024
 )
 
-// missReq is one queued miss.
+// missReq is one queued miss. Requests are pooled: one is put back only by the request
+// that received its answer, after which no reader holds it.
 type missReq struct {
 	sn   *Snapshot
-	key  []byte
+	key  []byte       // the request's own copy, its capacity reused
 	done chan missRes // buffered: a reader never waits on a request that gave up
-	// until is when the request gives up waiting: a reader leaves out one past it, so a
-	// slow round trip does not make it read for requests that are gone.
+	// until is when the request gives up waiting (store_timeout after it asked, or its
+	// own deadline when sooner). A reader answers one already past it with
+	// context.DeadlineExceeded without reading, and bounds a batch's read by the earliest
+	// until among its requests: so every request has its answer by its until, with no
+	// timer of its own.
 	until time.Time
 }
+
+var missReqs = sync.Pool{New: func() any { return &missReq{done: make(chan missRes, 1)} }}
 
 type missRes struct {
 	raw   []byte // nil: the version (down its chain) lacks the key
@@ -68,23 +75,29 @@ func (s *Service) getOne(ctx context.Context, n *namespace, sn *Snapshot, key st
 	if c == nil || !n.reading.Load() {
 		return s.readOne(ctx, sn, []byte(key))
 	}
-	wctx, cancel := s.storeCtx(ctx) // queued or read, a miss waits at most store_timeout
-	defer cancel()
-	until, _ := wctx.Deadline()
-	r := &missReq{sn: sn, key: []byte(key), done: make(chan missRes, 1), until: until}
+	r := missReqs.Get().(*missReq)
+	r.sn, r.key = sn, append(r.key[:0], key...)
+	r.until = time.Now().Add(time.Duration(s.cfg.StoreTimeout))
+	if d, ok := ctx.Deadline(); ok && d.Before(r.until) {
+		r.until = d
+	}
 	select {
 	case c.q <- r:
 	default: // the readers are behind: do not add to their queue
-		return s.readOne(ctx, sn, r.key)
+		r.sn = nil
+		missReqs.Put(r)
+		return s.readOne(ctx, sn, []byte(key))
 	}
 	select {
 	case res := <-r.done:
+		r.sn = nil
+		missReqs.Put(r)
 		if res.err == nil && res.raw == nil {
 			return nil, 0, writers.ErrNotFound
 		}
 		return res.raw, res.level, res.err
-	case <-wctx.Done():
-		return nil, 0, wctx.Err()
+	case <-ctx.Done(): // the caller is gone: r stays with the reader, and is not reused
+		return nil, 0, ctx.Err()
 	}
 }
 
@@ -104,11 +117,11 @@ func (s *Service) readOne(ctx context.Context, sn *Snapshot, key []byte) ([]byte
 
 // readMisses is one reader of n's queue, until stop is closed: once the servers have
 // finished their requests, so that a request in flight at shutdown is still read. Its
-// reads are bounded by store_timeout, not by a context of Run's.
+// reads are bounded by their requests' until, not by a context of Run's.
 func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
-	ctx := context.Background()
 	c := n.coalesce
 	batch := make([]*missReq, 0, coalesceMax)
+	keys := make([][]byte, 0, coalesceMax)
 	for {
 		batch = batch[:0]
 		select {
@@ -129,46 +142,52 @@ func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
 		now := time.Now()
 		live := batch[:0]
 		for _, r := range batch {
-			if r.until.IsZero() || now.Before(r.until) {
+			if now.Before(r.until) {
 				live = append(live, r)
+			} else {
+				r.done <- missRes{err: context.DeadlineExceeded}
 			}
 		}
-		if len(live) > 0 {
-			s.readBatch(ctx, n, live)
-		}
+		keys = readBatch(live, keys)
 	}
 }
 
 // readBatch reads the misses of one batch, one read per snapshot among them (GetChain
-// down its chain: one round trip; a flip or a release can put two versions in one batch).
-func (s *Service) readBatch(ctx context.Context, n *namespace, batch []*missReq) {
+// down its chain: one round trip; a flip or a release can put two versions in one
+// batch), each bounded by the earliest until of its requests, and answers them. keys is
+// scratch space, returned for the next batch.
+func readBatch(batch []*missReq, keys [][]byte) [][]byte {
 	for len(batch) > 0 {
-		sn := batch[0].sn
-		var same, rest []*missReq
-		for _, r := range batch {
+		sn, until := batch[0].sn, batch[0].until
+		same := 0 // batch[:same] are sn's requests
+		for i, r := range batch {
 			if r.sn == sn {
-				same = append(same, r)
-			} else {
-				rest = append(rest, r)
+				batch[same], batch[i] = r, batch[same]
+				same++
+				if r.until.Before(until) {
+					until = r.until
+				}
 			}
 		}
-		keys := make([][]byte, len(same))
-		for i, r := range same {
-			keys[i] = r.key
+		keys = keys[:0]
+		for _, r := range batch[:same] {
+			keys = append(keys, r.key)
 		}
-		sctx, cancel := s.storeCtx(ctx)
-		vals, from, err := sn.read(sctx, sn.Store, keys)
+		ctx, cancel := context.WithDeadline(context.Background(), until)
+		vals, from, err := sn.read(ctx, sn.Store, keys)
 		cancel()
-		if err == nil && (len(vals) != len(same) || len(from) != len(same)) {
+		if err == nil && (len(vals) != same || len(from) != same) {
 			err = errors.New("lookup: GetChain answered another number of keys")
 		}
-		for i, r := range same {
+		for i, r := range batch[:same] {
 			if err != nil {
 				r.done <- missRes{err: err}
 			} else {
 				r.done <- missRes{raw: vals[i], level: from[i]}
 			}
 		}
-		batch = rest
+		batch = batch[same:]
 	}
+	clear(keys[:cap(keys)]) // no reference to a pooled request's key past its answer
+	return keys[:0]
 }

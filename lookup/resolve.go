@@ -63,7 +63,7 @@ func Resolve(ctx context.Context, s *writers.Store, ns string) (*Snapshot, error
 
 // newSnapshot is the snapshot of version m of ns, with its chain resolved.
 func newSnapshot(ctx context.Context, s *writers.Store, ns string, m *writers.Manifest) (*Snapshot, error) {
-	sn := &Snapshot{Namespace: ns, Manifest: m, Store: s}
+	sn := &Snapshot{Namespace: ns, Manifest: m, Store: s, chainIDs: []string{m.Version}}
 	if m.Incremental() {
 		chain, err := writers.ResolveChain(ctx, s, ns, m)
 		if err != nil {
@@ -89,7 +89,7 @@ func (sn *Snapshot) level(i int) *writers.Manifest {
 // deleted) and the chain index of the version that answered each.
 func (sn *Snapshot) read(ctx context.Context, s *writers.Store, keys [][]byte) ([][]byte, []int, error) {
 	chain := sn.chainIDs
-	if len(chain) == 0 {
+	if len(chain) == 0 { // a snapshot built by hand, in a test
 		chain = []string{sn.Manifest.Version}
 	}
 	return s.GetChain(ctx, sn.Namespace, chain, keys)

@@ -129,7 +129,21 @@ func (s *Store) GetChain(ctx context.Context, ns string, chain []string, keys []
 	if len(keys) == 0 {
 		return nil, nil, nil
 	}
-	if cg, ok := s.d.(ChainGetter); ok && len(chain) > 1 {
+	if len(chain) == 1 { // a full version: its own values, no chain to walk
+		if values, err = s.GetMany(ctx, ns, chain[0], keys); err != nil {
+			return nil, nil, fmt.Errorf("get chain: %w", err)
+		}
+		from = make([]int, len(keys))
+		for i, v := range values {
+			if v == nil {
+				from[i] = -1
+			} else if IsTombstone(v) {
+				values[i] = nil
+			}
+		}
+		return values, from, nil
+	}
+	if cg, ok := s.d.(ChainGetter); ok {
 		if err := s.enter(); err != nil {
 			return nil, nil, fmt.Errorf("get chain %s/%s: %w", ns, chain[0], err)
 		}

@@ -16,7 +16,6 @@ package writers
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -319,7 +318,24 @@ type Defaults struct {
 	Segments  map[string]map[string][]float64 `json:"segments,omitempty"`
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+// validName reports whether s is 1-63 bytes of a-z, 0-9, '_', '.', '-' (and A-Z when
+// upper), starting with a letter or digit: ^[a-z0-9][a-z0-9_.-]{0,62}$ without a regexp,
+// which every store read checks.
+func validName(s string, upper bool) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case upper && 'A' <= c && c <= 'Z':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // MaxKeyLen is the longest key any store accepts, in bytes.
 const MaxKeyLen = 1024
@@ -327,7 +343,7 @@ const MaxKeyLen = 1024
 // ValidateNamespace reports whether ns can name a namespace in every store: 1 to 63
 // characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit.
 func ValidateNamespace(ns string) error {
-	if !nameRE.MatchString(ns) {
+	if !validName(ns, false) {
 		return fmt.Errorf("%w: namespace %q: use 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit", ErrInvalid, ns)
 	}
 	return nil
@@ -336,13 +352,11 @@ func ValidateNamespace(ns string) error {
 // ValidateVersion reports whether v can name a version (same alphabet as namespaces, and
 // uppercase letters, as in 20261127T020000Z-2).
 func ValidateVersion(v string) error {
-	if !versionRE.MatchString(v) {
+	if !validName(v, true) {
 		return fmt.Errorf("%w: version %q: use 1-63 characters of A-Z, a-z, 0-9, '_', '.', '-'", ErrInvalid, v)
 	}
 	return nil
 }
-
-var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // ValidateKey reports whether key can be stored: non-empty, valid UTF-8, at most MaxKeyLen bytes.
 func ValidateKey(key []byte) error {

@@ -39,6 +39,10 @@ import (
 //   - a bare net/http handler answering the same bytes, headers included, as serve's
 //     answer to one key, in an http.Server with serve's timeouts: the HTTP stack's
 //     ceiling;
+//   - a net/http handler that answers each key from a Go map of every key's answer, as
+//     serve rendered it: what a lookup of random keys costs in the same stack (its
+//     memory is touched at random, not one answer's bytes kept in cache), the ceiling
+//     of any cache;
 //   - serve with every key a cache hit (the cache warmed by batchGets of every key);
 //   - serve with the cache off (cache_bytes: off): every request a store round trip;
 //   - gRPC Get of the same keys against the warm service.
@@ -52,7 +56,7 @@ import (
 var (
 	baselines  = flag.Bool("baselines", true, "run the baselines section (redis-benchmark, bare handler, serve hits and misses, gRPC)")
 	outDir     = flag.String("out", "", "write the baselines table and plot into this folder (baselines.txt, baselines.svg)")
-	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles of the process during the serve runs into this folder (hits.pprof, misses.pprof)")
+	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles of the process during the first run of the bare handler and of serve into this folder (bare.pprof, hits.pprof, misses.pprof)")
 	repeat     = flag.Int("repeat", 3, "runs of each HTTP row, interleaved; the table shows each row's best run by rps")
 	wrkThreads = flag.Int("wrk-threads", 2, "wrk threads (-t)")
 
@@ -130,11 +134,22 @@ func runBaselines(e *env) error {
 	if err != nil {
 		return err
 	}
-	bare, stopBare, err := bareHandler(body, header)
+	bare, stopBare, err := bareHandler(func(string) []byte { return body }, header)
 	if err != nil {
 		return err
 	}
 	defer stopBare()
+	answers := make(map[string][]byte, len(e.keys))
+	for _, k := range e.keys {
+		if answers["/v1/churn/"+k], _, err = sample(hits, k); err != nil {
+			return err
+		}
+	}
+	mapped, stopMapped, err := bareHandler(func(path string) []byte { return answers[path] }, header)
+	if err != nil {
+		return err
+	}
+	defer stopMapped()
 
 	fmt.Printf("\nbaselines: %d clients, %s per run, %d existing keys at random, GOMAXPROCS %d, %d CPUs\n",
 		*clients, *dur, len(e.keys), runtime.GOMAXPROCS(0), runtime.NumCPU())
@@ -147,7 +162,8 @@ func runBaselines(e *env) error {
 	runs := []struct {
 		name, url, note, profile string
 	}{
-		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), ""},
+		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), "bare.pprof"},
+		{"net/http handler, a map of every answer", mapped + "/v1/churn/", "each key's own answer", ""},
 		{"serve, cache hits (warm)", hits + "/v1/churn/", "every key cached", "hits.pprof"},
 		{"serve, cache misses (cache off)", misses + "/v1/churn/", "a store read per request, coalesced", "misses.pprof"},
 	}
@@ -204,7 +220,7 @@ func runBaselines(e *env) error {
 		}
 	}
 	b.WriteString("\n")
-	bareR, hitR, missR := rs[1], rs[2], rs[3]
+	bareR, mapR, hitR, missR := rs[1], rs[2], rs[3], rs[4]
 	target := func(ok bool, format string, args ...any) {
 		v := "PASS"
 		if !ok {
@@ -217,9 +233,10 @@ func runBaselines(e *env) error {
 	target(hitR.P99 <= bareR.P99*3/2, "cache hits: p99 %.2fx the bare handler's; target <= 1.5x", float64(hitR.P99)/float64(bareR.P99))
 	target(missR.P99 <= bareR.P99*3/2, "cache misses: p99 %.2fx the bare handler's; target <= 1.5x", float64(missR.P99)/float64(bareR.P99))
 	fmt.Fprintf(&b, "(medians of the %d runs: cache hits %.2fx, cache misses %.2fx the bare handler's rps; p99 %.2fx and %.2fx)\n",
-		len(got[0]), medians[1].RPS/medians[0].RPS, medians[2].RPS/medians[0].RPS,
-		float64(medians[1].P99)/float64(medians[0].P99), float64(medians[2].P99)/float64(medians[0].P99))
-	fmt.Fprintf(&b, "(for scale: gRPC Get %.2fx, redis-benchmark GET %.2fx the bare handler's rps)\n", rs[4].RPS/bareR.RPS, rs[0].RPS/bareR.RPS)
+		len(got[0]), medians[2].RPS/medians[0].RPS, medians[3].RPS/medians[0].RPS,
+		float64(medians[2].P99)/float64(medians[0].P99), float64(medians[3].P99)/float64(medians[0].P99))
+	fmt.Fprintf(&b, "(for scale: the map of every answer %.2fx, gRPC Get %.2fx, redis-benchmark GET %.2fx the bare handler's rps; cache hits %.2fx the map's)\n",
+		mapR.RPS/bareR.RPS, rs[5].RPS/bareR.RPS, rs[0].RPS/bareR.RPS, hitR.RPS/mapR.RPS)
 	fmt.Print(b.String())
 	if *outDir != "" {
 		if err := os.MkdirAll(*outDir, 0o755); err != nil {
@@ -276,20 +293,20 @@ func sample(base, key string) ([]byte, http.Header, error) {
 	return body, h, nil
 }
 
-// bareHandler serves body with header to every request, in an http.Server set up as
-// serve's (lookup.NewHTTPServer: the same timeouts): what net/http alone costs.
-func bareHandler(body []byte, header http.Header) (string, func(), error) {
+// bareHandler serves body(path) with header to every request, in an http.Server set up
+// as serve's (lookup.NewHTTPServer: the same timeouts): what net/http alone costs.
+func bareHandler(body func(path string) []byte, header http.Header) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
 	}
-	srv := lookup.NewHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := lookup.NewHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		for k, v := range header {
 			h[k] = v
 		}
 		w.WriteHeader(http.StatusOK)
-		w.Write(body)
+		w.Write(body(r.URL.Path))
 	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil

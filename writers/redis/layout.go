@@ -426,21 +426,42 @@ func queueBucketReads(ctx context.Context, pipe goredis.Pipeliner, l layout, ns,
 		fields []string
 		index  []int // into keys
 	}
-	byBucket := make(map[uint64]*group, len(keys))
-	order := make([]*group, 0, len(keys))
+	// The keys of a coalesced miss batch are a few, each in its own bucket: a linear
+	// search of the groups costs less than a map, which only a long batch gets.
+	order := make([]group, 0, len(keys))
+	var byBucket map[uint64]int // index into order, past smallBatch keys
+	const smallBatch = 32
+	if len(keys) > smallBatch {
+		byBucket = make(map[uint64]int, len(keys))
+	}
 	for i, k := range keys {
 		b := l.bucket(k)
-		g := byBucket[b]
-		if g == nil {
-			g = &group{bucket: b}
-			byBucket[b] = g
-			order = append(order, g)
+		at := -1
+		if byBucket != nil {
+			if j, ok := byBucket[b]; ok {
+				at = j
+			}
+		} else {
+			for j := range order {
+				if order[j].bucket == b {
+					at = j
+					break
+				}
+			}
 		}
+		if at < 0 {
+			at = len(order)
+			order = append(order, group{bucket: b})
+			if byBucket != nil {
+				byBucket[b] = at
+			}
+		}
+		g := &order[at]
 		g.fields = append(g.fields, string(l.field(k)))
 		g.index = append(g.index, i)
 	}
-	for _, g := range order {
-		g.cmd = pipe.HMGet(ctx, bucketKey(prefix, g.bucket), g.fields...)
+	for i := range order {
+		order[i].cmd = pipe.HMGet(ctx, bucketKey(prefix, order[i].bucket), order[i].fields...)
 	}
 	return func() ([][]byte, error) {
 		out := make([][]byte, len(keys))
