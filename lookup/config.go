@@ -47,7 +47,7 @@ type Config struct {
 	AdminTokenFile string `yaml:"admin_token_file"`
 	// CacheBytes bounds the in-process cache of answers by (namespace, version, key), one
 	// for all namespaces (cache.go); 0 means DefaultCacheBytes, a negative value (or
-	// "off") turns the cache off. fastcache's least is 32 MiB: a smaller bound is that.
+	// "off") turns the cache off. The least is 32 MiB: a smaller bound is that.
 	CacheBytes ByteSize `yaml:"cache_bytes"`
 	// CacheEntries is deprecated: the cache is bounded in bytes. A positive value without
 	// cache_bytes sets cache_bytes to CacheEntries × bytesPerEntry, with a warning; a
@@ -71,7 +71,7 @@ type Config struct {
 }
 
 // bytesPerEntry is what a deprecated cache_entries counts an entry as: a typical
-// answer's head with fastcache's own overhead.
+// answer's head with the cache's own overhead.
 const bytesPerEntry = 512
 
 // ByteSize is a number of bytes, written in YAML as a whole number or with a unit:

@@ -213,7 +213,7 @@ func (s *Service) connect(ctx context.Context, n *namespace) bool {
 
 // Close closes the stores and models. Call it after Run has returned.
 func (s *Service) Close() error {
-	s.cache.Reset() // its chunks go back to fastcache's free list
+	s.cache.Reset() // the arenas are unmapped once the cache is unreachable
 	var errs []error
 	for _, n := range s.ns {
 		if n.online != nil {

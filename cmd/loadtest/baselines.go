@@ -163,7 +163,7 @@ func runBaselines(e *env) error {
 		name, url, note, profile string
 	}{
 		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), "bare.pprof"},
-		{"net/http handler, a map of every answer", mapped + "/v1/churn/", "each key's own answer", ""},
+		{"net/http handler, a map of every answer", mapped + "/v1/churn/", "each key's own answer", "map.pprof"},
 		{"serve, cache hits (warm)", hits + "/v1/churn/", "every key cached", "hits.pprof"},
 		{"serve, cache misses (cache off)", misses + "/v1/churn/", "a store read per request, coalesced", "misses.pprof"},
 	}
