@@ -43,6 +43,9 @@ import (
 //     serve rendered it: what a lookup of random keys costs in the same stack (its
 //     memory is touched at random, not one answer's bytes kept in cache), the ceiling
 //     of any cache;
+//   - the same handler reading each key from the store first (writers.Store.Get, one
+//     Redis round trip a request, no coalescing): what a miss costs a service that does
+//     the obvious thing;
 //   - serve with every key a cache hit (the cache warmed by batchGets of every key);
 //   - serve with the cache off (cache_bytes: off): every request a store round trip;
 //   - gRPC Get of the same keys against the warm service.
@@ -150,6 +153,21 @@ func runBaselines(e *env) error {
 		return err
 	}
 	defer stopMapped()
+	live, err := e.store.Live(e.ctx, "churn")
+	if err != nil {
+		return err
+	}
+	direct, stopDirect, err := bareHandler(func(path string) []byte {
+		key := strings.TrimPrefix(path, "/v1/churn/")
+		if _, err := e.store.Get(e.ctx, "churn", live, []byte(key)); err != nil {
+			return []byte(err.Error())
+		}
+		return answers[path]
+	}, header)
+	if err != nil {
+		return err
+	}
+	defer stopDirect()
 
 	fmt.Printf("\nbaselines: %d clients, %s per run, %d existing keys at random, GOMAXPROCS %d, %d CPUs\n",
 		*clients, *dur, len(e.keys), runtime.GOMAXPROCS(0), runtime.NumCPU())
@@ -165,6 +183,7 @@ func runBaselines(e *env) error {
 		{"bare net/http handler, the same bytes", bare + "/v1/churn/", fmt.Sprintf("%d-byte answer", len(body)), "bare.pprof"},
 		{"net/http handler, a map of every answer", mapped + "/v1/churn/", "each key's own answer", "map.pprof"},
 		{"serve, cache hits (warm)", hits + "/v1/churn/", "every key cached", "hits.pprof"},
+		{"net/http handler, a store Get per request", direct + "/v1/churn/", "one Redis round trip each, not coalesced", ""},
 		{"serve, cache misses (cache off)", misses + "/v1/churn/", "a store read per request, coalesced", "misses.pprof"},
 	}
 	// The machine's other load comes and goes: the rows are run in turn, -repeat times,
@@ -220,7 +239,7 @@ func runBaselines(e *env) error {
 		}
 	}
 	b.WriteString("\n")
-	bareR, mapR, hitR, missR := rs[1], rs[2], rs[3], rs[4]
+	bareR, mapR, hitR, directR, missR := rs[1], rs[2], rs[3], rs[4], rs[5]
 	target := func(ok bool, format string, args ...any) {
 		v := "PASS"
 		if !ok {
@@ -233,10 +252,10 @@ func runBaselines(e *env) error {
 	target(hitR.P99 <= bareR.P99*3/2, "cache hits: p99 %.2fx the bare handler's; target <= 1.5x", float64(hitR.P99)/float64(bareR.P99))
 	target(missR.P99 <= bareR.P99*3/2, "cache misses: p99 %.2fx the bare handler's; target <= 1.5x", float64(missR.P99)/float64(bareR.P99))
 	fmt.Fprintf(&b, "(medians of the %d runs: cache hits %.2fx, cache misses %.2fx the bare handler's rps; p99 %.2fx and %.2fx)\n",
-		len(got[0]), medians[2].RPS/medians[0].RPS, medians[3].RPS/medians[0].RPS,
-		float64(medians[2].P99)/float64(medians[0].P99), float64(medians[3].P99)/float64(medians[0].P99))
-	fmt.Fprintf(&b, "(for scale: the map of every answer %.2fx, gRPC Get %.2fx, redis-benchmark GET %.2fx the bare handler's rps; cache hits %.2fx the map's)\n",
-		mapR.RPS/bareR.RPS, rs[5].RPS/bareR.RPS, rs[0].RPS/bareR.RPS, hitR.RPS/mapR.RPS)
+		len(got[0]), medians[2].RPS/medians[0].RPS, medians[4].RPS/medians[0].RPS,
+		float64(medians[2].P99)/float64(medians[0].P99), float64(medians[4].P99)/float64(medians[0].P99))
+	fmt.Fprintf(&b, "(for scale: the map of every answer %.2fx, a store Get per request %.2fx, gRPC Get %.2fx, redis-benchmark GET %.2fx the bare handler's rps; cache hits %.2fx the map's, cache misses %.2fx the store Get handler's)\n",
+		mapR.RPS/bareR.RPS, directR.RPS/bareR.RPS, rs[6].RPS/bareR.RPS, rs[0].RPS/bareR.RPS, hitR.RPS/mapR.RPS, missR.RPS/directR.RPS)
 	fmt.Print(b.String())
 	if *outDir != "" {
 		if err := os.MkdirAll(*outDir, 0o755); err != nil {

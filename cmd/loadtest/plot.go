@@ -80,7 +80,7 @@ func plotBaselines(path string, rs []result) error {
 func shortName(s string) string {
 	for _, l := range []struct{ prefix, label string }{
 		{"redis-benchmark", "redis GET"}, {"bare", "bare HTTP"}, {"serve, cache hits", "serve hits"},
-		{"serve, cache misses", "serve misses"}, {"gRPC", "gRPC Get"}, {"net/http handler, a map", "map HTTP"},
+		{"serve, cache misses", "serve misses"}, {"gRPC", "gRPC Get"}, {"net/http handler, a map", "map HTTP"}, {"net/http handler, a store Get", "store Get HTTP"},
 	} {
 		if strings.HasPrefix(s, l.prefix) {
 			return l.label
