@@ -38,11 +38,8 @@ type missReq struct {
 	sn   *Snapshot
 	key  []byte       // the request's own copy, its capacity reused
 	done chan missRes // buffered: a reader never waits on a request that gave up
-	// until is when the request gives up waiting (store_timeout after it asked, or its
-	// own deadline when sooner). A reader answers one already past it with
-	// context.DeadlineExceeded without reading, and bounds a batch's read by the earliest
-	// until among its requests: so every request has its answer by its until, with no
-	// timer of its own.
+	// until is when the request gives up waiting: a reader leaves out one past it, so a
+	// slow round trip does not make it read for requests that are gone.
 	until time.Time
 }
 
@@ -75,12 +72,15 @@ func (s *Service) getOne(ctx context.Context, n *namespace, sn *Snapshot, key st
 	if c == nil || !n.reading.Load() {
 		return s.readOne(ctx, sn, []byte(key))
 	}
+	// Queued or read, a miss waits at most store_timeout (or its caller's deadline, when
+	// sooner), by a context of its own: neither a slow store nor readers that stopped
+	// (at shutdown) can hold it longer. The batch a reader makes of it gets a
+	// store_timeout of its own, so a caller in a hurry does not cut the others' read short.
+	wctx, cancel := s.storeCtx(ctx)
+	defer cancel()
 	r := missReqs.Get().(*missReq)
 	r.sn, r.key = sn, append(r.key[:0], key...)
-	r.until = time.Now().Add(time.Duration(s.cfg.StoreTimeout))
-	if d, ok := ctx.Deadline(); ok && d.Before(r.until) {
-		r.until = d
-	}
+	r.until, _ = wctx.Deadline()
 	select {
 	case c.q <- r:
 	default: // the readers are behind: do not add to their queue
@@ -96,8 +96,8 @@ func (s *Service) getOne(ctx context.Context, n *namespace, sn *Snapshot, key st
 			return nil, 0, writers.ErrNotFound
 		}
 		return res.raw, res.level, res.err
-	case <-ctx.Done(): // the caller is gone: r stays with the reader, and is not reused
-		return nil, 0, ctx.Err()
+	case <-wctx.Done(): // r stays with the reader, and is not reused
+		return nil, 0, wctx.Err()
 	}
 }
 
@@ -117,7 +117,7 @@ func (s *Service) readOne(ctx context.Context, sn *Snapshot, key []byte) ([]byte
 
 // readMisses is one reader of n's queue, until stop is closed: once the servers have
 // finished their requests, so that a request in flight at shutdown is still read. Its
-// reads are bounded by their requests' until, not by a context of Run's.
+// reads are bounded by store_timeout, not by a context of Run's.
 func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
 	c := n.coalesce
 	batch := make([]*missReq, 0, coalesceMax)
@@ -144,36 +144,31 @@ func (s *Service) readMisses(n *namespace, stop <-chan struct{}) {
 		for _, r := range batch {
 			if now.Before(r.until) {
 				live = append(live, r)
-			} else {
-				r.done <- missRes{err: context.DeadlineExceeded}
-			}
+			} // else its request has given up: nothing to answer
 		}
-		keys = readBatch(live, keys)
+		keys = s.readBatch(live, keys)
 	}
 }
 
 // readBatch reads the misses of one batch, one read per snapshot among them (GetChain
 // down its chain: one round trip; a flip or a release can put two versions in one
-// batch), each bounded by the earliest until of its requests, and answers them. keys is
-// scratch space, returned for the next batch.
-func readBatch(batch []*missReq, keys [][]byte) [][]byte {
+// batch), each under store_timeout, and answers them. keys is scratch space, returned
+// for the next batch.
+func (s *Service) readBatch(batch []*missReq, keys [][]byte) [][]byte {
 	for len(batch) > 0 {
-		sn, until := batch[0].sn, batch[0].until
+		sn := batch[0].sn
 		same := 0 // batch[:same] are sn's requests
 		for i, r := range batch {
 			if r.sn == sn {
 				batch[same], batch[i] = r, batch[same]
 				same++
-				if r.until.Before(until) {
-					until = r.until
-				}
 			}
 		}
 		keys = keys[:0]
 		for _, r := range batch[:same] {
 			keys = append(keys, r.key)
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), until)
+		ctx, cancel := s.storeCtx(context.Background())
 		vals, from, err := sn.read(ctx, sn.Store, keys)
 		cancel()
 		if err == nil && (len(vals) != same || len(from) != same) {

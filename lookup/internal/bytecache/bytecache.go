@@ -20,7 +20,9 @@
 // recognised and reads as a miss (eviction by age of writing, not LRU; for the lookup
 // cache every entry is immutable, so the oldest is as good a victim as any). Index
 // entries of two generations ago are deleted whenever an arena wraps, so the index is
-// bounded by the arena too. Get checks the stored key, so a hash collision is a miss.
+// bounded by the arena too (that scan of the shard's index holds its lock: a wrap is a
+// short pause of one shard in 256). Get checks the stored key, so a hash collision is a
+// miss.
 //
 // The arenas are one anonymous memory mapping outside the Go heap (on unix), so a large
 // cache does not raise the heap the GC paces itself by; its pages are taken from the
@@ -41,6 +43,8 @@ const (
 	MinBytes = shards << 17 // 32 MiB: 128 KiB a shard
 	// MaxEntry is the largest key plus value a cache keeps; a larger Set is ignored.
 	MaxEntry = 64 << 10
+	// MaxBytes is the most a cache is sized to.
+	MaxBytes = 1 << 40
 
 	entryHeader = 2 + 4 // key length (uint16), value length (uint32)
 	offsetBits  = 40
@@ -63,10 +67,10 @@ type shard struct {
 	_     [64]byte
 }
 
-// New returns a cache of about maxBytes (at least MinBytes) of entries.
+// New returns a cache of about maxBytes (at least MinBytes, at most MaxBytes) of
+// entries.
 func New(maxBytes int64) *Cache {
-	per := max(maxBytes, MinBytes) / shards
-	per = min(per, offsetMask)
+	per := min(max(maxBytes, MinBytes), MaxBytes) / shards
 	mem := allocate(int(per) * shards)
 	c := &Cache{seed: maphash.MakeSeed()}
 	for i := range c.shards {
@@ -113,14 +117,14 @@ func (s *shard) read(e uint64, k []byte) ([]byte, bool) {
 	return b[entryHeader+kl : entryHeader+kl+vl], true
 }
 
-// Set stores v as k's value. An entry over MaxEntry (or an eighth of a shard's arena) is
-// not kept, and k then reads as a miss.
+// Set stores v as k's value. An entry over MaxEntry (or half a shard's arena, which is
+// at least twice MaxEntry) is not kept, and k then reads as a miss.
 func (c *Cache) Set(k, v []byte) {
 	s, h := c.shardOf(k)
 	n := uint64(entryHeader + len(k) + len(v))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(k) > 0xffff || n > MaxEntry || n > uint64(len(s.arena))/8 {
+	if len(k) > 0xffff || n > MaxEntry || n > uint64(len(s.arena))/2 {
 		delete(s.index, h)
 		return
 	}

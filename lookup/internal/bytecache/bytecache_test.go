@@ -119,6 +119,11 @@ func TestAnOversizedEntryIsNotKeptAndResetDropsAll(t *testing.T) {
 	if _, ok := c.Get(nil, []byte("big")); ok {
 		t.Error("an entry over MaxEntry was kept")
 	}
+	near := bytes.Repeat([]byte{'n'}, MaxEntry-100) // kept, even by a cache of the least size
+	c.Set([]byte("near"), near)
+	if got, ok := c.Get(nil, []byte("near")); !ok || !bytes.Equal(got, near) {
+		t.Errorf("an entry just under MaxEntry: ok %v, %d bytes", ok, len(got))
+	}
 	if got, ok := c.Get([]byte("pre:"), []byte("small")); !ok || string(got) != "pre:1" {
 		t.Errorf("Get appends to dst: got %q %v", got, ok)
 	}
