@@ -130,7 +130,7 @@ func (s *Store) GetChain(ctx context.Context, ns string, chain []string, keys []
 		return nil, nil, nil
 	}
 	if len(chain) == 1 { // a full version: its own values, no chain to walk
-		if values, err = s.GetMany(ctx, ns, chain[0], keys); err != nil {
+		if values, err = s.getMany(ctx, ns, chain[0], keys); err != nil {
 			return nil, nil, fmt.Errorf("get chain: %w", err)
 		}
 		from = make([]int, len(keys))
@@ -166,7 +166,7 @@ func (s *Store) GetChain(ctx context.Context, ns string, chain []string, keys []
 			for j, i := range todo {
 				ask[j] = keys[i]
 			}
-			got, err := s.GetMany(ctx, ns, v, ask)
+			got, err := s.getMany(ctx, ns, v, ask)
 			if err != nil {
 				return nil, nil, fmt.Errorf("get chain: %w", err)
 			}

@@ -137,6 +137,12 @@ func (s *Store) GetMany(ctx context.Context, ns, version string, keys [][]byte) 
 	if len(keys) == 0 {
 		return nil, nil
 	}
+	return s.getMany(ctx, ns, version, keys)
+}
+
+// getMany is GetMany of keys already checked (GetChain checks a chain's names and keys
+// once for all its levels).
+func (s *Store) getMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
 	if err := s.enter(); err != nil {
 		return nil, fmt.Errorf("get many %s/%s: %w", ns, version, err)
 	}
