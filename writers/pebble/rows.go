@@ -274,18 +274,43 @@ func lockFree(path string) (bool, error) {
 	return lk.Type == syscall.F_UNLCK, nil
 }
 
-// Get implements writers.Driver.
-func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
+// held is the parts that hold a version's rows, locked for reading until release.
+type held struct {
+	dbs []*pdb.DB
+	d   *Driver // non-nil: d.rows is held (this process writes the version)
+	r   *reader // non-nil: r.mu is held
+}
+
+func (h held) release() {
+	if h.d != nil {
+		h.d.rows.RUnlock()
+	} else {
+		h.r.mu.RUnlock()
+	}
+}
+
+// readable returns the parts to read a version from: this process's own part while it
+// writes the version, else the version opened read-only (readerFor: an error wrapping
+// ErrNotFound for a version with no rows to read).
+func (d *Driver) readable(ns, version string) (held, error) {
 	if w := d.lockOwnWriter(ns, version); w != nil {
-		defer d.rows.RUnlock()
-		return get(w.db, key)
+		return held{dbs: []*pdb.DB{w.db}, d: d}, nil
 	}
 	r, err := d.readerFor(ns, version)
 	if err != nil {
+		return held{}, err
+	}
+	return held{dbs: r.parts, r: r}, nil
+}
+
+// Get implements writers.Driver.
+func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byte, error) {
+	h, err := d.readable(ns, version)
+	if err != nil {
 		return nil, err
 	}
-	defer r.mu.RUnlock()
-	for _, db := range r.parts {
+	defer h.release()
+	for _, db := range h.dbs {
 		v, err := get(db, key)
 		if !errors.Is(err, writers.ErrNotFound) {
 			return v, err
@@ -298,22 +323,15 @@ func (d *Driver) Get(ctx context.Context, ns, version string, key []byte) ([]byt
 // each part (see getMany); a version Get finds nothing in answers nil for every key.
 func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte) ([][]byte, error) {
 	out := make([][]byte, len(keys))
-	var dbs []*pdb.DB
-	if w := d.lockOwnWriter(ns, version); w != nil {
-		defer d.rows.RUnlock()
-		dbs = []*pdb.DB{w.db}
-	} else {
-		r, err := d.readerFor(ns, version)
-		if errors.Is(err, writers.ErrNotFound) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		defer r.mu.RUnlock()
-		dbs = r.parts
+	h, err := d.readable(ns, version)
+	if errors.Is(err, writers.ErrNotFound) {
+		return out, nil
 	}
-	if err := getMany(ctx, dbs, keys, out); err != nil {
+	if err != nil {
+		return nil, err
+	}
+	defer h.release()
+	if err := getMany(ctx, h.dbs, keys, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -321,40 +339,29 @@ func (d *Driver) GetMany(ctx context.Context, ns, version string, keys [][]byte)
 
 // CountKeys implements writers.Driver: the distinct keys of every part, merged.
 func (d *Driver) CountKeys(ctx context.Context, ns, version string) (int64, error) {
-	if w := d.lockOwnWriter(ns, version); w != nil {
-		defer d.rows.RUnlock()
-		return countDistinct(ctx, []*pdb.DB{w.db})
-	}
-	r, err := d.readerFor(ns, version)
+	h, err := d.readable(ns, version)
 	if errors.Is(err, writers.ErrNotFound) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, err
 	}
-	defer r.mu.RUnlock()
-	return countDistinct(ctx, r.parts)
+	defer h.release()
+	return countDistinct(ctx, h.dbs)
 }
 
 // ScanRows implements writers.Scanner: one iterator pass over each part (a key that two
 // parts hold, after a resume, comes twice with the same value), scanBatch rows at a time.
 func (d *Driver) ScanRows(ctx context.Context, ns, version string, fn func(writers.Rows) error) error {
-	var dbs []*pdb.DB
-	if w := d.lockOwnWriter(ns, version); w != nil {
-		defer d.rows.RUnlock()
-		dbs = []*pdb.DB{w.db}
-	} else {
-		r, err := d.readerFor(ns, version)
-		if errors.Is(err, writers.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer r.mu.RUnlock()
-		dbs = r.parts
+	h, err := d.readable(ns, version)
+	if errors.Is(err, writers.ErrNotFound) {
+		return nil
 	}
-	for _, db := range dbs {
+	if err != nil {
+		return err
+	}
+	defer h.release()
+	for _, db := range h.dbs {
 		if err := scanPart(ctx, db, fn); err != nil {
 			return err
 		}
