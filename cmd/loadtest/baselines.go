@@ -160,7 +160,7 @@ func runBaselines(e *env) error {
 	direct, stopDirect, err := bareHandler(func(path string) []byte {
 		key := strings.TrimPrefix(path, "/v1/churn/")
 		if _, err := e.store.Get(e.ctx, "churn", live, []byte(key)); err != nil {
-			return []byte(err.Error())
+			return nil // a 500: wrk counts it, and the run fails
 		}
 		return answers[path]
 	}, header)
@@ -313,19 +313,25 @@ func sample(base, key string) ([]byte, http.Header, error) {
 }
 
 // bareHandler serves body(path) with header to every request, in an http.Server set up
-// as serve's (lookup.NewHTTPServer: the same timeouts): what net/http alone costs.
+// as serve's (lookup.NewHTTPServer: the same timeouts): what net/http alone costs. A nil
+// body is a 500, which wrk counts as an error.
 func bareHandler(body func(path string) []byte, header http.Header) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
 	}
 	srv := lookup.NewHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := body(r.URL.Path)
+		if b == nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
 		h := w.Header()
 		for k, v := range header {
 			h[k] = v
 		}
 		w.WriteHeader(http.StatusOK)
-		w.Write(body(r.URL.Path))
+		w.Write(b)
 	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
